@@ -1,0 +1,280 @@
+"""The small common base every step uses: parameters, result paths, atomic
+writes, seeds and provenance.
+
+It knows no model and imports neither torch nor CuPy, so that data
+preparation and the correlation audit start quickly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+#: The six steps of the pipeline contract (STUDY.md §3), in order.
+STEPS: tuple[str, ...] = (
+    "01_prepare_data",
+    "02_train_stylegan",
+    "03_train_diffusion",
+    "04_sample",
+    "05_correlate",
+    "06_figures",
+)
+
+DATASETS: tuple[str, ...] = ("phantom", "brats20", "brats21", "cxr")
+
+
+# --------------------------------------------------------------------------
+# Locations
+# --------------------------------------------------------------------------
+
+def repo_root() -> Path:
+    """The checkout's root: the nearest folder above this file or the working
+    directory that holds ``pyproject.toml`` and ``configs/``."""
+    for start in (Path.cwd(), Path(__file__).resolve()):
+        for folder in (start, *start.parents):
+            if (folder / "pyproject.toml").is_file() and (folder / "configs").is_dir():
+                return folder
+    raise FileNotFoundError(
+        "Cannot find the study's root folder (one with pyproject.toml and configs/); "
+        "run from inside the checkout."
+    )
+
+
+def results_dir(dataset: str, root: str | os.PathLike | None = None) -> Path:
+    """``results/<dataset>`` under ``root`` (the checkout's ``results/`` by
+    default, or ``$STUDY_RESULTS`` when set, which tests use)."""
+    if root is None:
+        root = os.environ.get("STUDY_RESULTS") or repo_root() / "results"
+    return Path(root) / dataset
+
+
+# --------------------------------------------------------------------------
+# Atomic writes: a reader never sees half a file, a crash never leaves one.
+# --------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only
+    if the block finishes without an exception.
+
+    The temporary name keeps the file's suffix (``x.tmp123.npy``) so that
+    libraries which add or check suffixes (NumPy, safetensors) behave.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".tmp", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text(path, json.dumps(to_builtin(obj), indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_yaml(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text(path, yaml.safe_dump(to_builtin(obj), sort_keys=False))
+
+
+def write_csv(path: str | os.PathLike, frame) -> Path:
+    """Write a pandas DataFrame atomically, without its index."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    with atomic_path(path) as tmp:
+        np.save(tmp, np.ascontiguousarray(array))
+    return Path(path)
+
+
+def to_builtin(obj: Any) -> Any:
+    """Turn NumPy scalars/arrays, paths and tuples into plain JSON/YAML types."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_builtin(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [to_builtin(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stable_hash(obj: Any) -> str:
+    """A short hash of a JSON-able object, independent of dict order."""
+    text = json.dumps(to_builtin(obj), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------
+# Seeds
+# --------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and (if it is imported) torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+
+
+def image_seeds(n: int, first_seed: int) -> np.ndarray:
+    """One seed per synthetic image: image ``i`` has seed ``first_seed + i``
+    (the authors sampled StyleGAN with seeds 2..100001)."""
+    return np.arange(first_seed, first_seed + n, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------
+# Parameters: configs/<dataset>.yaml merged with a size profile
+# --------------------------------------------------------------------------
+
+def deep_merge(base: Mapping, override: Mapping) -> dict:
+    """Recursively merge ``override`` into a copy of ``base``."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def available_profiles(root: Path | None = None) -> list[str]:
+    root = root or repo_root()
+    return sorted(p.stem for p in (root / "configs" / "profiles").glob("*.yaml"))
+
+
+def load_config(dataset: str, profile: str, root: Path | None = None) -> dict:
+    """The resolved configuration of ``dataset`` under ``profile``.
+
+    Order (later wins): ``configs/<dataset>.yaml`` < ``configs/profiles/<profile>.yaml``
+    < the dataset file's own ``profiles: {<profile>: ...}`` section. The result
+    has a ``common`` section (given to every notebook that declares those
+    names) and one section per step named after the notebook without its
+    number (``prepare_data``, ``train_stylegan`` ...).
+    """
+    root = root or repo_root()
+    dataset_file = root / "configs" / f"{dataset}.yaml"
+    profile_file = root / "configs" / "profiles" / f"{profile}.yaml"
+    if not dataset_file.is_file():
+        known = sorted(p.stem for p in (root / "configs").glob("*.yaml"))
+        raise FileNotFoundError(f"No configuration {dataset_file} (known datasets: {', '.join(known)})")
+    if not profile_file.is_file():
+        raise FileNotFoundError(
+            f"No profile {profile_file} (known profiles: {', '.join(available_profiles(root))})"
+        )
+    base = _read_yaml(dataset_file)
+    own_profiles = base.pop("profiles", {}) or {}
+    config = deep_merge(base, _read_yaml(profile_file))
+    config = deep_merge(config, own_profiles.get(profile, {}) or {})
+    config.setdefault("common", {})
+    config["common"]["dataset"] = dataset
+    config["common"]["profile"] = profile
+    return config
+
+
+def step_section(step: str) -> str:
+    """``"02_train_stylegan"`` → ``"train_stylegan"``."""
+    return step.split("_", 1)[1]
+
+
+def notebook_params(namespace: Mapping[str, Any], notebook: str | os.PathLike) -> dict:
+    """The values of the names declared in ``notebook``'s ``parameters`` cell,
+    read from ``namespace`` (a notebook passes ``globals()``).
+
+    Works the same when the notebook runs under papermill (the injected
+    values are in the namespace) and when a reader runs it by hand.
+    """
+    import papermill  # local: only notebooks need it
+
+    path = Path(notebook)
+    if not path.suffix:
+        path = repo_root() / "notebooks" / f"{path.name}.ipynb"
+    declared = papermill.inspect_notebook(str(path))
+    return {name: to_builtin(namespace[name]) for name in declared if name in namespace}
+
+
+def provenance() -> dict:
+    """What produced a result: versions, commit, host, time."""
+    info = {
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo_root(), capture_output=True, text=True, timeout=5,
+        )
+        info["git_commit"] = commit.stdout.strip() or None
+        info["git_dirty"] = bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError, FileNotFoundError):
+        info["git_commit"] = None
+    return info
+
+
+def save_params(params: Mapping[str, Any], out_dir: str | os.PathLike, name: str = "params.yaml") -> Path:
+    """Write the fully resolved parameters of a step next to its outputs,
+    with provenance, so every result says how it was made."""
+    return write_yaml(Path(out_dir) / name, {"parameters": dict(params), "provenance": provenance()})
