@@ -1,0 +1,355 @@
+"""The runner behind ``./runall.sh``: executes the numbered notebooks with
+papermill, in order, with parameters from ``configs/``.
+
+Each step's executed notebook (and an HTML rendering for reviewers) goes to
+``results/<name>/notebooks/``. A step is skipped when its notebook, its
+resolved parameters and its inputs (the raw data folder for step 01, the
+files every earlier step wrote) are unchanged since it last succeeded and
+its own outputs are still there; ``--force`` runs it anyway. A failed step
+keeps its partial notebook as ``NN_name.failed.ipynb`` and stops the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import common
+
+KERNEL_NAME = "beware-study"
+SKIP_DIRS = {"notebooks", ".stamps"}
+COMPARE_NOTEBOOK = "compare_datasets"
+
+
+@dataclass
+class Step:
+    name: str  # "02_train_stylegan"
+    notebook: Path
+
+    @property
+    def number(self) -> str:
+        return self.name[:2]
+
+    @property
+    def section(self) -> str:
+        return common.step_section(self.name)
+
+
+class PipelineError(RuntimeError):
+    """A problem the user must fix; printed as one line, exit status 1."""
+
+
+# --------------------------------------------------------------------------
+# Steps and parameters
+# --------------------------------------------------------------------------
+
+def discover_steps(root: Path) -> tuple[list[Step], list[str]]:
+    """The numbered notebooks present, and the contract steps that are not."""
+    found = {p.stem: Step(p.stem, p) for p in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
+    missing = [s for s in common.STEPS if s not in found]
+    return list(found.values()), missing
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["train_diffusion.max_steps=10", "common.seed=3"]`` → nested dict
+    (values parsed as YAML, so numbers, lists and null work)."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise PipelineError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def resolve_parameters(
+    step: Step,
+    config: Mapping[str, Any],
+    declared: Mapping[str, Any],
+    results: Path,
+    root: Path,
+    raw_dir: str | None = None,
+) -> dict:
+    """The values papermill injects into ``step``'s parameters cell.
+
+    ``common`` keys go to every notebook that declares them; every key of the
+    step's own section must be declared (a typo in a config fails loudly
+    instead of being ignored)."""
+    section = dict(config.get(step.section) or {})
+    unknown = sorted(set(section) - set(declared))
+    if unknown:
+        raise PipelineError(
+            f"configs: section '{step.section}' sets {', '.join(unknown)}, which {step.notebook.name} "
+            f"does not declare in its parameters cell (declared: {', '.join(sorted(declared))})"
+        )
+    params = {k: v for k, v in (config.get("common") or {}).items() if k in declared}
+    params.update(section)
+    try:
+        results_param = str(results.relative_to(root))
+    except ValueError:
+        results_param = str(results)
+    if "results_dir" in declared:
+        params["results_dir"] = results_param
+    if raw_dir is not None and "raw_dir" in declared:
+        params["raw_dir"] = str(Path(raw_dir).resolve())
+    return params
+
+
+# --------------------------------------------------------------------------
+# Stamps: was a step already done with these inputs?
+# --------------------------------------------------------------------------
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of every file under ``folder`` except the runner's own."""
+    out: dict[str, tuple[int, int]] = {}
+    if not folder.is_dir():
+        return out
+    for dirpath, dirnames, filenames in os.walk(folder):
+        rel = Path(dirpath).relative_to(folder)
+        if rel == Path("."):
+            dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+        for name in filenames:
+            path = Path(dirpath) / name
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            out[str(rel / name)] = (stat.st_size, stat.st_mtime_ns)
+    return out
+
+
+def raw_fingerprint(raw_dir: str | None) -> str | None:
+    """A cheap fingerprint of a raw data folder: names, sizes, mtimes."""
+    if raw_dir is None:
+        return None
+    return common.stable_hash(sorted(snapshot(Path(raw_dir)).items()))
+
+
+def stamp_key(step: Step, params: Mapping, upstream: list[dict], raw: str | None) -> str:
+    return common.stable_hash({
+        "notebook": common.file_sha256(step.notebook),
+        "params": params,
+        "upstream": [u.get("outputs", {}) for u in upstream],
+        "raw": raw,
+    })
+
+
+def outputs_intact(outputs: Mapping[str, list], results: Path) -> bool:
+    current = snapshot(results)
+    return all(tuple(current.get(rel, ())) == tuple(sig) for rel, sig in outputs.items())
+
+
+# --------------------------------------------------------------------------
+# Execution
+# --------------------------------------------------------------------------
+
+def ensure_kernel() -> str:
+    """Register this environment's Python as a Jupyter kernel (inside the
+    environment), so papermill never picks another Python's ``python3``."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        if spec.argv and Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
+            return KERNEL_NAME
+    except NoSuchKernel:
+        pass
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=KERNEL_NAME, display_name="Python 3 (beware study)", prefix=sys.prefix)
+    return KERNEL_NAME
+
+
+def render_html(notebook: Path, html: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    common.write_text(html, body)
+
+
+def _failure_reason(err: BaseException) -> str:
+    ename = getattr(err, "ename", type(err).__name__)
+    evalue = str(getattr(err, "evalue", err)).strip().splitlines()
+    return f"{ename}: {evalue[-1] if evalue else ''}".strip()
+
+
+def execute_step(step: Step, params: dict, out_dir: Path, root: Path, kernel: str) -> float:
+    """Run one notebook; returns seconds. Raises PipelineError on failure,
+    keeping the partial notebook as ``NN_name.failed.ipynb``."""
+    import papermill
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{step.name}.ipynb"
+    failed = out_dir / f"{step.name}.failed.ipynb"
+    tmp = out_dir / f"{step.name}.running.ipynb"
+    log_path = out_dir / f"{step.name}.log"
+    common.write_yaml(out_dir / f"{step.name}.params.yaml", params)
+
+    handler = logging.FileHandler(log_path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("papermill")
+    logger.addHandler(handler)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(step.notebook), str(tmp), parameters=params, kernel_name=kernel, language="python",
+            cwd=str(root), progress_bar=sys.stderr.isatty(), log_output=True,
+        )
+    except BaseException as err:  # noqa: BLE001 - also Ctrl-C: keep what ran
+        if tmp.exists():
+            os.replace(tmp, failed)
+        reason = "interrupted" if isinstance(err, KeyboardInterrupt) else _failure_reason(err)
+        raise PipelineError(
+            f"step {step.name} failed: {reason} (partial notebook: {failed}; log: {log_path})"
+        ) from err
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    seconds = time.perf_counter() - start
+    os.replace(tmp, final)
+    failed.unlink(missing_ok=True)
+    render_html(final, final.with_suffix(".html"))
+    return seconds
+
+
+def _select(steps: list[Step], start: str | None, only: str | None) -> list[Step]:
+    numbers = [s.number for s in steps]
+    for flag, value in (("--from", start), ("--only", only)):
+        if value is not None and value.zfill(2) not in numbers:
+            raise PipelineError(f"{flag} {value}: no notebook with that number (have {', '.join(numbers)})")
+    if only is not None:
+        return [s for s in steps if s.number == only.zfill(2)]
+    if start is not None:
+        return [s for s in steps if s.number >= start.zfill(2)]
+    return steps
+
+
+def default_profile() -> str:
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def run(args: argparse.Namespace) -> int:
+    import papermill
+
+    root = common.repo_root()
+    results_root = Path(args.results).resolve() if args.results else (
+        Path(os.environ["STUDY_RESULTS"]).resolve() if os.environ.get("STUDY_RESULTS") else root / "results")
+    if args.dataset == "compare":
+        return run_compare(root, results_root)
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    profile = args.profile or default_profile()
+    config = common.deep_merge(common.load_config(args.dataset, profile, root), parse_overrides(args.set))
+    name = args.name or args.dataset
+    results = results_root / name
+    out_dir = results / "notebooks"
+    stamps = results / ".stamps"
+    steps, missing = discover_steps(root)
+    selected = _select(steps, args.start, args.only)
+    kernel = ensure_kernel()
+
+    print(f"study: dataset={args.dataset} profile={profile} results={results}")
+    if missing:
+        print(f"study: contract steps without a notebook yet (not run): {', '.join(missing)}")
+
+    upstream: list[dict] = []
+    run_log = []
+    for step in steps:
+        declared = papermill.inspect_notebook(str(step.notebook))
+        params = resolve_parameters(step, config, declared, results, root,
+                                    args.data if step.number == "01" else None)
+        raw = raw_fingerprint(params.get("raw_dir")) if step.number == "01" else None
+        key = stamp_key(step, params, upstream, raw)
+        stamp_file = stamps / f"{step.name}.json"
+        stamp = common.read_json(stamp_file) if stamp_file.exists() else None
+        label = f"[{step.number}] {step.name}"
+        if step not in selected:
+            if stamp:
+                upstream.append(stamp)
+            continue
+        if (not args.force and stamp and stamp.get("key") == key
+                and outputs_intact(stamp.get("outputs", {}), results)
+                and (out_dir / f"{step.name}.ipynb").exists()):
+            print(f"{label}: up to date, skipped (--force to re-run)")
+            upstream.append(stamp)
+            continue
+        print(f"{label}: running …", flush=True)
+        before = snapshot(results)
+        seconds = execute_step(step, params, out_dir, root, kernel)
+        after = snapshot(results)
+        outputs = {rel: list(sig) for rel, sig in after.items() if before.get(rel) != sig}
+        stamp = {"key": key, "seconds": round(seconds, 1), "profile": profile,
+                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "outputs": outputs}
+        common.write_json(stamp_file, stamp)
+        upstream.append(stamp)
+        run_log.append((step.name, seconds))
+        print(f"{label}: done in {seconds:.0f} s", flush=True)
+
+    if run_log:
+        total = sum(s for _, s in run_log)
+        print("study: " + ", ".join(f"{n} {s:.0f} s" for n, s in run_log) + f"; total {total:.0f} s")
+    print(f"study: executed notebooks and HTML in {out_dir}")
+    return 0
+
+
+def run_compare(root: Path, results_root: Path) -> int:
+    """The cross-dataset comparison over every results/<name>/ present."""
+    import papermill
+
+    notebook = root / "notebooks" / f"{COMPARE_NOTEBOOK}.ipynb"
+    if not notebook.exists():
+        raise PipelineError(f"{notebook} does not exist yet")
+    out_dir = results_root / "compare"
+    declared = papermill.inspect_notebook(str(notebook))
+    params = {"results_root": str(results_root), "out_dir": str(out_dir)}
+    params = {k: v for k, v in params.items() if k in declared}
+    seconds = execute_step(Step(COMPARE_NOTEBOOK, notebook), params, out_dir, root, ensure_kernel())
+    print(f"study: comparison done in {seconds:.0f} s: {out_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="./runall.sh",
+        description="Run the study's notebooks in order with papermill (see README.md).",
+    )
+    parser.add_argument("dataset", nargs="?", default="phantom",
+                        help="phantom (default, embedded), phantom_cxr, brats20, brats21, cxr; or 'compare'")
+    parser.add_argument("--data", help="folder holding the raw dataset (real datasets)")
+    parser.add_argument("--profile", help="smoke | cpu | gpu | paper (default: gpu with CUDA, else cpu)")
+    parser.add_argument("--from", dest="start", metavar="NN", help="start at step NN")
+    parser.add_argument("--only", metavar="NN", help="run only step NN")
+    parser.add_argument("--force", action="store_true", help="re-run steps even when up to date")
+    parser.add_argument("--results", metavar="DIR", help="results root (default: results/ or $STUDY_RESULTS)")
+    parser.add_argument("--name", help="results folder name (default: the dataset), e.g. phantom_n8")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one parameter, e.g. --set prepare_data.n_train_subjects=8")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (PipelineError, FileNotFoundError, ValueError) as err:
+        print(f"study: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
