@@ -1,0 +1,67 @@
+"""Training state round-trips through safetensors without pickle."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import checkpoints
+
+
+def test_nested_state_round_trip_with_optimizer_and_rng(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": 7, "p": 0.25,
+             "name": "x", "shape": (1, 2), "none": None, "arr": np.arange(3), "rng": checkpoints.rng_state()}
+    back = checkpoints.load_state(checkpoints.save_state(tmp_path / "s.safetensors", state))
+    assert back["step"] == 7 and back["p"] == 0.25 and back["name"] == "x" and back["none"] is None
+    assert back["shape"] == (1, 2)
+    np.testing.assert_array_equal(back["arr"], np.arange(3))
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(back["model"][k], v)
+    assert set(back["opt"]["state"]) == set(opt.state_dict()["state"])  # int keys stay ints
+    opt2 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
+    opt2.load_state_dict(back["opt"])
+    assert opt2.state_dict()["param_groups"][0]["lr"] == 1e-3
+
+
+def test_rng_state_restores_every_generator():
+    state = checkpoints.rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    checkpoints.set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_keep_last_and_latest(tmp_path):
+    for step in (10, 20, 30, 40):
+        checkpoints.save_checkpoint(tmp_path, step, {"w": torch.full((2,), float(step))}, keep_last=2)
+    assert [s for s, _ in checkpoints.list_checkpoints(tmp_path)] == [30, 40]
+    step, state = checkpoints.load_latest_checkpoint(tmp_path)
+    assert step == 40 and state["w"][0].item() == 40.0
+
+
+def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path, capsys):
+    checkpoints.save_checkpoint(tmp_path, 1, {"w": torch.ones(4)})
+    broken = checkpoints.save_checkpoint(tmp_path, 2, {"w": torch.ones(4)})
+    broken.write_bytes(broken.read_bytes()[:20])
+    step, _ = checkpoints.load_latest_checkpoint(tmp_path)
+    assert step == 1
+    assert "step_000000002" in capsys.readouterr().out
+
+
+def test_foreign_safetensors_file_is_refused_with_its_name(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(1)}, str(tmp_path / "x.safetensors"))
+    with pytest.raises(ValueError, match="x.safetensors"):
+        checkpoints.load_state(tmp_path / "x.safetensors")
+
+
+def test_unsupported_objects_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="object"):
+        checkpoints.save_state(tmp_path / "bad.safetensors", {"x": object()})

@@ -1,0 +1,54 @@
+"""The common base: atomic writes, seeds, parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from helpers import common
+
+
+def test_atomic_path_keeps_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "table.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with common.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+
+
+def test_save_npy_is_mmap_loadable(tmp_path):
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 2, 2)
+    path = common.save_npy(tmp_path / "a.npy", arr)
+    np.testing.assert_array_equal(np.load(path, mmap_mode="r"), arr)
+
+
+def test_image_seeds_one_per_image():
+    assert common.image_seeds(3, 2).tolist() == [2, 3, 4]
+
+
+def test_seed_everything_repeats_draws():
+    common.seed_everything(3)
+    a = np.random.rand(3)
+    common.seed_everything(3)
+    np.testing.assert_array_equal(a, np.random.rand(3))
+
+
+def test_save_params_records_values_and_provenance(tmp_path):
+    path = common.save_params({"n": np.int64(3), "channels": ("t1", "t2")}, tmp_path)
+    data = yaml.safe_load(path.read_text())
+    assert data["parameters"] == {"n": 3, "channels": ["t1", "t2"]}
+    assert data["provenance"]["python"]
+
+
+def test_stable_hash_ignores_key_order():
+    assert common.stable_hash({"a": 1, "b": [1, 2]}) == common.stable_hash({"b": [1, 2], "a": 1})
+    assert common.stable_hash({"a": 1}) != common.stable_hash({"a": 2})
+
+
+def test_step_sections():
+    assert [common.step_section(s) for s in common.STEPS] == [
+        "prepare_data", "train_stylegan", "train_diffusion", "sample", "correlate", "figures"]
