@@ -129,8 +129,8 @@ def to_builtin(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
+    if isinstance(obj, (Path, str)):
+        return str(obj)  # also str subclasses such as torch's version string
     return obj
 
 
