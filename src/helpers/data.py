@@ -1,0 +1,1038 @@
+"""Raw BraTS volumes or chest x-rays (or the phantom look-alikes) → the
+uint8 image arrays and index tables every later step reads.
+
+Output (under ``results_dir/data/``, the pipeline contract):
+``train.npy`` / ``test.npy`` (uint8 N×C×H×W), ``train.csv`` / ``test.csv``
+(one row per image), ``split.csv`` (the seeded subject permutation and each
+subject's role), ``skipped.csv`` (inputs left out), ``slice_fractions.csv``
+(BraTS: the slice rule's measure for every slice looked at) and
+``meta.json``. Nothing is ever written into the raw data folder.
+
+BraTS rules (the authors' public code, see STUDY.md §1; deviations noted):
+
+* Each modality volume is scaled by its own maximum to 0–255 and rounded to
+  the nearest integer (``np.rint``; a plain ``astype(uint8)`` would floor —
+  at most one grey level apart). Negative voxels, if any, clip to 0.
+* The segmentation is stored as ``label / 5 * 255`` (0, 51, 102, 153, 204 for
+  labels 0–4): exact integers, never interpolated.
+* Subject folders are the folders beside those holding
+  ``*_{t1,t1ce,t2,flair,seg}.nii[.gz]``; a channel's file ends in
+  ``_<modality>.nii`` or ``.nii.gz`` (any case). A missing ``*_seg`` file is
+  replaced by the one other NIfTI whose name contains "seg" (BraTS 2020's
+  ``W39_1998.09.19_Segm.nii``), noted in ``meta.json``.
+* Axial slices are ``volume[:, :, k]``, transposed (rows = 2nd voxel axis)
+  so that the usual BraTS storage shows the nose at the top.
+* A slice is kept when more than ``min_brain_fraction`` of the pixels of
+  the *zero-padded* ``pad_to``² T1 slice exceed ``t1_threshold`` on the
+  0–255 scale (the authors measured on the 256² padded slice, so the
+  fraction's denominator is ``pad_to``², not 240²). T1 is always read for
+  this rule, also when it is not among the output channels.
+* Slices are zero-padded centrally to ``pad_to`` and then, when
+  ``image_size < pad_to``, resized with Pillow's bilinear filter, which is
+  anti-aliased when shrinking (its support widens with the scale factor);
+  the segmentation is resized with nearest neighbour so its values stay
+  exact.
+* ``slice_stride`` > 1 looks at every n-th slice only (to keep tiny
+  profiles fast); the paper keeps every slice (stride 1).
+
+Bad input raises :class:`DataError` naming the file and what was expected:
+a missing modality, an unreadable or truncated NIfTI/JPEG, modalities of
+one subject on different grids, NaN/Inf voxels, an image volume without a
+positive voxel (a segmentation may be all zero), segmentation values that
+are not integer labels 0–5, an x-ray file name without a patient id. An
+empty or wrongly laid-out dataset folder raises :class:`DataLayoutError`.
+With ``on_bad_subject="skip"`` a bad subject (x-ray: file) is left out and
+listed in ``skipped.csv``; layout errors always stop.
+
+Chest x-ray rules: images are converted to 8-bit grayscale (Pillow ``L``:
+ITU-R 601 luma for RGB files), centre-cropped to a square on the shorter
+side, and resized (bilinear, anti-aliased) to ``image_size``. The patient
+id comes from the file name; the original train/test/val folders are merged
+and re-split patient-disjointly (see :func:`split_patients`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import common
+
+#: Output channel order of the BraTS images (the authors' order).
+BRATS_CHANNELS: tuple[str, ...] = ("T1", "T2", "T1ce", "FLAIR", "Seg")
+#: File-name suffix of each BraTS channel (``<subject>_<suffix>.nii[.gz]``).
+BRATS_SUFFIX: dict[str, str] = {"T1": "t1", "T2": "t2", "T1ce": "t1ce", "FLAIR": "flair", "Seg": "seg"}
+#: The chest x-ray images have one channel.
+CXR_CHANNELS: tuple[str, ...] = ("gray",)
+CXR_CLASSES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
+CXR_SPLIT_FOLDERS: tuple[str, ...] = ("train", "test", "val")
+CXR_EXTENSIONS: tuple[str, ...] = (".jpeg", ".jpg", ".png")
+
+#: ``source`` values: which reader, and whether the phantom generator makes the raw data.
+SOURCES: dict[str, str] = {"brats": "brats", "cxr": "cxr", "phantom_brats": "brats", "phantom_cxr": "cxr"}
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_MODALITY_FILE = re.compile(r"_(t1|t1ce|t2|flair|seg)\.nii(\.gz)?$", re.IGNORECASE)
+_IGNORED_DIRS = {"__MACOSX"}
+
+#: Table columns (contract: subject, slice, label, source; the rest help later steps).
+BRATS_COLUMNS = ["index", "subject", "slice", "label", "source", "brain_fraction", "n_slices_kept",
+                 "n_slices_total", "split_rank"]
+CXR_COLUMNS = ["index", "subject", "slice", "label", "source", "original_split", "orig_width", "orig_height",
+               "split_rank"]
+SKIPPED_COLUMNS = ["path", "reason", "subject", "role"]
+
+
+# --------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------
+
+class DataError(ValueError):
+    """A raw input that is not what the study expects: names the file (or
+    folder) and says what was expected. ``on_bad_subject="skip"`` leaves
+    the subject/image out instead of stopping."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class DataLayoutError(DataError):
+    """The dataset folder as a whole is empty or laid out wrongly (never skipped)."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The raw dataset folder is not given or does not exist; the message
+    says where to get the data, the layout, and the command to run."""
+
+
+# --------------------------------------------------------------------------
+# Where to get the data
+# --------------------------------------------------------------------------
+
+_GET_DATA = {
+    "brats20": dict(
+        name="BraTS 2020",
+        where="registration at https://www.med.upenn.edu/cbica/brats2020/registration.html "
+              "(data description: https://www.med.upenn.edu/cbica/brats2020/data.html)",
+        layout="DIR/BraTS20_Training_001/BraTS20_Training_001_{t1,t1ce,t2,flair,seg}.nii (or .nii.gz), one folder "
+               "per subject; DIR is usually MICCAI_BraTS2020_TrainingData (369 subjects). The subject whose "
+               "segmentation is misnamed (W39_1998.09.19_Segm.nii) is accepted as it is.",
+        example="DIR/BraTS20_Training_001/BraTS20_Training_001_t1.nii",
+    ),
+    "brats21": dict(
+        name="BraTS 2021",
+        where="registration on Synapse: https://www.synapse.org/#!Synapse:syn25829067 "
+              "(challenge: http://braintumorsegmentation.org/)",
+        layout="DIR/BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz (or .nii), one folder per "
+               "subject; DIR is where BraTS2021_Training_Data.tar was unpacked (1251 subjects).",
+        example="DIR/BraTS2021_00000/BraTS2021_00000_t1.nii.gz",
+    ),
+    "cxr": dict(
+        name="the Kermany chest x-ray set ('Chest X-Ray Images (Pneumonia)')",
+        where="Mendeley Data https://data.mendeley.com/datasets/rscbjbr9sj/2 (doi:10.17632/rscbjbr9sj.2, "
+              "ChestXRay2017.zip) or Kaggle https://www.kaggle.com/datasets/paultimothymooney/chest-xray-pneumonia",
+        layout="DIR/{train,test,val}/{NORMAL,PNEUMONIA}/*.jpeg; DIR is the chest_xray folder (val may be "
+               "missing; __MACOSX copies are ignored).",
+        example="DIR/train/NORMAL/IM-0115-0001.jpeg",
+    ),
+}
+
+
+def missing_data_message(dataset: str | None, source: str, raw_dir: str | os.PathLike | None) -> str:
+    """What to tell a user whose dataset folder is missing: where to get the
+    data, the layout expected, and the exact command. The last line says it
+    all on its own (the runner shows only an error's last line)."""
+    key = dataset if dataset in _GET_DATA else ("cxr" if SOURCES.get(source) == "cxr" else None)
+    keys = [key] if key else ["brats20", "brats21"]
+    name = dataset or "DATASET"
+    problem = "no raw data folder given" if raw_dir is None else f"the raw data folder {raw_dir} does not exist"
+    lines = [f"{name}: {problem}. The program does not download data"
+             + (" (BraTS needs a registration)." if "cxr" not in keys else ".")]
+    for k in keys:
+        info = _GET_DATA[k]
+        lines += [f"Get {info['name']}: {info['where']}", f"Expected layout: {info['layout']}",
+                  "(DIR may also be a parent of that folder, up to 4 levels up.)"]
+    where = " or ".join(f"{_GET_DATA[k]['name']} ({_GET_DATA[k]['where'].split(' (')[0]})" for k in keys)
+    example = " or ".join(_GET_DATA[k]["example"] for k in keys)
+    lines.append(f"{name}: {problem}; get {where}, unpack it so that {example} exists, then run: "
+                 f"./runall.sh {name} --data DIR  (or set prepare_data.raw_dir in configs/{name}.yaml)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# Locating the raw data (or generating the phantom)
+# --------------------------------------------------------------------------
+
+def locate_raw_data(
+    source: str,
+    raw_dir: str | os.PathLike | None,
+    dataset: str | None = None,
+    phantom_kind: str = "brats2021",
+    phantom_sizes: dict | None = None,
+    phantom_seed: int = 0,
+    phantom_cache: str | os.PathLike = "data/phantom",
+) -> Path:
+    """The folder to read: ``raw_dir`` for real data (checked to exist, else
+    :class:`DatasetNotFoundError` with instructions); for ``phantom_*``
+    sources ``raw_dir`` if given, else the phantom generator's cached cohort
+    (made on first use)."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if source.startswith("phantom_") and raw_dir is None:
+        import warnings
+
+        with warnings.catch_warnings():  # tqdm.auto without ipywidgets under papermill
+            warnings.simplefilter("ignore")
+            from . import phantom
+
+        kind = "cxr" if source == "phantom_cxr" else phantom_kind
+        return Path(phantom.ensure_phantom(kind, cache_root=phantom_cache, seed=phantom_seed,
+                                           **(phantom_sizes or {})))
+    if raw_dir is None or not Path(raw_dir).is_dir():
+        raise DatasetNotFoundError(missing_data_message(dataset, source, raw_dir))
+    return Path(raw_dir)
+
+
+def _walk_dirs(root: Path, max_depth: int) -> Iterator[tuple[Path, int, list[str]]]:
+    """Breadth-first (folder, depth, file names) under ``root``, skipping
+    hidden folders and macOS archive debris."""
+    queue = deque([(root, 0)])
+    while queue:
+        folder, depth = queue.popleft()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            raise DataLayoutError(folder, f"cannot list folder ({err})") from err
+        files = [e.name for e in entries if e.is_file() and not e.name.startswith(".")]
+        yield folder, depth, files
+        if depth < max_depth:
+            queue.extend((Path(e.path), depth + 1) for e in entries
+                         if e.is_dir() and not e.name.startswith(".") and e.name not in _IGNORED_DIRS)
+
+
+def _describe_folder(folder: Path, limit: int = 8) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    if not names:
+        return "it is empty"
+    more = f" … ({len(names)} entries)" if len(names) > limit else ""
+    return "it holds: " + ", ".join(names[:limit]) + more
+
+
+# --------------------------------------------------------------------------
+# BraTS: finding subjects and their files
+# --------------------------------------------------------------------------
+
+def find_brats_subjects(raw_dir: str | os.PathLike, max_depth: int = 4) -> list[Path]:
+    """The subject folders under ``raw_dir``: every folder beside the
+    folders that hold ``*_{t1,t1ce,t2,flair,seg}.nii[.gz]`` files (so an
+    empty or incomplete subject folder is reported, not silently dropped).
+    ``raw_dir`` may be the folder of subject folders or a parent of it."""
+    raw_dir = Path(raw_dir)
+    holders = [folder for folder, _, files in _walk_dirs(raw_dir, max_depth)
+               if any(_MODALITY_FILE.search(f) for f in files)]
+    if not holders:
+        raise DataLayoutError(raw_dir, "no BraTS subject folders found (no *_t1.nii / *_t1.nii.gz files up to "
+                              f"{max_depth} levels down; {_describe_folder(raw_dir)}). Expected "
+                              "DIR/<subject>/<subject>_{t1,t1ce,t2,flair,seg}.nii[.gz]")
+    if raw_dir in holders:
+        raise DataLayoutError(raw_dir, "NIfTI files lie directly in this folder; expected one folder per subject: "
+                              "DIR/<subject>/<subject>_{t1,t1ce,t2,flair,seg}.nii[.gz]")
+    parents = sorted({h.parent for h in holders})
+    if len(parents) > 1:
+        listing = "; ".join(f"{p} ({sum(h.parent == p for h in holders)} subjects)" for p in parents)
+        raise DataLayoutError(raw_dir, f"subject folders found under several folders: {listing}. "
+                              "Pass --data the one folder with the training subjects.")
+    parent = parents[0]
+    return sorted(p for p in parent.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS)
+
+
+def brats_layout(subject_dirs: Sequence[Path]) -> str:
+    """``brats2020`` / ``brats2021`` from the subject folder names, else ``other``."""
+    names = [p.name for p in subject_dirs]
+    if names and all(re.fullmatch(r"BraTS20_Training_\d+", n) for n in names):
+        return "brats2020"
+    if names and all(re.fullmatch(r"BraTS2021_\d+", n) for n in names):
+        return "brats2021"
+    return "other"
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.name.lower().endswith(NIFTI_SUFFIXES))
+
+
+def locate_modalities(folder: str | os.PathLike, channels: Sequence[str] = BRATS_CHANNELS) -> tuple[dict[str, Path], list[str]]:
+    """The file of each channel in a subject folder, and notes on anything
+    unusual. A channel's file is the one named ``*_<suffix>.nii`` or
+    ``*_<suffix>.nii.gz`` (case-insensitive). When no ``*_seg`` file
+    exists, one other NIfTI whose name contains "seg" (any case) is accepted
+    as the segmentation — BraTS 2020 subject 355 ships
+    ``W39_1998.09.19_Segm.nii`` — and noted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, "subject folder does not exist")
+    files = _nifti_files(folder)
+    found: dict[str, Path] = {}
+    notes: list[str] = []
+    for name in channels:
+        suffix = BRATS_SUFFIX[name]
+        matches = [p for p in files if re.search(rf"_{suffix}\.nii(\.gz)?$", p.name, re.IGNORECASE)]
+        if len(matches) > 1:
+            raise DataError(folder, f"several files for {name}: {', '.join(p.name for p in matches)}; expected one")
+        if matches:
+            found[name] = matches[0]
+            continue
+        if name == "Seg":
+            others = [p for p in files if not _MODALITY_FILE.search(p.name) and "seg" in p.name.lower()]
+            if len(others) == 1:
+                found[name] = others[0]
+                notes.append(f"{folder.name}: segmentation read from {others[0].name} "
+                             f"(expected {folder.name}_seg.nii[.gz])")
+                continue
+        present = ", ".join(p.name for p in files) or "no NIfTI files"
+        raise DataError(folder / f"{folder.name}_{suffix}.nii.gz",
+                        f"missing {name} file: expected {folder.name}_{suffix}.nii or .nii.gz in {folder} "
+                        f"(found: {present})")
+    return found, notes
+
+
+def read_volume(path: str | os.PathLike) -> np.ndarray:
+    """One NIfTI volume (X, Y, Z) in its stored dtype (scaled to float when
+    the header has a slope); a clear :class:`DataError` for an unreadable or
+    truncated file, a wrong number of dimensions, or NaN/Inf voxels. Opened
+    read-only; the raw file is never touched."""
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        image = nib.load(str(path), mmap=False)
+        volume = np.asanyarray(image.dataobj)
+    except Exception as err:  # noqa: BLE001 - nibabel/gzip/zlib raise many kinds
+        raise DataError(path, f"cannot read as NIfTI ({type(err).__name__}: {err}); "
+                        "expected a complete .nii or .nii.gz volume") from err
+    if volume.ndim == 4 and volume.shape[3] == 1:
+        volume = volume[..., 0]
+    if volume.ndim != 3 or volume.dtype.kind not in "biuf":
+        raise DataError(path, f"expected a 3-D numeric volume, got shape {volume.shape} of {volume.dtype}")
+    if volume.dtype.kind == "f" and not np.isfinite(volume).all():
+        bad = int((~np.isfinite(volume)).sum())
+        raise DataError(path, f"{bad} NaN/Inf voxels; expected finite intensities")
+    return volume
+
+
+@dataclass
+class BratsVolumes:
+    """One subject's volumes (X×Y×Z, stored dtype) by channel name, with
+    the files they came from."""
+    subject: str
+    folder: Path
+    volumes: dict[str, np.ndarray]
+    files: dict[str, Path]
+    notes: list[str] = field(default_factory=list)
+
+
+def load_brats_subject(folder: str | os.PathLike, channels: Sequence[str] = BRATS_CHANNELS) -> BratsVolumes:
+    """Read a subject's volumes for ``channels`` plus T1 (the slice rule
+    needs it) and check them: same shape for all, no all-zero image volume,
+    segmentation labels integers in 0–5."""
+    folder = Path(folder)
+    needed = list(dict.fromkeys(["T1", *channels]))
+    files, notes = locate_modalities(folder, needed)
+    volumes: dict[str, np.ndarray] = {}
+    for name in needed:
+        volume = read_volume(files[name])
+        first = next(iter(volumes), None)
+        if first is not None and volume.shape != volumes[first].shape:
+            raise DataError(files[name], f"shape {volume.shape} differs from {files[first].name} "
+                            f"{volumes[first].shape}; expected all modalities of a subject on one grid")
+        if name == "Seg":
+            if volume.min() < 0 or volume.max() > 5 or (
+                    volume.dtype.kind == "f" and not np.array_equal(volume, np.round(volume))):
+                values = np.unique(volume)[:10]
+                raise DataError(files[name], f"segmentation values {values.tolist()} …; expected integer "
+                                "labels 0–5 (BraTS: 0, 1, 2, 4)")
+        elif volume.max() <= 0:
+            what = "all voxels are zero" if not volume.any() else "no voxel is positive"
+            raise DataError(files[name], f"{what}; expected an MRI volume with signal")
+        volumes[name] = volume
+    return BratsVolumes(folder.name, folder, volumes, files, notes)
+
+
+# --------------------------------------------------------------------------
+# BraTS: intensities, the slice rule, padding, resizing
+# --------------------------------------------------------------------------
+
+def scale_modality(volume: np.ndarray, peak: float | None = None) -> np.ndarray:
+    """``volume / max * 255`` rounded to the nearest integer, uint8 (the
+    authors scale every modality volume by its own maximum). ``peak``: the
+    whole volume's maximum when ``volume`` is only some of its slices."""
+    peak = float(np.max(volume)) if peak is None else float(peak)
+    if peak <= 0:
+        raise ValueError("cannot scale a volume without positive voxels")
+    scaled = np.multiply(volume, np.float32(255.0 / peak), dtype=np.float32)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, 255, out=scaled)
+    return scaled.astype(np.uint8)
+
+
+def scale_segmentation(labels: np.ndarray) -> np.ndarray:
+    """``label / 5 * 255`` as uint8: labels 0–5 → 0, 51, 102, 153, 204, 255
+    exactly (51 = 255 / 5)."""
+    labels = np.asarray(labels)
+    return (np.rint(labels).astype(np.int32) * 51).clip(0, 255).astype(np.uint8)
+
+
+def axial_slices(volume: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) volume → (Z, Y, X) stack: slice ``k`` is ``volume[:, :, k].T``."""
+    return np.ascontiguousarray(np.transpose(volume, (2, 1, 0)))
+
+
+def brain_fraction(t1_slices: np.ndarray, threshold: float = 50, pad_to: int | None = 256) -> np.ndarray:
+    """Per slice, the fraction of pixels of the slice *zero-padded to*
+    ``pad_to``² whose scaled T1 value exceeds ``threshold``. Padding adds
+    only zeros, so this is the count above threshold / ``pad_to``²
+    (``pad_to=None``: / the slice's own pixel count)."""
+    t1_slices = np.asarray(t1_slices)
+    height, width = t1_slices.shape[-2:]
+    pixels = (pad_to * pad_to) if pad_to else (height * width)
+    if pad_to and (height > pad_to or width > pad_to):
+        raise ValueError(f"slice {height}×{width} is larger than pad_to={pad_to}")
+    return (t1_slices > threshold).reshape(len(t1_slices), -1).sum(axis=1) / pixels
+
+
+def keep_slice(fraction: float, min_brain_fraction: float = 0.15) -> bool:
+    """The authors' rule: keep a slice when *more than* ``min_brain_fraction``
+    of its (padded) pixels are brain (T1 above threshold)."""
+    return bool(fraction > min_brain_fraction)
+
+
+def kept_slice_indices(fractions: np.ndarray, min_brain_fraction: float = 0.15, slice_stride: int = 1) -> np.ndarray:
+    """Indices of the slices kept: every ``slice_stride``-th slice (from 0)
+    that passes :func:`keep_slice`."""
+    fractions = np.asarray(fractions)
+    candidates = np.arange(0, len(fractions), max(int(slice_stride), 1))
+    return candidates[fractions[candidates] > min_brain_fraction]
+
+
+def pad_center(slices: np.ndarray, pad_to: int) -> np.ndarray:
+    """Zero-pad (…, H, W) centrally to (…, pad_to, pad_to); an odd margin
+    puts the extra row/column after the image."""
+    height, width = slices.shape[-2:]
+    if height > pad_to or width > pad_to:
+        raise ValueError(f"cannot pad a {height}×{width} slice to pad_to={pad_to}: pad_to must be ≥ the slice size")
+    top, left = (pad_to - height) // 2, (pad_to - width) // 2
+    widths = [(0, 0)] * (slices.ndim - 2) + [(top, pad_to - height - top), (left, pad_to - width - left)]
+    return np.pad(slices, widths)
+
+
+def resize_slices(slices: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """(K, H, W) uint8 → (K, size, size) uint8 with Pillow: bilinear (anti-
+    aliased when shrinking: the filter support grows with the scale factor)
+    or nearest neighbour for label images, whose values must stay exact."""
+    from PIL import Image
+
+    slices = np.asarray(slices, dtype=np.uint8)
+    if slices.shape[-2:] == (size, size):
+        return slices.copy()
+    method = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    out = np.empty((len(slices), size, size), dtype=np.uint8)
+    for i, image in enumerate(slices):
+        out[i] = np.asarray(Image.fromarray(image).resize((size, size), method))
+    return out
+
+
+@dataclass
+class PreparedUnit:
+    """What one subject (BraTS) or one file (x-ray) contributes: images
+    (K×C×H×W uint8) with one table row each, and extra per-slice records."""
+    images: np.ndarray
+    rows: list[dict]
+    fractions: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def brats_subject_images(
+    folder: str | os.PathLike,
+    channels: Sequence[str] = BRATS_CHANNELS,
+    image_size: int = 256,
+    pad_to: int = 256,
+    t1_threshold: float = 50,
+    min_brain_fraction: float = 0.15,
+    slice_stride: int = 1,
+) -> PreparedUnit:
+    """All kept slices of one subject as (K, len(channels), image_size,
+    image_size) uint8, following the module's BraTS rules."""
+    subject = load_brats_subject(folder, channels)
+    shape = next(iter(subject.volumes.values())).shape
+    if shape[0] > pad_to or shape[1] > pad_to:
+        raise DataError(subject.files["T1"], f"slice size {shape[0]}×{shape[1]} is larger than pad_to={pad_to}; "
+                        "expected slices no larger than pad_to (BraTS: 240×240, pad_to 256)")
+    t1 = axial_slices(scale_modality(subject.volumes["T1"]))
+    fractions = brain_fraction(t1, t1_threshold, pad_to)
+    keep = kept_slice_indices(fractions, min_brain_fraction, slice_stride)
+    images = np.empty((len(keep), len(channels), image_size, image_size), dtype=np.uint8)
+    for c, name in enumerate(channels):
+        if name == "T1":
+            stack = t1[keep]
+        elif name == "Seg":
+            stack = scale_segmentation(axial_slices(subject.volumes[name][:, :, keep]))
+        else:  # scale only the kept slices, by the whole volume's maximum
+            volume = subject.volumes[name]
+            stack = scale_modality(axial_slices(volume[:, :, keep]), peak=volume.max())
+        images[:, c] = resize_slices(pad_center(stack, pad_to), image_size, nearest=(name == "Seg"))
+    considered = np.arange(0, len(fractions), max(int(slice_stride), 1))
+    kept = set(keep.tolist())
+    rows = [{"subject": subject.subject, "slice": int(k), "label": "", "source": str(subject.folder),
+             "brain_fraction": round(float(fractions[k]), 6), "n_slices_kept": len(keep),
+             "n_slices_total": len(fractions)} for k in keep]
+    records = [{"subject": subject.subject, "slice": int(k), "brain_fraction": round(float(fractions[k]), 6),
+                "kept": k in kept} for k in considered]
+    return PreparedUnit(images, rows, records, subject.notes)
+
+
+# --------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------
+
+def _permutation(ids: Iterable[str], seed: int) -> list[str]:
+    ordered = sorted(set(ids))
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    return [ordered[i] for i in order]
+
+
+def split_subjects(subjects: Iterable[str], n_test: int, n_train: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """The authors' split: a seeded permutation of the (sorted) subject ids;
+    the last ``n_test`` are held out. Of the rest, in permutation order, the
+    first ``n_train`` train (all when None) and the others are ``unused``,
+    so growing ``n_train`` only adds subjects. Columns: subject, rank, role."""
+    order = _permutation(subjects, seed)
+    n_test = int(n_test)
+    if not 1 <= n_test < len(order):
+        raise ValueError(f"n_test_subjects={n_test}: need at least 1 test subject and 1 training subject "
+                         f"({len(order)} subjects found)")
+    n_avail = len(order) - n_test
+    if n_train is not None and not 1 <= int(n_train) <= n_avail:
+        raise ValueError(f"n_train_subjects={n_train}: only {n_avail} subjects remain after holding out {n_test}")
+    n_train = n_avail if n_train is None else int(n_train)
+    roles = ["train"] * n_train + ["unused"] * (n_avail - n_train) + ["test"] * n_test
+    return pd.DataFrame({"subject": order, "rank": range(len(order)), "role": roles})
+
+
+def split_patients(patients: pd.DataFrame, test_fraction: float = 0.1, n_train: int | None = None,
+                   seed: int = 0) -> pd.DataFrame:
+    """A patient-disjoint split of the x-ray patients (``patients`` has one
+    row per patient: subject, label): one seeded permutation of all patient
+    ids; per class, the last ``round(test_fraction × n_class)`` patients (at
+    least one when the class has two or more) are held out, so both classes
+    are in the test set. Of the rest, in permutation order, the first
+    ``n_train`` train (all when None). Columns: subject, label, rank, role."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    labels = dict(zip(patients["subject"], patients["label"]))
+    order = _permutation(labels, seed)
+    test: set[str] = set()
+    for label in sorted(set(labels.values())):
+        members = [s for s in order if labels[s] == label]
+        n = int(round(test_fraction * len(members)))
+        n = max(n, 1) if len(members) >= 2 else 0
+        test.update(members[len(members) - n:] if n else [])
+    train_order = [s for s in order if s not in test]
+    if not test or not train_order:
+        raise ValueError(f"test_fraction={test_fraction} leaves an empty split ({len(order)} patients)")
+    if n_train is not None and not 1 <= int(n_train) <= len(train_order):
+        raise ValueError(f"n_train_subjects={n_train}: only {len(train_order)} training patients available")
+    chosen = set(train_order[: len(train_order) if n_train is None else int(n_train)])
+    roles = ["test" if s in test else ("train" if s in chosen else "unused") for s in order]
+    return pd.DataFrame({"subject": order, "label": [labels[s] for s in order], "rank": range(len(order)),
+                         "role": roles})
+
+
+# --------------------------------------------------------------------------
+# Chest x-ray
+# --------------------------------------------------------------------------
+
+_PNEUMONIA_NAME = re.compile(r"^(person\d+)_(?:bacteria|virus)", re.IGNORECASE)
+_NORMAL_NAME = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)-\d+", re.IGNORECASE)
+
+
+def parse_cxr_patient(filename: str | os.PathLike) -> str:
+    """The patient id in a Kermany file name: ``person12_bacteria_3.jpeg`` /
+    ``person12_virus_7.jpeg`` → ``person12``; ``IM-0115-0001.jpeg`` →
+    ``IM-0115``; ``NORMAL2-IM-1427-0001.jpeg`` → ``NORMAL2-IM-1427`` (the
+    prefix is kept: its numbers are a separate series)."""
+    name = Path(filename).name
+    for pattern in (_PNEUMONIA_NAME, _NORMAL_NAME):
+        match = pattern.match(name)
+        if match:
+            return match.group(1)
+    raise DataError(filename, "cannot tell the patient from the file name; expected person<N>_bacteria_<k>.jpeg, "
+                    "person<N>_virus_<k>.jpeg, IM-<XXXX>-<YYYY>.jpeg or NORMAL2-IM-<XXXX>-<YYYY>.jpeg")
+
+
+def find_cxr_root(raw_dir: str | os.PathLike, max_depth: int = 4) -> Path:
+    """The folder holding ``{train,test,val}/{NORMAL,PNEUMONIA}``: ``raw_dir``
+    itself or the shallowest such folder below it (the Kaggle archive's
+    nested ``chest_xray/chest_xray`` copy and ``__MACOSX`` are not used)."""
+    raw_dir = Path(raw_dir)
+
+    def is_root(folder: Path) -> bool:
+        return any((folder / split / cls).is_dir() for split in CXR_SPLIT_FOLDERS for cls in CXR_CLASSES)
+
+    for folder, _, _ in _walk_dirs(raw_dir, max_depth):
+        if is_root(folder):
+            return folder
+    raise DataLayoutError(raw_dir, f"no chest x-ray folders found ({_describe_folder(raw_dir)}); expected "
+                          "DIR/{train,test,val}/{NORMAL,PNEUMONIA}/*.jpeg")
+
+
+def list_cxr_images(raw_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[dict]]:
+    """All x-ray files (columns: path, file, label, original_split, subject)
+    and the files whose patient cannot be parsed (path, reason). Hidden
+    files and non-image files are ignored."""
+    root = find_cxr_root(raw_dir)
+    rows, bad = [], []
+    for split in CXR_SPLIT_FOLDERS:
+        for label in CXR_CLASSES:
+            folder = root / split / label
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.iterdir()):
+                if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in CXR_EXTENSIONS:
+                    continue
+                try:
+                    rows.append({"path": str(path), "file": path.name, "label": label, "original_split": split,
+                                 "subject": parse_cxr_patient(path.name)})
+                except DataError as err:
+                    bad.append({"path": str(path), "reason": err.reason, "subject": "", "role": ""})
+    if not rows and not bad:
+        raise DataLayoutError(root, "no .jpeg/.jpg/.png files in {train,test,val}/{NORMAL,PNEUMONIA}")
+    return pd.DataFrame(rows, columns=["path", "file", "label", "original_split", "subject"]), bad
+
+
+def load_cxr_image(path: str | os.PathLike, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """One x-ray as (image_size, image_size) uint8 and its original
+    (width, height): grayscale (RGB → ITU-R 601 luma; 16-bit scaled by its
+    maximum), centre-cropped to a square, resized bilinearly (anti-aliased)."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            width, height = image.size
+            if image.mode in ("I", "I;16", "I;16B", "F"):
+                values = np.asarray(image, dtype=np.float32)
+                peak = float(values.max()) or 1.0
+                gray = Image.fromarray(np.clip(np.rint(values * (255.0 / peak)), 0, 255).astype(np.uint8))
+            else:
+                gray = image.convert("L")
+    except Exception as err:  # noqa: BLE001 - Pillow raises several kinds
+        raise DataError(path, f"cannot read as an image ({type(err).__name__}: {err}); expected a "
+                        "complete JPEG/PNG file") from err
+    side = min(width, height)
+    if side < 1:
+        raise DataError(path, f"image is {width}×{height}; expected a non-empty image")
+    left, top = (width - side) // 2, (height - side) // 2
+    gray = gray.crop((left, top, left + side, top + side))
+    if side != image_size:
+        gray = gray.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(gray, dtype=np.uint8), (width, height)
+
+
+def cxr_file_images(row: dict, image_size: int) -> PreparedUnit:
+    image, (width, height) = load_cxr_image(row["path"], image_size)
+    out = {"subject": row["subject"], "slice": -1, "label": row["label"], "source": row["path"],
+           "original_split": row["original_split"], "orig_width": width, "orig_height": height}
+    return PreparedUnit(image[None, None], [out])
+
+
+# --------------------------------------------------------------------------
+# Writing N×C×H×W uint8 arrays without holding them in memory
+# --------------------------------------------------------------------------
+
+class NpyAppender:
+    """Append blocks of rows to a ``.npy`` file on disk, then publish it
+    atomically.
+
+    The final row count is not known before every subject is read (the
+    slice rule decides), so instead of a second pass over all volumes the
+    file gets a header for N=0 and rows are written sequentially; at the
+    end the header is rewritten in place with the real N (NumPy pads
+    headers so the first axis can grow to 21 digits without changing the
+    header length) and the temporary file is renamed onto ``path``. Memory
+    stays at one block; the result loads with ``np.load(..., mmap_mode="r")``."""
+
+    def __init__(self, path: str | os.PathLike, row_shape: Sequence[int], dtype=np.uint8):
+        self.path = Path(path)
+        self.row_shape = tuple(int(s) for s in row_shape)
+        self.dtype = np.dtype(dtype)
+        self.n = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=self.path.stem + ".tmp", suffix=self.path.suffix, dir=self.path.parent)
+        self.tmp = Path(tmp)
+        self._handle = os.fdopen(fd, "wb")
+        self._header_len = len(self._header(0))
+        self._handle.write(self._header(0))
+
+    def _header(self, n: int) -> bytes:
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buffer, {
+            "descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+            "shape": (n, *self.row_shape)})
+        return buffer.getvalue()
+
+    def append(self, block: np.ndarray) -> tuple[int, int]:
+        """Write ``block`` (K × row_shape); returns its (first, end) row indices."""
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.row_shape:
+            raise ValueError(f"block of shape {block.shape} does not fit rows of shape {self.row_shape}")
+        if block.size:
+            self._handle.write(memoryview(block.reshape(-1)))
+        start, self.n = self.n, self.n + len(block)
+        return start, self.n
+
+    def commit(self) -> Path:
+        header = self._header(self.n)
+        if len(header) != self._header_len:  # cannot happen with NumPy's padded headers
+            raise RuntimeError(f"{self.path}: .npy header length changed ({self._header_len} → {len(header)})")
+        self._handle.seek(0)
+        self._handle.write(header)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> NpyAppender:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._handle.closed:
+            self.abort()
+
+
+# --------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------
+
+@dataclass
+class _Unit:
+    key: str          # subject id, or file path for x-ray
+    subject: str
+    role: str         # train | test
+    rank: int
+    path: str
+    args: Any
+
+
+def _ordered_results(work: Callable[[_Unit], PreparedUnit], units: Sequence[_Unit], n_workers: int
+                     ) -> Iterator[tuple[_Unit, PreparedUnit | DataError]]:
+    """``work(unit)`` for every unit, yielded in order; :class:`DataError`
+    is returned as a value (other errors propagate). With ``n_workers`` > 1
+    a thread pool reads ahead (NIfTI/JPEG decoding, zlib and NumPy release
+    the GIL), at most 2 × n_workers units in flight."""
+
+    def safe(unit: _Unit) -> PreparedUnit | DataError:
+        try:
+            return work(unit)
+        except DataError as err:
+            return err
+
+    if n_workers <= 1:
+        for unit in units:
+            yield unit, safe(unit)
+        return
+    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="prepare") as pool:
+        pending: deque = deque()
+        it = iter(units)
+        try:
+            for unit in it:
+                pending.append((unit, pool.submit(safe, unit)))
+                if len(pending) >= 2 * n_workers:
+                    head, future = pending.popleft()
+                    yield head, future.result()
+            while pending:
+                head, future = pending.popleft()
+                yield head, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+
+def _validate(source, image_size, channels, pad_to, slice_stride, on_bad_subject, n_workers):
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if on_bad_subject not in ("fail", "skip"):
+        raise ValueError(f"on_bad_subject must be 'fail' or 'skip', got {on_bad_subject!r}")
+    if int(image_size) < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    if int(slice_stride) < 1:
+        raise ValueError(f"slice_stride must be ≥ 1, got {slice_stride}")
+    if int(n_workers) < 0:
+        raise ValueError(f"n_workers must be ≥ 0, got {n_workers}")
+    reader = SOURCES[source]
+    allowed = BRATS_CHANNELS if reader == "brats" else CXR_CHANNELS
+    if channels is None:
+        return list(allowed)
+    by_lower = {c.lower(): c for c in allowed}
+    chosen = [by_lower.get(str(c).lower()) for c in channels]
+    if not channels or None in chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(f"channels {list(channels)}: expected distinct names from {list(allowed)} (or null for all)")
+    chosen = sorted(chosen, key=allowed.index)  # a subset keeps the authors' order
+    if reader == "brats" and int(image_size) > int(pad_to):
+        raise ValueError(f"image_size={image_size} is larger than pad_to={pad_to}; slices are padded to pad_to "
+                         "and only shrunk")
+    return chosen
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def prepare_dataset(
+    source: str,
+    raw_dir: str | os.PathLike,
+    results_dir: str | os.PathLike,
+    image_size: int = 256,
+    channels: Sequence[str] | None = None,
+    *,
+    dataset: str | None = None,
+    pad_to: int = 256,
+    t1_threshold: float = 50,
+    min_brain_fraction: float = 0.15,
+    slice_stride: int = 1,
+    n_test_subjects: int = 56,
+    n_train_subjects: int | None = None,
+    test_fraction: float = 0.1,
+    on_bad_subject: str = "fail",
+    seed: int = 0,
+    n_workers: int = 2,
+    progress: bool = True,
+) -> dict:
+    """Read the raw data in ``raw_dir`` (BraTS subject folders or the
+    chest x-ray folders; see the module doc for the rules), split it by
+    subject/patient and write ``results_dir/data/`` (train/test .npy and
+    .csv, split.csv, skipped.csv, slice_fractions.csv for BraTS, meta.json).
+
+    BraTS: ``n_test_subjects`` held out, ``n_train_subjects`` (None = all
+    remaining) train. Chest x-ray: ``test_fraction`` of each class's
+    patients held out; ``n_train_subjects`` counts patients; ``pad_to`` and
+    the slice-rule parameters do not apply. ``on_bad_subject="skip"``
+    leaves out a subject (x-ray: a file) with bad input and lists it; the
+    split is made over all subjects found, so a skipped subject is not
+    replaced. Returns the summary also written as ``meta.json``."""
+    started = time.perf_counter()
+    channels = _validate(source, image_size, channels, pad_to, slice_stride, on_bad_subject, n_workers)
+    reader = SOURCES[source]
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise DatasetNotFoundError(missing_data_message(dataset, source, raw_dir))
+    out_dir = Path(results_dir) / "data"
+    if _inside(out_dir, raw_dir):
+        raise ValueError(f"results folder {out_dir} lies inside the raw data folder {raw_dir}; "
+                         "nothing may be written there")
+    size = int(image_size)
+    skipped: list[dict] = []
+    notes: list[str] = []
+
+    if reader == "brats":
+        subject_dirs = find_brats_subjects(raw_dir)
+        layout = brats_layout(subject_dirs)
+        split = split_subjects([p.name for p in subject_dirs], n_test_subjects, n_train_subjects, seed)
+        folders = {p.name: p for p in subject_dirs}
+        args = dict(channels=channels, image_size=size, pad_to=int(pad_to), t1_threshold=t1_threshold,
+                    min_brain_fraction=min_brain_fraction, slice_stride=int(slice_stride))
+        units = [_Unit(s, s, r, int(k), str(folders[s]), args)
+                 for s, r, k in split[split.role != "unused"].sort_values(["role", "rank"], key=_train_first)
+                 [["subject", "role", "rank"]].itertuples(index=False)]
+
+        def work(unit: _Unit) -> PreparedUnit:
+            return brats_subject_images(unit.path, **unit.args)
+        columns, bar_unit = BRATS_COLUMNS, "subject"
+    else:
+        files, bad_names = list_cxr_images(raw_dir)
+        layout = "kermany_cxr"
+        if bad_names and on_bad_subject == "fail":
+            raise DataError(bad_names[0]["path"], bad_names[0]["reason"])
+        skipped.extend(bad_names)
+        patients = files.drop_duplicates("subject")[["subject", "label"]]
+        split = split_patients(patients, test_fraction, n_train_subjects, seed)
+        roles = dict(zip(split.subject, split.role))
+        ranks = dict(zip(split.subject, split["rank"]))
+        files = files.assign(role=files.subject.map(roles), rank=files.subject.map(ranks))
+        files = files[files.role != "unused"].sort_values(["role", "rank", "file"], key=_train_first)
+        units = [_Unit(r["path"], r["subject"], r["role"], int(r["rank"]), r["path"], r)
+                 for r in files.to_dict("records")]
+
+        def work(unit: _Unit) -> PreparedUnit:
+            return cxr_file_images(unit.args, size)
+        columns, bar_unit = CXR_COLUMNS, "image"
+
+    rows: dict[str, list[dict]] = {"train": [], "test": []}
+    fractions: list[dict] = []
+    done: dict[str, int] = {}
+    row_shape = (len(channels), size, size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with NpyAppender(out_dir / "train.npy", row_shape) as train_npy, \
+            NpyAppender(out_dir / "test.npy", row_shape) as test_npy:
+        writers = {"train": train_npy, "test": test_npy}
+        bar = _progress_bar(total=len(units), unit=bar_unit, desc=f"prepare {dataset or source}", disable=not progress)
+        for unit, outcome in _ordered_results(work, units, int(n_workers)):
+            bar.update(1)
+            if isinstance(outcome, DataError):
+                if on_bad_subject == "fail" or isinstance(outcome, DataLayoutError):
+                    bar.close()
+                    raise outcome
+                skipped.append({"path": outcome.path, "reason": outcome.reason, "subject": unit.subject,
+                                "role": unit.role})
+                continue
+            start, _ = writers[unit.role].append(outcome.images)
+            for i, row in enumerate(outcome.rows):
+                rows[unit.role].append({"index": start + i, **row, "split_rank": unit.rank})
+            fractions.extend({**rec, "role": unit.role} for rec in outcome.fractions)
+            notes.extend(outcome.notes)
+            done[unit.subject] = done.get(unit.subject, 0) + len(outcome.images)
+            bar.set_postfix(train=train_npy.n, test=test_npy.n, skipped=len(skipped), refresh=False)
+        bar.close()
+        for role in ("train", "test"):
+            if writers[role].n == 0:
+                raise ValueError(f"no {role} images: {len(skipped)} inputs skipped"
+                                 + (f" (first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else "")
+                                 + ("" if reader != "brats" else
+                                    f"; or no slice has more than {min_brain_fraction:.0%} of its pixels with "
+                                    f"T1 > {t1_threshold}"))
+        n_train, n_test = train_npy.n, test_npy.n
+        train_npy.commit()
+        test_npy.commit()
+
+    skipped_subjects = {s["subject"] for s in skipped if s["subject"]}
+    split = split.assign(
+        n_images=split.subject.map(done).fillna(0).astype(int),
+        status=[("unused" if r == "unused" else "skipped" if s in skipped_subjects and s not in done else "ok")
+                for s, r in zip(split.subject, split.role)])
+    written = []
+    for role in ("train", "test"):
+        written.append(common.write_csv(out_dir / f"{role}.csv", pd.DataFrame(rows[role], columns=columns)))
+    written.append(common.write_csv(out_dir / "split.csv", split))
+    written.append(common.write_csv(out_dir / "skipped.csv", pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)))
+    if reader == "brats":
+        written.append(common.write_csv(out_dir / "slice_fractions.csv", pd.DataFrame(
+            fractions, columns=["subject", "slice", "brain_fraction", "kept", "role"])))
+    else:
+        (out_dir / "slice_fractions.csv").unlink(missing_ok=True)  # stale from an earlier brain-MRI run
+    subjects_with_images = {role: sorted({r["subject"] for r in rows[role]}) for role in rows}
+    meta = {
+        "dataset": dataset or source,
+        "source": source,
+        "reader": reader,
+        "layout": layout,
+        "raw_dir": str(raw_dir.resolve()),
+        "channels": list(channels),
+        "image_size": size,
+        "n_train": n_train,
+        "n_test": n_test,
+        "n_train_subjects": len(subjects_with_images["train"]),
+        "n_test_subjects": len(subjects_with_images["test"]),
+        "n_subjects_found": int(len(split)),
+        "n_unused_subjects": int((split.role == "unused").sum()),
+        "n_skipped": len(skipped),
+        "shape_train": [n_train, *row_shape],
+        "shape_test": [n_test, *row_shape],
+        "dtype": "uint8",
+        "seed": int(seed),
+        "on_bad_subject": on_bad_subject,
+        "notes": notes,
+        "files": [str(p.relative_to(out_dir.parent)) for p in
+                  [out_dir / "train.npy", out_dir / "test.npy", *written]] + ["data/meta.json"],
+        "seconds": round(time.perf_counter() - started, 2),
+        "n_workers": int(n_workers),
+    }
+    if reader == "brats":
+        meta.update(pad_to=int(pad_to), t1_threshold=t1_threshold, min_brain_fraction=min_brain_fraction,
+                    slice_stride=int(slice_stride), rules={
+                        "intensity": "each modality volume * 255 / its max, rounded to nearest (np.rint), clipped 0..255",
+                        "segmentation": "label / 5 * 255 (labels 0,1,2,4 -> 0,51,102,204), exact",
+                        "slice": "volume[:, :, k].T",
+                        "keep": f"fraction of the {pad_to}x{pad_to} zero-padded slice with scaled T1 > "
+                                f"{t1_threshold} is > {min_brain_fraction}",
+                        "resize": "none" if size == int(pad_to) else
+                                  f"pad to {pad_to}, then Pillow bilinear (anti-aliased) to {size}; Seg nearest",
+                    })
+    else:
+        meta.update(test_fraction=test_fraction, rules={
+            "gray": "Pillow convert('L') (RGB -> ITU-R 601 luma)",
+            "geometry": f"centre-crop to a square on the shorter side, Pillow bilinear (anti-aliased) to {size}",
+            "split": "original train/test/val merged; patient-disjoint re-split, test_fraction per class",
+        })
+    common.write_json(out_dir / "meta.json", meta)
+    return meta
+
+
+def _progress_bar(**kwargs):
+    """tqdm.auto's bar; in a kernel without ipywidgets it falls back to text
+    (papermill), so its warning about that is silenced and refreshes are
+    spaced out to keep executed notebooks readable."""
+    import warnings
+
+    from tqdm import TqdmExperimentalWarning, TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TqdmWarning)
+        warnings.simplefilter("ignore", TqdmExperimentalWarning)
+        from tqdm.auto import tqdm
+    return tqdm(mininterval=2.0, **kwargs)
+
+
+def _train_first(column: pd.Series) -> pd.Series:
+    """Sort key: train rows before test rows, other columns unchanged."""
+    if column.name == "role":
+        return column.map({"train": 0, "test": 1})
+    return column
+
+
+def split_counts(results_dir: str | os.PathLike) -> pd.DataFrame:
+    """Images and subjects per split (and per label for the x-rays), from
+    the written tables: what the notebook shows as the counts table."""
+    folder = Path(results_dir) / "data"
+    frames = []
+    for role in ("train", "test"):
+        table = pd.read_csv(folder / f"{role}.csv", keep_default_na=False)
+        by = table.groupby("label") if table["label"].astype(str).str.len().any() else [("", table)]
+        for label, part in by:
+            frames.append({"split": role, "label": label, "images": len(part),
+                           "subjects": part["subject"].nunique()})
+    return pd.DataFrame(frames)
+
+
+def load_split(results_dir: str | os.PathLike, role: str = "train", mmap: bool = True) -> tuple[np.ndarray, pd.DataFrame]:
+    """``data/<role>.npy`` (memory-mapped) and its table, checked to match."""
+    folder = Path(results_dir) / "data"
+    images = np.load(folder / f"{role}.npy", mmap_mode="r" if mmap else None)
+    table = pd.read_csv(folder / f"{role}.csv", keep_default_na=False)
+    if len(images) != len(table):
+        raise ValueError(f"{folder}: {role}.npy has {len(images)} images but {role}.csv {len(table)} rows")
+    return images, table
