@@ -35,7 +35,7 @@ STEPS: tuple[str, ...] = (
     "06_figures",
 )
 
-DATASETS: tuple[str, ...] = ("phantom", "brats20", "brats21", "cxr")
+DATASETS: tuple[str, ...] = ("phantom", "phantom_cxr", "brats20", "brats21", "cxr")
 
 
 # --------------------------------------------------------------------------
