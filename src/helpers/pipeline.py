@@ -252,7 +252,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset == "compare":
         return run_compare(root, results_root)
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    console = logging.StreamHandler(sys.stdout)
+    console.addFilter(lambda record: not record.getMessage().startswith(("Executing Cell", "Ending Cell")))
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[console])
     profile = args.profile or default_profile()
     config = common.deep_merge(common.load_config(args.dataset, profile, root), parse_overrides(args.set))
     name = args.name or args.dataset
@@ -292,7 +294,11 @@ def run(args: argparse.Namespace) -> int:
         before = snapshot(results)
         seconds = execute_step(step, params, out_dir, root, kernel)
         after = snapshot(results)
-        outputs = {rel: list(sig) for rel, sig in after.items() if before.get(rel) != sig}
+        # what this run wrote, plus what an earlier run of the step wrote and
+        # this one kept (a resumed training rewrites only part of its outputs)
+        mine = {rel for rel, sig in after.items() if before.get(rel) != sig}
+        mine |= set((stamp or {}).get("outputs", {}))
+        outputs = {rel: list(after[rel]) for rel in sorted(mine) if rel in after}
         stamp = {"key": key, "seconds": round(seconds, 1), "profile": profile,
                  "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "outputs": outputs}
         common.write_json(stamp_file, stamp)

@@ -1,0 +1,358 @@
+"""The all-pairs correlation engine (helpers.correlation) against
+scipy.stats.pearsonr, on small sets the tests make themselves."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+from scipy.stats import pearsonr
+
+from helpers import correlate, correlation
+
+RNG = np.random.default_rng(20250101)
+
+
+def random_set(n, shape=(3, 8, 8), dtype=np.uint8, rng=RNG):
+    if np.dtype(dtype) == np.uint8:
+        return rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    return (rng.standard_normal((n, *shape)) * 40 + 100).astype(dtype)
+
+
+def smooth_set(n, size=32, channels=1, rng=RNG):
+    """Image-like uint8 sets: smooth fields, so a one-pixel shift keeps them alike."""
+    field = gaussian_filter(rng.random((n, channels, size, size)), sigma=(0, 0, 2.5, 2.5))
+    lo = field.min(axis=(1, 2, 3), keepdims=True)
+    hi = field.max(axis=(1, 2, 3), keepdims=True)
+    return np.rint(255 * (field - lo) / (hi - lo)).astype(np.uint8)
+
+
+def flat(images, channels=None):
+    x = np.asarray(images)
+    if x.ndim == 3:
+        x = x[:, None]
+    if channels is not None:
+        x = x[:, np.atleast_1d(channels)]
+    return x.reshape(len(x), -1).astype(np.float64)
+
+
+def brute_force(synthetic, training, k, channels=None):
+    """Top-k by scipy.stats.pearsonr, ties to the lowest index; -1/NaN for constants."""
+    s, t = flat(synthetic, channels), flat(training, channels)
+    idx = np.full((len(s), k), -1)
+    val = np.full((len(s), k), np.nan)
+    for i, a in enumerate(s):
+        if np.ptp(a) == 0:
+            continue
+        row = np.array([pearsonr(a, b)[0] if np.ptp(b) > 0 else -np.inf for b in t])
+        order = np.lexsort((np.arange(len(t)), -row))[:k]
+        order = order[np.isfinite(row[order])]
+        idx[i, : len(order)] = order
+        val[i, : len(order)] = row[order]
+    return idx, val
+
+
+def matches(synthetic, training, **kw):
+    kw.setdefault("progress", False)
+    kw.setdefault("backend", "numpy")
+    return correlation.top_matches(synthetic, training, **kw)
+
+
+# --------------------------------------------------------------------------
+# Exactness against scipy
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+@pytest.mark.parametrize("channels", [None, 1, [0, 2]])
+@pytest.mark.parametrize("chunk", [None, 7, 41])
+def test_top_k_equals_pearsonr(dtype, channels, chunk):
+    syn, tra = random_set(23, dtype=dtype), random_set(41, dtype=dtype)
+    k = 3
+    res = matches(syn, tra, k=k, channels=channels, chunk_size=chunk, block_size=None if chunk is None else 5)
+    idx, val = brute_force(syn, tra, k, channels)
+    np.testing.assert_array_equal(res.index, idx)
+    np.testing.assert_allclose(res.correlation, val, atol=1e-5, rtol=0)
+    assert np.nanmax(np.abs(res.correlation - val)) < 1e-12  # in fact exact to float64 rounding
+
+
+def test_image_shapes_n_h_w_and_flattened():
+    syn, tra = random_set(9, shape=(6, 5)), random_set(17, shape=(6, 5))
+    a = matches(syn, tra, k=2)
+    b = matches(syn.reshape(9, -1), tra.reshape(17, -1), k=2)
+    idx, val = brute_force(syn, tra, 2)
+    np.testing.assert_array_equal(a.index, idx)
+    np.testing.assert_array_equal(b.index, idx)
+    np.testing.assert_allclose(a.correlation, val, atol=1e-12, rtol=0)
+
+
+def test_large_images_exact():
+    """At 256×256 the float32 products alone drift by ~1e-5; re-scoring is exact."""
+    syn = smooth_set(4, size=256)
+    tra = np.concatenate([smooth_set(12, size=256), syn[:1]])
+    res = matches(syn, tra, k=2)
+    idx, val = brute_force(syn, tra, 2)
+    np.testing.assert_array_equal(res.index, idx)
+    assert np.abs(res.correlation - val).max() < 1e-12
+    assert res.best_index[0] == 12 and res.best_correlation[0] == 1.0
+
+
+def test_chunking_invariance():
+    syn, tra = random_set(31, shape=(2, 6, 6)), random_set(57, shape=(2, 6, 6))
+    tra[40] = tra[3]  # a tie across chunks
+    ref = matches(syn, tra, k=4)
+    for chunk, block in [(1, 1), (5, 3), (57, 31), (13, 8), (56, 30)]:
+        res = matches(syn, tra, k=4, chunk_size=chunk, block_size=block)
+        np.testing.assert_array_equal(res.index, ref.index)
+        np.testing.assert_array_equal(res.correlation, ref.correlation)  # bitwise
+
+
+def test_memory_budget_plans_blocks_and_keeps_results():
+    syn, tra = random_set(40, shape=(1, 16, 16)), random_set(50, shape=(1, 16, 16))
+    ref = matches(syn, tra, k=2)
+    small = matches(syn, tra, k=2, memory_budget=16 * 1024)  # forces several blocks
+    assert small.stats["plan"]["n_blocks"] > 1
+    np.testing.assert_array_equal(small.index, ref.index)
+    np.testing.assert_array_equal(small.correlation, ref.correlation)
+    plan = correlation.plan_sizes(10**5, 10**5, 65536, 2 * 1024**3)
+    resident = plan["block_size"] * (65536 * 4 + 4 * plan["chunk_size"])
+    assert resident <= 2 * 1024**3 and plan["chunk_size"] >= 256
+
+
+def test_float64_precision_mode_agrees():
+    syn, tra = random_set(12), random_set(30)
+    a = matches(syn, tra, k=3)
+    b = matches(syn, tra, k=3, precision="float64")
+    np.testing.assert_array_equal(a.index, b.index)
+    np.testing.assert_allclose(a.correlation, b.correlation, atol=1e-12, rtol=0)
+
+
+# --------------------------------------------------------------------------
+# Copies, ties and constants
+# --------------------------------------------------------------------------
+
+def test_planted_exact_copies_found_with_correlation_one():
+    tra = smooth_set(60)
+    planted = np.array([3, 17, 42, 59])
+    syn = np.concatenate([tra[planted], smooth_set(5)])
+    res = matches(syn, tra, chunk_size=16)
+    np.testing.assert_array_equal(res.best_index[:4], planted)
+    assert np.all(res.best_correlation[:4] == 1.0)
+    assert np.all(res.best_correlation[4:] < 1.0)
+
+
+def test_ties_go_to_the_lowest_training_index():
+    tra = smooth_set(50)
+    tra[9] = tra[33]  # duplicates in different chunks
+    tra[34] = tra[33]
+    syn = tra[[33]].copy()
+    res = matches(syn, tra, k=3, chunk_size=10)
+    np.testing.assert_array_equal(res.index[0], [9, 33, 34])
+    assert np.all(res.correlation[0] == 1.0)
+    # an affine intensity change is a perfect correlation too: still ranked by index
+    tra2 = tra.copy()
+    tra2[2] = tra[33] // 2 + 10
+    res2 = matches(syn, tra2, k=1)
+    assert res2.best_index[0] in (2, 9)
+
+
+@pytest.mark.parametrize("kind", correlate.CONTROL_KINDS)
+def test_perturbed_copies_ranked_first(kind):
+    tra = smooth_set(80, size=32, channels=2)
+    images, table = correlate.make_control(correlation.open_images(tra), 12, seed=1, noise_sd=10.0,
+                                           kinds=(kind,))
+    res = matches(images, tra, k=2)
+    np.testing.assert_array_equal(res.best_index, table["planted_index"].to_numpy())
+    if kind == "copy":
+        assert np.all(res.best_correlation == 1.0)
+    else:
+        assert np.all(res.best_correlation < 1.0)
+        assert np.all(res.best_correlation > res.correlation[:, 1])
+
+
+def test_constant_images_are_excluded_and_counted():
+    syn, tra = random_set(10), random_set(20)
+    syn[2] = 0
+    syn[7] = 200
+    tra[5] = 17
+    tra[11] = 255
+    with np.errstate(all="raise"):  # no silent NaN arithmetic either
+        res = matches(syn, tra, k=20)
+    assert res.constant.tolist() == [i in (2, 7) for i in range(10)]
+    assert np.all(res.index[[2, 7]] == -1) and np.all(np.isnan(res.correlation[[2, 7]]))
+    assert res.train_constant.sum() == 2 and res.stats["n_train_constant"] == 2
+    assert res.stats["n_synthetic_constant"] == 2
+    ok = ~res.constant
+    assert not np.isin(res.index[ok], [5, 11]).any()
+    assert np.all(res.index[ok][:, :18] >= 0) and np.all(res.index[ok][:, 18:] == -1)  # 18 valid images
+    idx, val = brute_force(syn, tra, 20)
+    np.testing.assert_array_equal(res.index, idx)
+    np.testing.assert_allclose(res.correlation, val, atol=1e-12, rtol=0)
+    table = res.best_frame()
+    assert table["constant"].sum() == 2 and table["correlation"].isna().sum() == 2
+
+
+def test_constant_float_images_and_all_constant_training():
+    syn = random_set(4, dtype=np.float32)
+    syn[1] = 0.3
+    tra = np.full((6, 3, 8, 8), 0.5, np.float32)
+    res = matches(syn, tra)
+    assert res.constant.tolist() == [False, True, False, False]
+    assert np.all(res.best_index == -1) and np.all(np.isnan(res.best_correlation))
+    assert res.train_constant.all()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_near_constant_images_keep_the_right_order(dtype):
+    """Bright images with a few varying pixels: the hardest case for float32
+    products (large mean, tiny variance); the order must still be exact."""
+    n, size = 40, 32
+    images = np.full((n, 1, size, size), 250, np.uint8)
+    images[:, 0, :3, :3] = RNG.integers(0, 256, (n, 3, 3))
+    images[:, 0, 5, 7] = RNG.integers(200, 256, n)
+    syn, tra = images[:10].astype(dtype), images[10:].astype(dtype)
+    if dtype != np.uint8:
+        syn, tra = syn / np.float32(255), tra / np.float32(255)
+    res = matches(syn, tra, k=3)
+    idx, val = brute_force(syn, tra, 3)
+    np.testing.assert_array_equal(res.index, idx)
+    np.testing.assert_allclose(res.correlation, val, atol=1e-12, rtol=0)
+
+
+def test_band_overflow_falls_back_to_float64_and_stays_exact():
+    """Many near-identical training images: more candidates within the
+    float32 tolerance than max_candidates -> second pass in float64."""
+    base = smooth_set(1, size=32)[0]
+    tra = np.repeat(base[None], 30, axis=0)
+    for i in range(30):  # change one pixel by a tiny amount each
+        tra[i, 0, i % 32, (3 * i) % 32] = np.clip(int(base[0, i % 32, (3 * i) % 32]) + (1 if i % 2 else -1), 0, 255)
+    syn = base[None].copy()
+    res = matches(syn, tra, k=2, max_candidates=3)
+    assert res.stats["fallback_rows"] == 1
+    idx, val = brute_force(syn, tra, 2)
+    np.testing.assert_array_equal(res.index, idx)
+    np.testing.assert_allclose(res.correlation, val, atol=1e-12, rtol=0)
+
+
+# --------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------
+
+def test_memory_mapped_input(tmp_path):
+    syn, tra = random_set(11), random_set(29)
+    np.save(tmp_path / "s.npy", syn)
+    np.save(tmp_path / "t.npy", tra)
+    ref = matches(syn, tra, k=2)
+    by_path = matches(tmp_path / "s.npy", tmp_path / "t.npy", k=2, chunk_size=8)
+    mm = np.load(tmp_path / "t.npy", mmap_mode="r")
+    by_mmap = matches(syn, mm, k=2, chunk_size=8)
+    for res in (by_path, by_mmap):
+        np.testing.assert_array_equal(res.index, ref.index)
+        np.testing.assert_array_equal(res.correlation, ref.correlation)
+
+
+def test_channel_names_and_bad_selections():
+    tra = random_set(5)
+    s = correlation.open_images(tra, ["c", "a"], channel_names=["a", "b", "c"])
+    assert s.channels == [2, 0] and s.shape == (2, 8, 8)
+    np.testing.assert_array_equal(s.read(1, 3), tra[1:3][:, [2, 0]].reshape(2, -1))
+    np.testing.assert_array_equal(s.take([4, 0, 4]), tra[[4, 0, 4]][:, [2, 0]].reshape(3, -1))
+    assert correlation.open_images(tra, "all").channels is None
+    with pytest.raises(ValueError, match="unknown channel"):
+        correlation.open_images(tra, "t1", channel_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="out of range"):
+        correlation.open_images(tra, 3)
+    with pytest.raises(ValueError, match="are 1×8×8 but training images"):
+        matches(random_set(3, shape=(1, 8, 8)), tra)
+
+
+def test_nan_input_is_refused_with_its_index():
+    syn = random_set(3, dtype=np.float32)
+    syn[2, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"synthetic\[2\].*NaN"):
+        matches(syn, random_set(4, dtype=np.float32))
+
+
+def test_pair_correlations():
+    a, b = random_set(6), random_set(7)
+    b[3] = 9
+    ia, ib = np.array([0, 1, 5, 2, 4]), np.array([6, 3, 0, -1, 4])
+    out = correlation.pair_correlations(a, b, ia, ib)
+    assert np.isnan(out[1]) and np.isnan(out[3])
+    for i in (0, 2, 4):
+        assert abs(out[i] - pearsonr(flat(a)[ia[i]], flat(b)[ib[i]])[0]) < 1e-12
+
+
+def test_result_frames():
+    res = matches(random_set(5), random_set(9), k=3)
+    top = res.topk_frame()
+    assert list(top.columns) == ["synthetic_index", "rank", "train_index", "correlation"]
+    assert len(top) == 15 and top.groupby("synthetic_index")["rank"].apply(list).iloc[0] == [1, 2, 3]
+    assert res.pairs == 45 and res.pairs_per_second > 0
+
+
+# --------------------------------------------------------------------------
+# Backends
+# --------------------------------------------------------------------------
+
+def test_backend_selection_without_cupy(monkeypatch):
+    monkeypatch.setattr(correlation, "cupy_status", lambda: (None, "CuPy is not available (test)"))
+    be = correlation.get_backend("auto")
+    assert be.name == "numpy" and "not available" in be.note
+    with pytest.raises(RuntimeError, match="backend='cupy'"):
+        correlation.get_backend("cupy")
+    with pytest.raises(ValueError):
+        correlation.get_backend("torch")
+    res = correlation.top_matches(random_set(2), random_set(3), progress=False)
+    assert res.backend == "numpy" and "CuPy" in res.backend_note
+
+
+def test_module_imports_neither_torch_nor_cupy():
+    code = ("import sys, helpers.correlation, helpers.correlate; "
+            "bad = [m for m in ('torch', 'cupy') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+class _ArrayModule:
+    """NumPy behind another name: runs the engine's generic (CuPy-style)
+    branches, which otherwise only a GPU would reach."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_generic_array_module_path_equals_numpy(dtype):
+    syn, tra = random_set(14, dtype=dtype), random_set(37, dtype=dtype)
+    syn[3] = tra[20]
+    syn[5] = 1
+    tra[30] = tra[20]
+    ref = matches(syn, tra, k=3, chunk_size=16)
+    generic = correlation.Backend("numpy-as-generic", _ArrayModule(), "test")
+    res = correlation.top_matches(syn, tra, k=3, chunk_size=16, backend=generic, progress=False)
+    assert res.backend == "numpy-as-generic"
+    np.testing.assert_array_equal(res.index, ref.index)
+    np.testing.assert_allclose(res.correlation, ref.correlation, atol=1e-12, rtol=0)
+    assert res.best_index[3] == 20
+
+
+@pytest.mark.gpu
+def test_cupy_equals_numpy():
+    pytest.importorskip("cupy")
+    syn = np.concatenate([smooth_set(40, size=64), random_set(5, shape=(1, 64, 64))])
+    tra = smooth_set(300, size=64)
+    syn[3] = tra[123]
+    tra[200] = tra[10]
+    syn[4] = tra[10]
+    syn[5] = 0
+    ref = matches(syn, tra, k=3, chunk_size=64)
+    for precision in ("float32", "float64"):
+        gpu = correlation.top_matches(syn, tra, k=3, backend="cupy", chunk_size=64, progress=False,
+                                      precision=precision)
+        assert gpu.backend == "cupy"
+        np.testing.assert_array_equal(gpu.index, ref.index)
+        np.testing.assert_allclose(gpu.correlation, ref.correlation, atol=1e-12, rtol=0)
+    assert ref.best_index[3] == 123 and ref.best_index[4] == 10 and ref.constant[5]
