@@ -139,7 +139,9 @@ def make_results(folder, models=("stylegan", "diffusion"), xray=False, n_subject
         "baseline": {"n": len(test), "constant": int(b_const.sum()),
                      "quantiles": {q: float(np.quantile(b_best, p)) for q, p in
                                    (("p50", .5), ("p95", .95), ("p99", .99), ("max", 1.0))}},
-        "models": summary_models, "backend": "numpy", "pairs": 0, "seconds": 0.0})
+        "models": {m: v for m, v in summary_models.items() if m != "control"},
+        **({"control": summary_models["control"]} if "control" in summary_models else {}),  # as step 05 writes it
+        "backend": "numpy", "pairs": 0, "seconds": 0.0})
 
     steps = 10
     if "stylegan" in models:

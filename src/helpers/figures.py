@@ -410,9 +410,10 @@ def finding_text(summary: Mapping, threshold_name: str = "baseline_p99", n_train
             parts.append(f"The 95 % intervals of {display_name(m1)} ({_pct(e1['fraction'])}) and "
                          f"{display_name(m2)} ({_pct(e2['fraction'])}) overlap: this run does not separate "
                          "the two models at this threshold.")
-    if CONTROL in models and (models[CONTROL].get("exceedances") or {}).get(threshold_name):
-        exc = models[CONTROL]["exceedances"][threshold_name]
-        n = int(models[CONTROL].get("n", 0))
+    control = summary.get(CONTROL) or models.get(CONTROL) or {}  # step 05 keeps it apart from the models
+    if (control.get("exceedances") or {}).get(threshold_name):
+        exc = control["exceedances"][threshold_name]
+        n = int(control.get("n", 0))
         found = "every planted copy" if int(exc["n_above"]) == n else f"{int(exc['n_above'])} of {n} planted copies"
         parts.append(f"Positive control (planted copies of training images, not a generator): the audit finds {found} "
                      f"({_pct(exc['fraction'])}) above this threshold.")
@@ -782,6 +783,8 @@ def collect_summaries(results_root) -> pd.DataFrame:
         folder = path.parent.parent
         summary = load_summary(folder)
         groups = {m: info for m, info in summary["models"].items()}
+        if summary.get(CONTROL):  # step 05 keeps the positive control apart from the models
+            groups[CONTROL] = summary[CONTROL]
         exc_path = folder / "correlation/exceedances.csv"
         if BASELINE not in groups and exc_path.is_file():
             exc = load_exceedances(folder)
