@@ -1,0 +1,352 @@
+"""StyleGAN2-ADA: architecture, regularizers, ADA, exact resume and per-seed
+sampling, on tiny CPU models (16²/32², a few channels)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import checkpoints, common
+from helpers import stylegan as sg
+from helpers.stylegan_augment import TRANSFORMS, AdaptiveAugment, parse_transforms
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors run fastest on one thread, and a shared machine is not
+    oversubscribed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY = dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=16)
+
+
+def tiny_config(**overrides) -> sg.StyleGANConfig:
+    base = dict(TINY, batch_size=4, mbstd_group=2, total_kimg=0.048, checkpoint_kimg=0.016, log_every=2,
+                r1_gamma=1.0, r1_interval=2, pl_weight=2.0, pl_interval=3, ema_kimg=0.01, augment_p=0.2,
+                ada_kimg=0.05, ada_interval=2, grid_seeds=2, keep_last=2)
+    base.update(overrides)
+    return sg.StyleGANConfig(**base)
+
+
+def make_results(tmp_path, n=12, channels=2, size=16, seed=0):
+    """A results folder with a small training set of smooth random blobs."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images = np.zeros((n, channels, size, size), dtype=np.uint8)
+    for i in range(n):
+        cy, cx, r = rng.uniform(size * 0.3, size * 0.7, 2).tolist() + [rng.uniform(size * 0.2, size * 0.4)]
+        blob = ((yy - cy) ** 2 + (xx - cx) ** 2) < r**2
+        for c in range(channels):
+            images[i, c] = blob * rng.integers(80, 255)
+    data = tmp_path / "data"
+    data.mkdir(parents=True)
+    np.save(data / "train.npy", images)
+    common.write_json(data / "meta.json", {"channels": [f"m{c}" for c in range(channels)], "image_size": size,
+                                          "n_train": n})
+    return tmp_path
+
+
+# --------------------------------------------------------------------------
+# Architecture
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("resolution,channels", [(16, 1), (32, 5), (64, 3)])
+def test_generator_and_discriminator_shapes(resolution, channels):
+    G = sg.Generator(resolution, channels, **TINY)
+    D = sg.Discriminator(resolution, channels, channel_base=128, channel_max=16, mbstd_group=2)
+    z = torch.randn(4, 16)
+    img = G(z)
+    assert img.shape == (4, channels, resolution, resolution)
+    assert G.num_ws == 2 * int(math.log2(resolution)) - 2  # one w per conv + the last toRGB
+    logits = D(img)
+    assert logits.shape == (4,)
+    assert torch.isfinite(img).all() and torch.isfinite(logits).all()
+
+
+def test_truncation_psi_zero_gives_the_average_image():
+    G = sg.Generator(16, 1, **TINY).eval()
+    G.mapping.w_avg.normal_()
+    a = G(torch.randn(3, 16), truncation_psi=0.0, noise_mode="const")
+    assert torch.allclose(a[0], a[1], atol=1e-5) and torch.allclose(a[0], a[2], atol=1e-5)
+    b = G(torch.randn(3, 16), truncation_psi=1.0, noise_mode="const")
+    assert not torch.allclose(b[0], b[1], atol=1e-3)
+
+
+def test_modulated_conv_with_demodulation_keeps_unit_variance():
+    torch.manual_seed(0)
+    x = torch.randn(32, 64, 24, 24)
+    weight = torch.randn(48, 64, 3, 3) * 5.0  # any scale: demodulation removes it
+    styles = torch.rand(32, 64) * 3 + 0.1
+    f = sg._fir_kernel()
+    y = sg.modulated_conv2d(x, weight, styles, f, demodulate=True)[:, :, 1:-1, 1:-1]  # interior: no zero padding
+    std_per_channel = y.std(dim=(0, 2, 3))
+    assert abs(float(y.std()) - 1.0) < 0.05
+    assert float((std_per_channel - 1).abs().max()) < 0.1
+    undemod = sg.modulated_conv2d(x, weight, styles, f, demodulate=False)[:, :, 1:-1, 1:-1]
+    assert float(undemod.std()) > 5  # without demodulation the scale leaks through
+
+
+def test_fir_resampling_matches_its_definition():
+    """×2 up: zero insertion, pad (2, 1), [1,3,3,1]² filter with gain 4;
+    ×½ down: pad 1, filter, every second pixel (StyleGAN2's upfirdn2d)."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 8, 8)
+    f = sg._fir_kernel()
+    w = f[None, None].repeat(3, 1, 1, 1)
+    z = torch.zeros(2, 3, 16, 16)
+    z[:, :, ::2, ::2] = x
+    up_ref = F.conv2d(F.pad(z, [2, 1, 2, 1]), w * 4, groups=3)
+    assert torch.allclose(sg.upsample2d(x, f), up_ref, atol=1e-5)
+    down_ref = F.conv2d(F.pad(x, [1, 1, 1, 1]), w, groups=3)[:, :, ::2, ::2]
+    assert torch.allclose(sg.downsample2d(x, f), down_ref, atol=1e-5)
+    # a constant image stays constant away from the borders
+    const = torch.ones(1, 1, 8, 8)
+    assert torch.allclose(sg.upsample2d(const, f)[..., 2:-2, 2:-2], torch.ones(1, 1, 12, 12))
+
+
+def test_minibatch_std_needs_a_divisible_batch():
+    layer = sg.MinibatchStd(group_size=4)
+    assert layer(torch.randn(8, 3, 4, 4)).shape == (8, 4, 4, 4)
+    with pytest.raises(ValueError, match="group size"):
+        layer(torch.randn(6, 3, 4, 4))
+
+
+# --------------------------------------------------------------------------
+# ADA
+# --------------------------------------------------------------------------
+
+def test_ada_controller_moves_p_toward_the_target():
+    aug = AdaptiveAugment(p=0.5, target=0.6, speed_kimg=1.0)
+    aug.accumulate(torch.full((16,), 3.0))  # D sure that reals are real: overfitting
+    assert aug.adjust(100) == pytest.approx(0.6)
+    aug.accumulate(torch.tensor([1.0, 1.0, -1.0, -1.0]))  # r_t = 0 < 0.6
+    assert aug.adjust(100) == pytest.approx(0.5)
+    for _ in range(10):
+        aug.accumulate(-torch.ones(4))
+        aug.adjust(100)
+    assert aug.p == 0.0  # clamped
+    fixed = AdaptiveAugment(p=0.3, target=None)
+    fixed.accumulate(torch.ones(4))
+    assert fixed.adjust(1000) == 0.3
+
+
+@pytest.mark.parametrize("bias,direction", [(10.0, 1), (-10.0, -1)])
+def test_ada_p_follows_the_discriminator_during_training(tmp_path, bias, direction):
+    """p rises while D calls every real 'real' (overfitting) and falls when it does not."""
+    data = sg.TrainingImages(make_results(tmp_path), seed=0)
+    trainer = sg.StyleGANTrainer(tiny_config(augment_p=0.5, ada_interval=2, ada_kimg=1.0, r1_gamma=0.0,
+                                             pl_weight=0.0), data.shape)
+    with torch.no_grad():
+        trainer.D.out.bias.fill_(bias / trainer.D.out.bias_gain)
+    for _ in range(4):
+        trainer.step(data)
+    expected = 0.5 + direction * 2 * (4 * 2) / 1000
+    assert trainer.augment.p == pytest.approx(expected)
+
+
+def test_augmentations_are_differentiable_and_gated_by_p():
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    assert AdaptiveAugment(p=0.0)(x) is x
+    for name in TRANSFORMS:
+        aug = AdaptiveAugment([name], p=1.0, target=None)
+        inp = x.clone().requires_grad_(True)
+        out = aug(inp)
+        assert out.shape == x.shape
+        out.square().sum().backward()
+        assert inp.grad is not None and inp.grad.abs().sum() > 0, name
+    assert not torch.equal(AdaptiveAugment(p=1.0)(x), x)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        parse_transforms("xflip,hue")
+
+
+def test_integer_translation_moves_whole_pixels():
+    torch.manual_seed(3)
+    x = torch.rand(16, 1, 16, 16)
+    out = AdaptiveAugment(["xint"], p=1.0, target=None)(x)
+    for i in range(len(x)):
+        values = set(np.round(x[i].numpy().ravel(), 5))
+        assert set(np.round(out[i].detach().numpy().ravel(), 5)) <= values  # no interpolated values
+
+
+# --------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------
+
+def test_one_step_changes_weights_and_gives_finite_losses(tmp_path):
+    data = sg.TrainingImages(make_results(tmp_path), seed=0)
+    trainer = sg.StyleGANTrainer(tiny_config(), data.shape)
+    before_G = {k: v.clone() for k, v in trainer.G.named_parameters()}
+    before_D = {k: v.clone() for k, v in trainer.D.named_parameters()}
+    stats = trainer.step(data)
+    for key in ("loss_G", "loss_D", "r1", "pl"):
+        assert torch.isfinite(stats[key]), key
+    unchanged_G = [k for k, v in trainer.G.named_parameters() if torch.equal(v, before_G[k])]
+    unchanged_D = [k for k, v in trainer.D.named_parameters() if torch.equal(v, before_D[k])]
+    assert not unchanged_G and not unchanged_D, (unchanged_G, unchanged_D)
+
+
+def test_training_data_batches_depend_only_on_seed_and_step(tmp_path):
+    results = make_results(tmp_path, n=10)
+    a, b = sg.TrainingImages(results, seed=0), sg.TrainingImages(results, seed=0)
+    assert np.array_equal(a.batch(7, 4, mirror=True), b.batch(7, 4, mirror=True))
+    # one epoch shows every image exactly once (without mirroring)
+    seen = np.concatenate([a.batch(s, 5, mirror=False) for s in range(2)])
+    assert sorted(map(bytes, seen)) == sorted(map(bytes, a.images[:]))
+
+
+def _final_state(results):
+    latest = checkpoints.load_latest_checkpoint(results / "stylegan" / "checkpoints")
+    return latest[1]
+
+
+def test_resume_equals_uninterrupted_training(tmp_path):
+    cfg = tiny_config()  # 12 steps, checkpoint every 4, log every 2, R1/PL/ADA/mixing all active
+    straight = make_results(tmp_path / "a")
+    sg.train(straight, cfg, seed=3, progress=False)
+    resumed = make_results(tmp_path / "b")
+    first = sg.train(resumed, cfg, seed=3, progress=False, stop_after_steps=5)  # stops between checkpoints
+    assert first["steps_done"] == 5 and not first["complete"]
+    second = sg.train(resumed, cfg, seed=3, progress=False)
+    assert second["resumed_from_step"] == 5 and second["complete"]
+
+    a, b = _final_state(straight), _final_state(resumed)
+    assert a["step"] == b["step"] == 12
+    for name in ("G", "D", "G_ema"):
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), f"{name}.{key}"
+    for name in ("opt_G", "opt_D"):
+        for idx, st in a[name]["state"].items():
+            for key, value in st.items():
+                assert torch.equal(value, b[name]["state"][idx][key]), f"{name}[{idx}].{key}"
+    assert a["ada"] == b["ada"] and a["ada"]["p"] > 0
+    assert torch.equal(a["pl_mean"], b["pl_mean"])
+
+    log_a = pd.read_csv(straight / "stylegan" / "loss_log.csv")
+    log_b = pd.read_csv(resumed / "stylegan" / "loss_log.csv")
+    assert log_b["step"].is_unique
+    same = [c for c in log_a.columns if c not in ("images_per_s", "time_s")]
+    pd.testing.assert_frame_equal(log_a[same], log_b[same])
+    assert {"step", "images_seen", "loss_G", "loss_D", "r1", "augment_p"} <= set(log_a.columns)
+
+
+def test_training_outputs_and_rerun_is_a_no_op(tmp_path):
+    results = make_results(tmp_path, channels=3)
+    cfg = tiny_config(keep_last=2)
+    summary = sg.train(results, cfg, seed=0, progress=False)
+    out = results / "stylegan"
+    assert summary["complete"] and summary["steps_done"] == cfg.total_steps == 12
+    assert [s for s, _ in checkpoints.list_checkpoints(out / "checkpoints")] == [8, 12]
+    assert sorted(p.name for p in (out / "grids").glob("*.png")) == [
+        "step_000000004.png", "step_000000008.png", "step_000000012.png"]
+    meta = json.loads((out / "generator.json").read_text())
+    assert meta["complete"] and meta["generator"]["img_channels"] == 3
+    G = sg.load_generator(results, device="cpu")
+    assert G.resolution == 16
+    again = sg.train(results, cfg, seed=0, progress=False)
+    assert again["resumed_from_step"] == 12 and again["steps_done"] == 12
+    assert len(pd.read_csv(out / "loss_log.csv")) == 6
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    results = make_results(tmp_path)
+    sg.train(results, tiny_config(), seed=0, progress=False, stop_after_steps=4)
+    with pytest.raises(ValueError, match="other settings"):
+        sg.train(results, tiny_config(lr_g=0.01), seed=0, progress=False)
+    # a longer run of the same settings continues
+    longer = sg.train(results, tiny_config(total_kimg=0.064), seed=0, progress=False, stop_after_steps=1)
+    assert longer["resumed_from_step"] == 4
+
+
+def test_bad_training_data_is_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train.npy"):
+        sg.TrainingImages(tmp_path, seed=0)
+    results = make_results(tmp_path)
+    common.write_json(results / "data" / "meta.json", {"channels": ["a"], "image_size": 16})
+    with pytest.raises(ValueError, match="disagrees"):
+        sg.TrainingImages(results, seed=0)
+
+
+def test_config_rejects_unknown_keys_and_odd_batches():
+    with pytest.raises(ValueError, match="unknown StyleGAN setting"):
+        sg.StyleGANConfig.from_params({"batch_size": 8, "lr": 1.0})
+    assert sg.StyleGANConfig.from_params({"batch_size": 8, "dataset": "x"}, ignore=["dataset"]).batch_size == 8
+    with pytest.raises(ValueError, match="multiple of mbstd_group"):
+        sg.StyleGANConfig(batch_size=6, mbstd_group=4)
+
+
+def test_notebook_parameters_and_profiles_agree_with_the_config():
+    """Every train_stylegan key of every profile is a notebook parameter, and
+    every notebook parameter is a setting or a known notebook-level name."""
+    import papermill
+
+    root = common.repo_root()
+    declared = set(papermill.inspect_notebook(str(root / "notebooks" / "02_train_stylegan.ipynb")))
+    fields = set(sg.StyleGANConfig().identity()) | set(sg.StyleGANConfig.RESUMABLE_CHANGES)
+    assert declared - fields <= set(sg.NOTEBOOK_KEYS), declared - fields - set(sg.NOTEBOOK_KEYS)
+    for profile in common.available_profiles(root):
+        section = common.load_config("phantom", profile, root).get("train_stylegan", {})
+        assert set(section) <= declared, (profile, set(section) - declared)
+        sg.StyleGANConfig.from_params(section, ignore=sg.NOTEBOOK_KEYS)
+
+
+# --------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------
+
+@pytest.fixture()
+def trained(tmp_path):
+    results = make_results(tmp_path, channels=2)
+    sg.train(results, tiny_config(total_kimg=0.016), seed=0, progress=False)
+    return results
+
+
+def test_sampling_is_per_seed_and_batch_independent(trained, tmp_path):
+    path = sg.sample(trained, n_images=7, first_seed=2, batch_size=3, progress=False)
+    images = np.load(path)
+    assert images.shape == (7, 2, 16, 16) and images.dtype == np.uint8
+    seeds = pd.read_csv(path.with_name("stylegan_seeds.csv"))
+    assert seeds["seed"].tolist() == list(range(2, 9))
+    G = sg.load_generator(trained, device="cpu")
+    assert np.array_equal(sg.generate_images(G, list(range(2, 9))), images)  # one call of 7
+    assert np.array_equal(sg.generate_images(G, [6]), images[4:5])  # image 4 alone
+    batched = sg.generate_images(G, list(range(2, 9)), batch_invariant=False)
+    assert np.abs(batched.astype(int) - images).max() <= 1  # batched: rounding differences only
+    assert len({images[i].tobytes() for i in range(7)}) == 7
+    # per-image seeded noise is batch independent as well
+    noisy_all = sg.generate_images(G, [5, 6, 7], noise_mode="random")
+    noisy_one = sg.generate_images(G, [6], noise_mode="random")
+    assert np.array_equal(noisy_all[1:2], noisy_one)
+    # finished output is kept, a re-run returns it unchanged
+    assert sg.sample(trained, n_images=7, first_seed=2, batch_size=5, progress=False) == path
+    assert np.array_equal(np.load(path), images)
+
+
+def test_sampling_without_a_trained_model_says_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="notebook 02"):
+        sg.sample(tmp_path, n_images=2, first_seed=0, batch_size=2, progress=False)
+
+
+# --------------------------------------------------------------------------
+# GPU
+# --------------------------------------------------------------------------
+
+@pytest.mark.gpu
+def test_gpu_step_with_mixed_precision(tmp_path):
+    data = sg.TrainingImages(make_results(tmp_path, size=32), seed=0)
+    trainer = sg.StyleGANTrainer(tiny_config(mixed_precision=True, num_fp16_res=2, conv_clamp=256),
+                                 data.shape, device="cuda")
+    for _ in range(3):
+        stats = trainer.step(data)
+    assert all(torch.isfinite(v) for v in stats.values())
+    G = trainer.G_ema
+    assert sg.generate_images(G, [0, 1]).shape == (2, 2, 32, 32)
