@@ -72,6 +72,17 @@ def test_generator_and_discriminator_shapes(resolution, channels):
     assert torch.isfinite(img).all() and torch.isfinite(logits).all()
 
 
+def test_model_summary_counts_what_is_built():
+    cfg = tiny_config()
+    table = sg.model_summary(cfg, (3, 32, 32)).set_index("part")["value"]
+    G = sg.Generator(32, 3, **TINY)
+    D = sg.Discriminator(32, 3, channel_base=128, channel_max=16, mbstd_group=2)
+    assert table["generator parameters"] == sg.count_parameters(G)
+    assert table["discriminator parameters"] == sg.count_parameters(D)
+    assert table["mapping parameters"] == 2 * (16 * 16 + 16)  # two 16→16 layers with bias
+    assert table["width at 32²"] == 4 and table["width at 8²"] == 16  # min(128 / r, 16)
+
+
 def test_truncation_psi_zero_gives_the_average_image():
     G = sg.Generator(16, 1, **TINY).eval()
     G.mapping.w_avg.normal_()

@@ -19,7 +19,11 @@ convolutions instead of custom CUDA kernels; mixed precision uses bfloat16
 (no loss scaling needed) in the top ``num_fp16_res`` resolutions; ADA's
 ``p`` is clamped to [0, 1]; every random draw of a training step comes from
 generators seeded by ``(seed, step)``, so a resumed run continues
-bit-for-bit on CPU (the reference restarts ``p`` and the counters).
+bit-for-bit on CPU (the reference restarts ``p`` and the counters);
+training runs on one device. ``accelerate`` is not used: with two
+optimizers, lazily interleaved regularization phases, ``autograd.grad``
+penalties, bfloat16 by block and our own checkpoint state, plain torch on
+one device is the simpler code.
 
 Results under ``results_dir/stylegan/`` (see :func:`train`):
 ``checkpoints/step_*.safetensors``, ``loss_log.csv``, ``grids/step_*.png``,
@@ -33,6 +37,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -897,7 +902,11 @@ def load_generator(results_dir: str | os.PathLike, device: str | torch.device | 
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; run notebook 02 (train StyleGAN) first")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    G = Generator(**read_json(config)["generator"])
+    info = read_json(config)
+    if not info.get("complete", True):
+        warnings.warn(f"{config}: training stopped at {info['images_seen']} images, before its total_kimg; "
+                      "this generator is unfinished (re-run notebook 02 to continue)", stacklevel=2)
+    G = Generator(**info["generator"])
     G.load_state_dict(load_file(str(weights)))
     return G.to(device).eval().requires_grad_(False)
 
