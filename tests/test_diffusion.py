@@ -70,9 +70,11 @@ def trained(tmp_path_factory):
     return results, summary
 
 
-def test_loss_goes_down_on_a_fixed_tiny_set(tmp_path):
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_goes_down_on_a_fixed_tiny_set(tmp_path, prediction_type):
     results = make_results(tmp_path)
-    diffusion.train(results, settings(max_steps=40, learning_rate=3e-3), progress=False)
+    diffusion.train(results, settings(max_steps=40, learning_rate=3e-3, prediction_type=prediction_type),
+                    progress=False)
     log = diffusion.read_loss_log(results)
     assert list(log["step"]) == list(range(1, 41))
     first, last = log["loss"].head(5).mean(), log["loss"].tail(5).mean()
@@ -197,6 +199,15 @@ def test_ddim_sampling_with_fewer_steps(trained):
     assert out.dtype == np.uint8 and out.shape == (3, 2, 16, 16)
 
 
+def test_command_line_trains_with_a_profile(tmp_path, capsys):
+    """What `accelerate launch -m helpers.diffusion` runs on several GPUs."""
+    results = make_results(tmp_path)
+    assert diffusion.main(["--profile", "smoke", "--results-dir", str(results),
+                           "--set", "max_steps=3", "num_threads=1"]) == 0
+    assert (results / "diffusion" / "pipeline" / "model_index.json").is_file()
+    assert list(diffusion.read_loss_log(results)["step"])[-1] == 3
+
+
 def test_missing_or_inconsistent_data_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="train.npy"):
         diffusion.train(tmp_path / "nothing", settings(max_steps=2), progress=False)
@@ -233,6 +244,27 @@ def test_fastest_threads_keeps_the_faster_count():
         assert diffusion.fastest_threads(slow_on_two, [1, 2]) == 1 and torch.get_num_threads() == 1
         slow_on_one = lambda: time.sleep(0.02 if torch.get_num_threads() == 1 else 0.001)  # noqa: E731
         assert diffusion.fastest_threads(slow_on_one, [1, 2]) == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(diffusion.DEFAULT_THREADS < 2, reason="needs 2 cores to choose between")
+def test_thread_tuner_measures_again_when_steps_slow_down():
+    import time
+
+    before = torch.get_num_threads()
+    probes = []
+    tuner = diffusion.ThreadTuner(enabled=True)
+    try:
+        for pause in [0.002] * 4 + [0.03] * 3 + [0.002]:
+            tuner.before(lambda: probes.append(1))
+            time.sleep(pause)
+            tuner.after()
+        # measured at the start (2 passes × 2 counts), then again once 3 steps were 15× slower
+        assert len(probes) == 8
+        tuner.request()
+        tuner.before(lambda: probes.append(1))
+        assert len(probes) == 12
     finally:
         torch.set_num_threads(before)
 

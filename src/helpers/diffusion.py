@@ -84,6 +84,37 @@ DIFFERENCES: tuple[str, ...] = (
 )
 
 
+#: Why each size profile is what it is (configs/profiles/*.yaml, section
+#: train_diffusion); notebook 03 shows the one in use.
+PROFILE_NOTES: dict[str, str] = {
+    "smoke": "Seconds: a 0.19 M-parameter UNet (widths 16-32, attention at 16×16), T = 50, 20 steps of 8 "
+             "images at 32², one CPU thread (for tensors this small a second thread only adds waiting). "
+             "It checks that the step runs end to end; its samples are noise.",
+    "cpu": "A 2-core laptop, ≤ 6 min of training. UNet widths 16-32-64-64 (64² down to 8²), one res-block "
+           "per level, attention at 8×8 and in the middle block: 1.13 M parameters. The full-resolution "
+           "level is kept narrow because it costs as much as the three others together. T = 200 with "
+           "guided-diffusion's 1000/T-scaled linear schedule (β 5e-4 … 0.1): the full ancestral loop costs "
+           "T UNet passes per image, about 1.6–2 s per image on 2 idle cores, which the sampling budget "
+           "allows (T = 4000 would be 20× that). v-prediction instead of the authors' ε: at this budget an "
+           "ε-model's x̂₀ at high noise is amplified by 1/√ᾱ_t (≈ 180 at t = T) and clipping it to [-1, 1] "
+           "biases it, so its samples had a grey background (mean 100/255 where the training slices have "
+           "0); a v-model trained for the same steps gives black background and brain-shaped slices. "
+           "Batch 16 × 800 steps (12 800 images, ≈ 9 epochs of the 1 444 phantom slices; 0.35–0.43 s "
+           "per step on 2 idle cores, so ≈ 5–6 min), AdamW lr 1e-3 after 50 warm-up steps, clipping at 1, "
+           "EMA ramping (1+s)/(10+s) up to 0.999 (0.9999 would still be mostly the initial weights after "
+           "800 steps). The set is seen only ~9 times: on 2 cores and in 6 minutes this is as far "
+           "towards the many-epoch regime of the study as the budget goes.",
+    "gpu": "One modern GPU, hours: the paper's UNet (base width 64, 3 res-blocks, attention at 16×16 and "
+           "8×8) with guided-diffusion's 128² channel multipliers (1,1,2,3,4), 31 M parameters; T = 1000 "
+           "(ε-prediction, fixed-large variance) so that sampling thousands of images with the full "
+           "ancestral loop takes hours, not days; batch 32 × 100 000 steps, lr 1e-4, EMA 0.9999 with the "
+           "(1+s)/(10+s) ramp, bf16 autocast.",
+    "paper": "The authors' guided-diffusion setting (256², 5 channels, base width 64, 3 res-blocks, 4000 "
+             "steps, linear β, lr 1e-4, batch 32, EMA 0.9999, ε-prediction): 41.1 M parameters. The "
+             "differences that remain are listed below.",
+}
+
+
 # --------------------------------------------------------------------------
 # Settings
 # --------------------------------------------------------------------------
@@ -92,19 +123,20 @@ DIFFERENCES: tuple[str, ...] = (
 class DiffusionSettings:
     """Every knob of model, noise schedule, training and speed. Built from a
     notebook's parameters with :meth:`from_params` (other keys are ignored).
-    Defaults are those of the ``cpu`` profile."""
+    Defaults: the sizes of the ``cpu`` profile with the authors' method
+    (ε-prediction); the profiles in ``configs/`` set every key."""
 
     # model (UNet2DModel)
-    block_out_channels: Sequence[int] = (32, 64, 64)
+    block_out_channels: Sequence[int] = (16, 32, 64, 64)
     layers_per_block: int = 1
-    attention_resolutions: Sequence[int] = (16,)   # feature-map sizes with attention
+    attention_resolutions: Sequence[int] = (8,)    # feature-map sizes with attention
     attention_head_dim: int = 32
-    norm_num_groups: int = 16
+    norm_num_groups: int = 8
     scale_shift_norm: bool = True
     zero_init: bool = True
     dropout: float = 0.0
     # noise schedule (DDPMScheduler)
-    num_train_timesteps: int = 250
+    num_train_timesteps: int = 200
     beta_schedule: str = "linear"
     beta_start: float | None = None                 # None: guided-diffusion's 1000/T scaling
     beta_end: float | None = None
@@ -112,8 +144,8 @@ class DiffusionSettings:
     prediction_type: str = "epsilon"                # what the UNet predicts: epsilon (authors) | v_prediction
     # optimisation
     batch_size: int = 16                            # global (all processes together)
-    max_steps: int = 1500
-    learning_rate: float = 5e-4
+    max_steps: int = 800
+    learning_rate: float = 1e-3
     lr_warmup_steps: int = 50
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0               # None: no clipping
@@ -122,7 +154,7 @@ class DiffusionSettings:
     horizontal_flip: bool = False
     seed: int = 0
     # bookkeeping
-    checkpoint_every: int = 250
+    checkpoint_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 10
     # speed (None = chosen by device, see resolve_speed_options)
@@ -159,7 +191,7 @@ class DiffusionSettings:
         if bad:
             raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every width; {bad} do not")
         if self.variance_type not in ("fixed_small", "fixed_large"):
-            raise ValueError(f"variance_type must be 'fixed_small' or 'fixed_large' (ε-MSE training), got {self.variance_type!r}")
+            raise ValueError(f"variance_type must be 'fixed_small' or 'fixed_large' (fixed variances; a learned σ needs guided-diffusion's hybrid loss, which diffusers lacks), got {self.variance_type!r}")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
         if self.mixed_precision not in (None, "auto", "no", "bf16", "fp16"):
@@ -204,7 +236,7 @@ def guided_diffusion_betas(num_train_timesteps: int) -> tuple[float, float]:
 # --------------------------------------------------------------------------
 
 def build_unet(settings: DiffusionSettings, channels: int, image_size: int):
-    """A ``UNet2DModel`` predicting ε for ``channels``-channel square images."""
+    """A ``UNet2DModel`` predicting ε (or v) for ``channels``-channel square images."""
     from diffusers import UNet2DModel
 
     widths = tuple(int(w) for w in settings.block_out_channels)
@@ -313,6 +345,42 @@ def fastest_threads(work: Callable[[], Any], candidates: Sequence[int] | None = 
     chosen = min(best, key=best.get)
     torch.set_num_threads(chosen)
     return chosen
+
+
+class ThreadTuner:
+    """Keeps a CPU loop on the faster of 1 thread and all cores while the
+    machine's load changes: measures (:func:`fastest_threads`) at the start,
+    when asked (:meth:`request`), and as soon as the median of the last 3
+    steps is twice the time the steps took right after the last measurement
+    (another process started: two threads can then be 10× slower)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and DEFAULT_THREADS > 1
+        self.due = True
+        self.times: list[float] = []
+        self.baseline: float | None = None
+        self._t0 = 0.0
+
+    def request(self) -> None:
+        self.due = True
+
+    def before(self, probe: Callable[[], Any]) -> None:
+        """Call before a step with a closure that runs a representative pass."""
+        if self.enabled and self.due:
+            fastest_threads(probe)
+            self.due, self.times, self.baseline = False, [], None
+        self._t0 = time.perf_counter()
+
+    def after(self) -> None:
+        if not self.enabled:
+            return
+        self.times.append(time.perf_counter() - self._t0)
+        recent = sorted(self.times[-3:])[len(self.times[-3:]) // 2]
+        if self.baseline is None:
+            if len(self.times) == 3:
+                self.baseline = recent
+        elif recent > 2 * self.baseline:
+            self.due = True
 
 
 def resolve_speed_options(settings: DiffusionSettings, device: torch.device | str) -> dict:
@@ -616,6 +684,7 @@ def train(results_dir: str | os.PathLike, settings: DiffusionSettings | Mapping[
     end = min(settings.max_steps, stop_after) if stop_after is not None else settings.max_steps
     # CPU threads: measured at the start and after every checkpoint unless fixed by num_threads
     probe_threads = acc.device.type == "cpu" and settings.num_threads == 0 and DEFAULT_THREADS > 1 and world == 1
+    tuner = ThreadTuner(probe_threads)
     if acc.is_main_process:
         print(f"diffusion UNet: {n_params:,} parameters; {len(data)} training images "
               f"{data.channels}×{data.image_size}²; {acc.device}, {acc.num_processes} process(es), "
@@ -629,7 +698,7 @@ def train(results_dir: str | os.PathLike, settings: DiffusionSettings | Mapping[
     sum_norm = torch.zeros((), device=device_)
     n_sum = 0
     t0 = time.perf_counter()
-    bar = tqdm(total=settings.max_steps, initial=start, unit="step", desc="train diffusion", mininterval=2.0,
+    bar = tqdm(total=settings.max_steps, initial=start, unit="step", desc="train diffusion", mininterval=10.0,
                disable=not (progress and acc.is_main_process), dynamic_ncols=True)
     setup.unet.train()
     for step in range(start, end):
@@ -637,10 +706,10 @@ def train(results_dir: str | os.PathLike, settings: DiffusionSettings | Mapping[
         indices = data.batch_indices(settings.seed, step, settings.batch_size, rank, world)
         flip = np.random.default_rng(seed).random(len(indices)) < 0.5 if settings.horizontal_flip else None
         images = data.batch(indices, flip).to(device_, non_blocking=True)
-        if probe_threads and (step == start or step % settings.checkpoint_every == 0):
-            threads = _measure_threads(setup, images)
+        tuner.before(lambda: _forward_pass(setup, images))
         generator = torch.Generator(device=device_).manual_seed(seed)
         loss, grad_norm = train_step(setup, images, generator)
+        tuner.after()
         sum_loss += loss
         if grad_norm is not None:
             sum_norm += grad_norm.detach().float()
@@ -661,6 +730,7 @@ def train(results_dir: str | os.PathLike, settings: DiffusionSettings | Mapping[
             n_sum = 0
         if done % settings.checkpoint_every == 0 or done == end:
             _save_checkpoint(setup, ckpt_dir, done, identity_hash, elapsed + time.perf_counter() - t0)
+            tuner.request()
         bar.update(1)
     bar.close()
     seconds = elapsed + time.perf_counter() - t0
@@ -671,7 +741,8 @@ def train(results_dir: str | os.PathLike, settings: DiffusionSettings | Mapping[
     summary = {"step": settings.max_steps, "images_seen": settings.max_steps * settings.batch_size,
                "epochs": settings.max_steps * settings.batch_size / len(data), "n_params": n_params,
                "seconds": seconds, "final_loss": _final_loss(out / "loss_log.csv"),
-               "device": str(device_), "processes": world, "threads": threads, "options": setup.options,
+               "device": str(device_), "processes": world,
+               "threads": "measured (1 or all cores)" if probe_threads else threads, "options": setup.options,
                "identity_hash": identity_hash, "pipeline": str(pipeline_dir(results_dir))}
     if acc.is_main_process:
         save_pipeline(setup, pipeline_dir(results_dir), {"step": settings.max_steps, "identity_hash": identity_hash})
@@ -680,16 +751,12 @@ def train(results_dir: str | os.PathLike, settings: DiffusionSettings | Mapping[
     return summary
 
 
-def _measure_threads(setup: TrainingSetup, images: torch.Tensor) -> int:
-    """The fastest CPU thread count for a forward pass on this batch (no
-    gradients: weights, optimizer and RNG states are untouched)."""
+def _forward_pass(setup: TrainingSetup, images: torch.Tensor) -> None:
+    """A representative pass for choosing threads: forward only, no
+    gradients, so weights, optimizer and RNG states are untouched."""
     timesteps = torch.full((len(images),), setup.settings.num_train_timesteps // 2, device=images.device)
-
-    def work():
-        with torch.no_grad():
-            setup.model(images, timesteps, return_dict=False)
-
-    return fastest_threads(work)
+    with torch.no_grad():
+        setup.model(images, timesteps, return_dict=False)
 
 
 def _save_checkpoint(setup: TrainingSetup, folder: Path, step: int, identity_hash: str, seconds: float) -> None:
@@ -802,7 +869,7 @@ def sampling_scheduler(scheduler, sampler: str = "ddpm", num_inference_steps: in
 @torch.no_grad()
 def sample_images(unet, scheduler, seeds: Sequence[int], sampler: str = "ddpm", num_inference_steps: int | None = None,
                   device: str | torch.device | None = None, autocast: str | None = None, progress: bool = False,
-                  channels_last: bool = False) -> torch.Tensor:
+                  channels_last: bool = False, tune_threads: bool = False) -> torch.Tensor:
     """Images in [-1, 1] (float32, CPU) for ``seeds``, one per seed, each
     from its own :func:`seeded_generator` (the full ancestral loop by
     default; ``sampler="ddim"`` with ``num_inference_steps``, default 50, is
@@ -815,10 +882,17 @@ def sample_images(unet, scheduler, seeds: Sequence[int], sampler: str = "ddpm", 
     x = torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device) for g in generators])
     amp = (torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[autocast])
            if autocast and autocast != "no" else contextlib.nullcontext())
-    for t in tqdm(sched.timesteps, desc=f"{sampler} steps", leave=False, disable=not progress, mininterval=2.0):
+    tuner = ThreadTuner(tune_threads and device.type == "cpu")
+    for i, t in enumerate(tqdm(sched.timesteps, desc=f"{sampler} steps", leave=False, disable=not progress,
+                               mininterval=10.0)):
         model_in = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        t_batch = t.to(device).expand(len(seeds))
+        if i % 100 == 0:
+            tuner.request()  # also notice when the machine became free again
+        tuner.before(lambda: unet(model_in, t_batch))
         with amp:
-            eps = unet(model_in, t.to(device).expand(len(seeds)), return_dict=False)[0]
+            eps = unet(model_in, t_batch, return_dict=False)[0]
+        tuner.after()
         eps = eps.float()
         if sampler == "ddpm":
             x = sched.step(eps, t, x, generator=generators).prev_sample
@@ -834,7 +908,7 @@ def make_generate(pipeline, sampler: str = "ddpm", num_inference_steps: int | No
     """``generate(seeds) -> uint8 (n, C, H, W)`` for :func:`helpers.sampling.sample_to_npy`.
     On CUDA: bf16 autocast (``autocast="auto"``) and channels_last; ``compile``
     wraps the UNet in ``torch.compile``. On CPU with ``num_threads=0`` the
-    thread count is measured before every batch (:func:`fastest_threads`)."""
+    thread count is kept on the faster choice by a :class:`ThreadTuner`."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     unet = pipeline.unet.to(device).eval()
     cuda = device.type == "cuda"
@@ -845,17 +919,11 @@ def make_generate(pipeline, sampler: str = "ddpm", num_inference_steps: int | No
     if compile:
         unet = torch.compile(unet)
     configure_threads(num_threads)
-    probe = device.type == "cpu" and not num_threads and DEFAULT_THREADS > 1
-    cfg = pipeline.unet.config
 
     def generate(seeds: Sequence[int]) -> np.ndarray:
-        if probe:
-            x = torch.zeros(len(seeds), cfg.in_channels, cfg.sample_size, cfg.sample_size)
-            t = torch.full((len(seeds),), cfg.get("num_train_timesteps") or 1, dtype=torch.long)
-            with torch.no_grad():
-                fastest_threads(lambda: unet(x, t))
         images = sample_images(unet, pipeline.scheduler, list(seeds), sampler, num_inference_steps, device,
-                               autocast=autocast, progress=progress, channels_last=cuda)
+                               autocast=autocast, progress=progress, channels_last=cuda,
+                               tune_threads=not num_threads)
         return to_uint8(images)
 
     return generate
@@ -923,3 +991,40 @@ def preview(results_dir: str | os.PathLike, seeds: Sequence[int], sampler: str =
     generate = make_generate(load_pipeline(pipeline_dir(results_dir)), sampler, num_inference_steps, device,
                              progress=True)
     return generate(list(seeds))
+
+
+# --------------------------------------------------------------------------
+# Command line: several GPUs train through `accelerate launch`
+# --------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``accelerate launch -m helpers.diffusion --dataset brats20 --profile paper``
+    trains with the step's configuration on every visible GPU (notebook 03
+    then finds the run finished and only plots it)."""
+    import argparse
+
+    from .common import load_config, results_dir as default_results_dir, save_params
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--dataset", default="phantom")
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--results-dir", default=None, help="default: results/<dataset>")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML", help="override train_diffusion keys")
+    args = parser.parse_args(argv)
+    import yaml
+
+    config = load_config(args.dataset, args.profile)
+    params = {**config.get("common", {}), **config.get("train_diffusion", {})}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        params[key] = yaml.safe_load(value)
+    results = Path(args.results_dir) if args.results_dir else default_results_dir(args.dataset)
+    summary = train(results, DiffusionSettings.from_params(params))
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_params(params, output_dir(results), name="params_cli.yaml")
+        print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

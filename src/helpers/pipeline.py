@@ -243,8 +243,16 @@ def default_profile() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
+def _interrupt(signum, frame):  # a `kill` keeps the partial notebook like Ctrl-C does
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    import signal
+
     import papermill
+
+    signal.signal(signal.SIGTERM, _interrupt)
 
     root = common.repo_root()
     results_root = Path(args.results).resolve() if args.results else (
