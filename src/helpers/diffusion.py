@@ -17,7 +17,7 @@ run killed after k steps and re-run ends with the same weights as one that
 never stopped (on CPU, bit for bit).
 
 Results (``results_dir/diffusion/``): ``checkpoints/step_*.safetensors``,
-``loss_log.csv`` (step, images_seen, epoch, loss, lr, grad_norm, seconds),
+``loss_log.csv`` (step, images_seen, epoch, loss, lr, grad_norm, seconds, threads),
 ``pipeline/`` (``DDPMPipeline.save_pretrained`` with the EMA weights,
 safetensors; loads offline), ``summary.json`` and the notebook's
 ``params.yaml``. Sampling writes ``samples/diffusion.npy`` (+ seeds) through
@@ -191,11 +191,16 @@ class DiffusionSettings:
         if bad:
             raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every width; {bad} do not")
         if self.variance_type not in ("fixed_small", "fixed_large"):
-            raise ValueError(f"variance_type must be 'fixed_small' or 'fixed_large' (fixed variances; a learned σ needs guided-diffusion's hybrid loss, which diffusers lacks), got {self.variance_type!r}")
+            raise ValueError(
+                f"variance_type must be 'fixed_small' or 'fixed_large', got {self.variance_type!r} "
+                f"(a learned σ needs guided-diffusion's hybrid loss, which diffusers lacks)"
+            )
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
         if self.mixed_precision not in (None, "auto", "no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be null/'auto', 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+            raise ValueError(
+                f"mixed_precision must be null/'auto', 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}"
+            )
         for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "num_train_timesteps"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -559,7 +564,8 @@ def setup_training(settings: DiffusionSettings, channels: int, image_size: int,
                          options, settings)
 
 
-def train_step(setup: TrainingSetup, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+def train_step(setup: TrainingSetup, images: torch.Tensor,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimisation step on ``images`` (already on the device, in
     [-1, 1]): ε-MSE at uniformly drawn timesteps, clipping, AdamW, LR
     schedule, EMA. Returns the loss and the gradient norm (device tensors,
@@ -843,7 +849,9 @@ def load_pipeline(path: str | os.PathLike):
 
     path = Path(path)
     if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"{path}: no diffusers pipeline (model_index.json); train the diffusion model (notebook 03) first")
+        raise FileNotFoundError(
+            f"{path}: no diffusers pipeline (model_index.json); train the diffusion model (notebook 03) first"
+        )
     return DDPMPipeline.from_pretrained(str(path), local_files_only=True)
 
 
