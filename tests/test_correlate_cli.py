@@ -76,6 +76,9 @@ def test_audit_command_on_png_folders(folders, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_synthetic"] == 7 and summary["n_test"] == 8 and summary["baseline"]["n"] == 8
     assert summary["synthetic_images"]["exceedances"]["fixed_0.99"]["n_above"] == 2
+    wlo, whi = correlate.wilson_interval(2, 6)  # 7 images, one constant (no correlation)
+    assert summary["synthetic_images"]["exceedances"]["fixed_0.99"]["wilson_low"] == pytest.approx(wlo)
+    assert summary["synthetic_images"]["exceedances"]["fixed_0.99"]["wilson_high"] == pytest.approx(whi)
     assert summary["backend"] == "numpy"
 
 

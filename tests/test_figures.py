@@ -460,3 +460,20 @@ def test_notebooks_run(tmp_path):
         parameters={"results_root": str(tmp_path), "out_dir": str(out), "pdf": False}, cwd=str(root),
         progress_bar=False)
     assert (out / "compare_datasets.csv").is_file() and (out / "compare_baseline_p99.png").is_file()
+
+
+def test_words_use_wilson_intervals_when_step_05_wrote_them():
+    # 0 of 64 above: the percentile bootstrap says 0–0 %, Wilson 0–5.7 %
+    summary = _tiny_summary((0, 0.0, 0.0), (5, 0.01, 0.09))
+    summary["models"]["stylegan"]["n"] = 64
+    summary["models"]["stylegan"]["exceedances"]["baseline_p99"].update(fraction=0.0, wilson_low=0.0, wilson_high=0.0568)
+    summary["models"]["diffusion"]["exceedances"]["baseline_p99"].update(wilson_low=0.0215, wilson_high=0.1111)
+    text = figures.finding_text(summary)
+    assert "Of 64 StyleGAN synthetic images, 0 (0.0 %, 95 % CI 0.0 %–5.7 %)" in text
+    # with the bootstrap intervals the two would be "separated"; with Wilson's they overlap
+    assert "overlap: this run does not separate" in text
+    assert figures.interval({"ci_low": 0.0, "ci_high": 0.0}) == (0.0, 0.0)  # older summaries: bootstrap
+    frame = pd.DataFrame({"ci_low": [0.0, 0.1], "ci_high": [0.0, 0.3], "wilson_low": [0.0, np.nan],
+                          "wilson_high": [0.057, np.nan]})
+    lo, hi = figures.interval_columns(frame)
+    assert lo.tolist() == [0.0, 0.1] and hi.tolist() == [0.057, 0.3]

@@ -351,7 +351,8 @@ def group_summary(table: pd.DataFrame, exceedances: pd.DataFrame | None = None, 
     if exceedances is not None and name is not None:
         sub = exceedances[exceedances["model"] == name]
         out["exceedances"] = {r.threshold_name: {"n_above": int(r.n_above), "fraction": float(r.fraction),
-                                                 "ci_low": float(r.ci_low), "ci_high": float(r.ci_high)}
+                                                 "ci_low": float(r.ci_low), "ci_high": float(r.ci_high),
+                                                 "wilson_low": float(r.wilson_low), "wilson_high": float(r.wilson_high)}
                               for r in sub.itertuples()}
     if leakage is not None and name is not None:
         sub = leakage[leakage["model"] == name]

@@ -94,7 +94,7 @@ PROFILE_NOTES: dict[str, str] = {
            "per level, attention at 8×8 and in the middle block: 1.13 M parameters. The full-resolution "
            "level is kept narrow because it costs as much as the three others together. T = 200 with "
            "guided-diffusion's 1000/T-scaled linear schedule (β 5e-4 … 0.1): the full ancestral loop costs "
-           "T UNet passes per image, about 1.6–2 s per image on 2 idle cores, which the sampling budget "
+           "T UNet passes per image, about 1.3–2 s per image on 2 idle cores, which the sampling budget "
            "allows (T = 4000 would be 20× that). v-prediction instead of the authors' ε: at this budget an "
            "ε-model's x̂₀ at high noise is amplified by 1/√ᾱ_t (≈ 180 at t = T) and clipping it to [-1, 1] "
            "biases it, so its samples had a grey background (mean 100/255 where the training slices have "

@@ -314,10 +314,14 @@ def memorization_table(results_dir, model: str, threshold_names: Sequence[str] =
         "percent": 100 * table["fraction"].astype(float).to_numpy(),
         "ci_low_percent": 100 * table["ci_low"].astype(float).to_numpy(),
         "ci_high_percent": 100 * table["ci_high"].astype(float).to_numpy(),
+        "wilson_low_percent": 100 * table.get("wilson_low", pd.Series(np.nan, index=table.index)).astype(float).to_numpy(),
+        "wilson_high_percent": 100 * table.get("wilson_high", pd.Series(np.nan, index=table.index)).astype(float).to_numpy(),
         "n_subjects_leaked": pd.to_numeric(table["n_subjects_leaked"]).astype("Int64").to_numpy(),
         "n_train_subjects": pd.to_numeric(table["n_train_subjects"]).astype("Int64").to_numpy(),
         "percent_subjects": 100 * pd.to_numeric(table["fraction_subjects"]).astype(float).to_numpy(),
     })
+    if out["wilson_low_percent"].isna().all():
+        out = out.drop(columns=["wilson_low_percent", "wilson_high_percent"])
     if out["n_subjects_leaked"].isna().all():
         out = out.drop(columns=["n_subjects_leaked", "n_train_subjects", "percent_subjects"])
     return out.reset_index(drop=True)
@@ -356,11 +360,34 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def interval(exc: Mapping) -> tuple[float, float]:
+    """The 95 % interval of an exceedance used in words and error bars:
+    Wilson's score interval when step 05 wrote it, else the bootstrap one.
+    The percentile bootstrap collapses to 0–0 % when no image exceeds (and
+    100–100 % when all do), which would claim certainty 64 samples cannot
+    give; Wilson's interval for 0 of 64 is 0–5.7 %."""
+    lo, hi = exc.get("wilson_low"), exc.get("wilson_high")
+    if lo is None or hi is None or not (np.isfinite(float(lo)) and np.isfinite(float(hi))):
+        lo, hi = exc["ci_low"], exc["ci_high"]
+    return float(lo), float(hi)
+
+
+def interval_columns(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`interval` for every row of a table with ci_low/ci_high (and
+    optionally wilson_low/wilson_high) columns."""
+    lo, hi = frame["ci_low"].to_numpy(float), frame["ci_high"].to_numpy(float)
+    if "wilson_low" in frame and "wilson_high" in frame:
+        wlo, whi = frame["wilson_low"].to_numpy(float), frame["wilson_high"].to_numpy(float)
+        use = np.isfinite(wlo) & np.isfinite(whi)
+        lo, hi = np.where(use, wlo, lo), np.where(use, whi, hi)
+    return lo, hi
+
+
 def _exceedance_sentence(name: str, info: Mapping, exc: Mapping, label: str) -> str:
     n = int(info.get("n", 0))
     k = int(exc["n_above"])
-    text = (f"Of {n} {name} images, {k} ({_pct(exc['fraction'])}, 95 % CI {_pct(exc['ci_low'])}–"
-            f"{_pct(exc['ci_high'])}) exceed {label}")
+    lo, hi = interval(exc)
+    text = f"Of {n} {name} images, {k} ({_pct(exc['fraction'])}, 95 % CI {_pct(lo)}–{_pct(hi)}) exceed {label}"
     top = (info.get("quantiles") or {}).get("max")
     if top is not None and not (isinstance(top, float) and math.isnan(top)):
         text += f"; the highest correlation with a training image is r = {float(top):.3f}"
@@ -403,7 +430,7 @@ def finding_text(summary: Mapping, threshold_name: str = "baseline_p99", n_train
         parts.append(sentence + ".")
     if len(rates) >= 2:
         (m1, e1), (m2, e2) = sorted(rates.items(), key=lambda kv: kv[1]["fraction"], reverse=True)[:2]
-        if e1["ci_low"] > e2["ci_high"]:
+        if interval(e1)[0] > interval(e2)[1]:
             parts.append(f"{display_name(m1)} exceeds more often than {display_name(m2)} "
                          f"({_pct(e1['fraction'])} vs {_pct(e2['fraction'])}) and the 95 % intervals do not overlap.")
         else:
@@ -722,9 +749,10 @@ def size_series(results_dir) -> pd.DataFrame:
             for name, exc in (info.get("exceedances") or {}).items():
                 rows.append({"folder": folder.name, "n_train_subjects": size, "n_train": summary.get("n_train"),
                              "model": model, "threshold_name": name, "n": info.get("n"), "n_above": exc["n_above"],
-                             "fraction": exc["fraction"], "ci_low": exc["ci_low"], "ci_high": exc["ci_high"]})
+                             "fraction": exc["fraction"], "ci_low": exc["ci_low"], "ci_high": exc["ci_high"],
+                             "wilson_low": exc.get("wilson_low", np.nan), "wilson_high": exc.get("wilson_high", np.nan)})
     return pd.DataFrame(rows, columns=["folder", "n_train_subjects", "n_train", "model", "threshold_name", "n",
-                                       "n_above", "fraction", "ci_low", "ci_high"])
+                                       "n_above", "fraction", "ci_low", "ci_high", "wilson_low", "wilson_high"])
 
 
 def size_note(series: pd.DataFrame) -> str | None:
@@ -746,12 +774,15 @@ def plot_memorization_vs_size(series: pd.DataFrame, threshold_name: str = "basel
         return None
     data = series[(series["threshold_name"] == threshold_name) & (series["model"] != CONTROL)]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for model, group in data.groupby("model", sort=False):
+    groups = list(data.groupby("model", sort=False))
+    for i, (model, group) in enumerate(groups):
         g = group.sort_values("n_train_subjects")
         y = 100 * g["fraction"].to_numpy(float)
-        err = np.vstack([y - 100 * g["ci_low"].to_numpy(float), 100 * g["ci_high"].to_numpy(float) - y])
-        ax.errorbar(g["n_train_subjects"], y, yerr=err, marker="o", capsize=3, label=display_name(model),
-                    color=COLOURS.get(model), ls="--" if model == BASELINE else "-")
+        lo, hi = interval_columns(g)
+        err = np.vstack([y - 100 * lo, 100 * hi - y])
+        dodge = 1 + 0.04 * (i - (len(groups) - 1) / 2)  # side by side, so equal rates do not hide each other
+        ax.errorbar(g["n_train_subjects"].to_numpy(float) * dodge, y, yerr=err, marker="o", capsize=3,
+                    label=display_name(model), color=COLOURS.get(model), ls="--" if model == BASELINE else "-")
     ax.set_xscale("log")
     sizes = sorted(data["n_train_subjects"].dropna().unique())
     ax.set_xticks(sizes, [str(int(s)) for s in sizes])
@@ -794,7 +825,9 @@ def collect_summaries(results_root) -> pd.DataFrame:
                     "n": int(exc["n_images"].iloc[0]), "constant": summary["baseline"].get("constant", 0),
                     "quantiles": summary["baseline"].get("quantiles", {}),
                     "exceedances": {r.threshold_name: {"n_above": r.n_above, "fraction": r.fraction,
-                                                       "ci_low": r.ci_low, "ci_high": r.ci_high}
+                                                       "ci_low": r.ci_low, "ci_high": r.ci_high,
+                                                       "wilson_low": getattr(r, "wilson_low", np.nan),
+                                                       "wilson_high": getattr(r, "wilson_high", np.nan)}
                                     for r in exc.itertuples()}}
         for model, info in groups.items():
             q = info.get("quantiles") or {}
@@ -803,10 +836,12 @@ def collect_summaries(results_root) -> pd.DataFrame:
                              "threshold_name": name, "threshold": summary["thresholds"].get(name),
                              "n": info.get("n"), "n_above": e["n_above"], "fraction": e["fraction"],
                              "ci_low": e["ci_low"], "ci_high": e["ci_high"],
+                             "wilson_low": e.get("wilson_low", np.nan), "wilson_high": e.get("wilson_high", np.nan),
                              "subjects_leaked": (info.get("subjects_leaked") or {}).get(name),
                              "p99": q.get("p99"), "max": q.get("max")})
     return pd.DataFrame(rows, columns=["dataset", "model", "kind", "threshold_name", "threshold", "n", "n_above",
-                                       "fraction", "ci_low", "ci_high", "subjects_leaked", "p99", "max"])
+                                       "fraction", "ci_low", "ci_high", "wilson_low", "wilson_high",
+                                       "subjects_leaked", "p99", "max"])
 
 
 def compare_table(frame: pd.DataFrame, threshold_names: Sequence[str]) -> pd.DataFrame:
@@ -816,9 +851,10 @@ def compare_table(frame: pd.DataFrame, threshold_names: Sequence[str]) -> pd.Dat
     base = frame.drop_duplicates(keys)[keys + ["n", "p99", "max"]].reset_index(drop=True)
     for name in threshold_names:
         part = frame[frame["threshold_name"] == name].set_index(keys)
+        lo, hi = interval_columns(part)
         cols = pd.DataFrame({f"{name}_n_above": part["n_above"], f"{name}_percent": 100 * part["fraction"],
-                             f"{name}_ci_low_percent": 100 * part["ci_low"],
-                             f"{name}_ci_high_percent": 100 * part["ci_high"]}).reset_index()
+                             f"{name}_ci_low_percent": 100 * lo,
+                             f"{name}_ci_high_percent": 100 * hi}, index=part.index).reset_index()
         base = base.merge(cols, on=keys, how="left")
     order = {"generator": 0, "baseline": 1, "control": 2}
     return base.sort_values(["dataset", "kind", "model"], key=lambda s: s.map(order) if s.name == "kind" else s,
@@ -839,7 +875,8 @@ def plot_compare(frame: pd.DataFrame, threshold_name: str = "baseline_p99"):
     for g, model in enumerate(groups):
         part = data[data["model"] == model].set_index("dataset").reindex(datasets)
         y = 100 * part["fraction"].to_numpy(float)
-        err = np.vstack([y - 100 * part["ci_low"].to_numpy(float), 100 * part["ci_high"].to_numpy(float) - y])
+        lo, hi = interval_columns(part)
+        err = np.vstack([y - 100 * lo, 100 * hi - y])
         x = np.arange(len(datasets)) + (g - (len(groups) - 1) / 2) * width
         ax.bar(x, y, width, yerr=np.nan_to_num(err), capsize=3, label=display_name(model),
                color=COLOURS.get(model), hatch="//" if model == BASELINE else None, edgecolor="white")
@@ -860,15 +897,15 @@ def compare_text(frame: pd.DataFrame, threshold_name: str = "baseline_p99") -> s
     lines = []
     for dataset, group in data.groupby("dataset", sort=True):
         gens = group[group["kind"] == "generator"].sort_values("fraction", ascending=False)
-        parts = [f"{display_name(r.model)} {r.n_above}/{r.n} ({_pct(r.fraction)}, CI {_pct(r.ci_low)}–{_pct(r.ci_high)})"
-                 for r in gens.itertuples()]
+        lo, hi = interval_columns(gens)
+        parts = [f"{display_name(r.model)} {r.n_above}/{r.n} ({_pct(r.fraction)}, CI {_pct(lo[i])}–{_pct(hi[i])})"
+                 for i, r in enumerate(gens.itertuples())]
         base = group[group["kind"] == "baseline"]
         if len(base):
             parts.append(f"real held-out {_pct(base['fraction'].iloc[0])}")
         verdict = ""
         if len(gens) >= 2:
-            a, b = gens.iloc[0], gens.iloc[1]
-            verdict = (f"; {display_name(a.model)} higher, intervals do not overlap" if a.ci_low > b.ci_high
+            verdict = (f"; {display_name(gens.iloc[0].model)} higher, intervals do not overlap" if lo[0] > hi[1]
                        else "; intervals overlap")
         lines.append(f"- **{dataset}**: " + (", ".join(parts) or "no generator results") + verdict + ".")
     return f"Images above {threshold_name}:\n\n" + "\n".join(lines)
