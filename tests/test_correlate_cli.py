@@ -58,6 +58,7 @@ def test_audit_command_on_png_folders(folders, tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "7 synthetic × 30 training images" in printed
+    assert "Wilson 95 % CI" in printed
     for name in ("matches.csv", "topk.csv", "baseline.csv", "thresholds.csv", "exceedances.csv", "summary.json"):
         assert (out / name).is_file(), name
     m = pd.read_csv(out / "matches.csv")

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from helpers import common, figures  # noqa: E402
+from helpers import common, correlate, figures  # noqa: E402
 
 THRESHOLDS = ("fixed_0.90", "fixed_0.95", "fixed_0.99", "baseline_p95", "baseline_p99")
 
@@ -472,7 +472,7 @@ def test_words_use_wilson_intervals_when_step_05_wrote_them():
     assert "Of 64 StyleGAN synthetic images, 0 (0.0 %, 95 % CI 0.0 %–5.7 %)" in text
     # with the bootstrap intervals the two would be "separated"; with Wilson's they overlap
     assert "overlap: this run does not separate" in text
-    assert figures.interval({"ci_low": 0.0, "ci_high": 0.0}) == (0.0, 0.0)  # older summaries: bootstrap
+    assert correlate.reported_interval({"ci_low": 0.0, "ci_high": 0.0}) == (0.0, 0.0)  # older summaries: bootstrap
     frame = pd.DataFrame({"ci_low": [0.0, 0.1], "ci_high": [0.0, 0.3], "wilson_low": [0.0, np.nan],
                           "wilson_high": [0.057, np.nan]})
     lo, hi = figures.interval_columns(frame)

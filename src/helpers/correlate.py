@@ -265,6 +265,18 @@ def wilson_interval(n_above: int, n: int, z: float = 1.959964) -> tuple[float, f
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
+def reported_interval(exc: Mapping) -> tuple[float, float]:
+    """The 95 % interval of an exceedance to state in words and error bars:
+    Wilson's when present (summary.json of older runs has only the
+    bootstrap one). The percentile bootstrap collapses to 0–0 % when no
+    image exceeds (100–100 % when all do), a certainty 64 samples cannot
+    give; Wilson's interval for 0 of 64 is 0–5.7 %."""
+    lo, hi = exc.get("wilson_low"), exc.get("wilson_high")
+    if lo is None or hi is None or not (np.isfinite(float(lo)) and np.isfinite(float(hi))):
+        lo, hi = exc["ci_low"], exc["ci_high"]
+    return float(lo), float(hi)
+
+
 def exceedance_table(groups: Mapping[str, tuple[str, np.ndarray | pd.DataFrame]], thresholds: Mapping[str, float],
                      n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """For each group (``name -> (kind, max correlations or match table)``; kind = model,
@@ -603,8 +615,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if q["max"] is not None:
         print(f"max correlation per synthetic image: median {q['p50']:.4f}, p95 {q['p95']:.4f}, max {q['max']:.4f}")
     for name, rec in summary["synthetic_images"]["exceedances"].items():
+        lo, hi = reported_interval(rec)
         print(f"  above {name} ({summary['thresholds'][name]:.4f}): {rec['n_above']} "
-              f"({100 * rec['fraction']:.2f} %, 95 % CI {100 * rec['ci_low']:.2f}–{100 * rec['ci_high']:.2f} %)")
+              f"({100 * rec['fraction']:.2f} %, Wilson 95 % CI {100 * lo:.2f}–{100 * hi:.2f} %)")
     print("wrote " + ", ".join(summary["written"]))
     return 0
 

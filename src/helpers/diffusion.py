@@ -98,12 +98,12 @@ PROFILE_NOTES: dict[str, str] = {
            "allows (T = 4000 would be 20× that). v-prediction instead of the authors' ε: at this budget an "
            "ε-model's x̂₀ at high noise is amplified by 1/√ᾱ_t (≈ 180 at t = T) and clipping it to [-1, 1] "
            "biases it, so its samples had a grey background (mean 100/255 where the training slices have "
-           "0); a v-model trained for the same steps gives black background and brain-shaped slices. "
-           "Batch 16 × 800 steps (12 800 images, ≈ 9 epochs of the 1 444 phantom slices; 0.35–0.43 s "
-           "per step on 2 idle cores, so ≈ 5–6 min), AdamW lr 1e-3 after 50 warm-up steps, clipping at 1, "
-           "EMA ramping (1+s)/(10+s) up to 0.999 (0.9999 would still be mostly the initial weights after "
-           "800 steps). The set is seen only ~9 times: on 2 cores and in 6 minutes this is as far "
-           "towards the many-epoch regime of the study as the budget goes.",
+           "0); a v-model trained for the same steps gives a dark background and brain-shaped outlines "
+           "(still speckled at this budget). Batch 16 × 800 steps (12 800 images, ≈ 36 epochs of the 354 "
+           "slices of the phantom's 5 cpu-profile training subjects; 0.35–0.43 s per step on 2 idle cores, "
+           "so ≈ 5–6 min), AdamW lr 1e-3 after 50 warm-up steps, clipping at 1, EMA ramping (1+s)/(10+s) "
+           "up to 0.999 (0.9999 would still be mostly the initial weights after 800 steps). 36 epochs are "
+           "far from the hundreds of the study, but as far as 2 cores and 6 minutes go.",
     "gpu": "One modern GPU, hours: the paper's UNet (base width 64, 3 res-blocks, attention at 16×16 and "
            "8×8) with guided-diffusion's 128² channel multipliers (1,1,2,3,4), 31 M parameters; T = 1000 "
            "(ε-prediction, fixed-large variance) so that sampling thousands of images with the full "

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .common import read_json, write_csv, write_text
+from .correlate import reported_interval
 
 #: The two generators of the study, in the order figures show them.
 MODELS: tuple[str, ...] = ("stylegan", "diffusion")
@@ -360,33 +361,17 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
-def interval(exc: Mapping) -> tuple[float, float]:
-    """The 95 % interval of an exceedance used in words and error bars:
-    Wilson's score interval when step 05 wrote it, else the bootstrap one.
-    The percentile bootstrap collapses to 0–0 % when no image exceeds (and
-    100–100 % when all do), which would claim certainty 64 samples cannot
-    give; Wilson's interval for 0 of 64 is 0–5.7 %."""
-    lo, hi = exc.get("wilson_low"), exc.get("wilson_high")
-    if lo is None or hi is None or not (np.isfinite(float(lo)) and np.isfinite(float(hi))):
-        lo, hi = exc["ci_low"], exc["ci_high"]
-    return float(lo), float(hi)
-
-
 def interval_columns(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`interval` for every row of a table with ci_low/ci_high (and
-    optionally wilson_low/wilson_high) columns."""
-    lo, hi = frame["ci_low"].to_numpy(float), frame["ci_high"].to_numpy(float)
-    if "wilson_low" in frame and "wilson_high" in frame:
-        wlo, whi = frame["wilson_low"].to_numpy(float), frame["wilson_high"].to_numpy(float)
-        use = np.isfinite(wlo) & np.isfinite(whi)
-        lo, hi = np.where(use, wlo, lo), np.where(use, whi, hi)
-    return lo, hi
+    """:func:`helpers.correlate.reported_interval` for every row of a table
+    with ci_low/ci_high (and optionally wilson_low/wilson_high) columns."""
+    pairs = [reported_interval(row) for row in frame.to_dict("records")]
+    return np.array([p[0] for p in pairs], dtype=float), np.array([p[1] for p in pairs], dtype=float)
 
 
 def _exceedance_sentence(name: str, info: Mapping, exc: Mapping, label: str) -> str:
     n = int(info.get("n", 0))
     k = int(exc["n_above"])
-    lo, hi = interval(exc)
+    lo, hi = reported_interval(exc)
     text = f"Of {n} {name} images, {k} ({_pct(exc['fraction'])}, 95 % CI {_pct(lo)}–{_pct(hi)}) exceed {label}"
     top = (info.get("quantiles") or {}).get("max")
     if top is not None and not (isinstance(top, float) and math.isnan(top)):
@@ -430,7 +415,7 @@ def finding_text(summary: Mapping, threshold_name: str = "baseline_p99", n_train
         parts.append(sentence + ".")
     if len(rates) >= 2:
         (m1, e1), (m2, e2) = sorted(rates.items(), key=lambda kv: kv[1]["fraction"], reverse=True)[:2]
-        if interval(e1)[0] > interval(e2)[1]:
+        if reported_interval(e1)[0] > reported_interval(e2)[1]:
             parts.append(f"{display_name(m1)} exceeds more often than {display_name(m2)} "
                          f"({_pct(e1['fraction'])} vs {_pct(e2['fraction'])}) and the 95 % intervals do not overlap.")
         else:
