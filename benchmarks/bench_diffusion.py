@@ -34,6 +34,7 @@ import time
 
 import torch
 
+from helpers.config import resolve
 from helpers import common, diffusion
 
 
@@ -124,12 +125,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    config = common.load_config(args.dataset, args.profile)
-    size = args.image_size or config.get("prepare_data", {}).get("image_size") or (256 if args.profile == "paper" else 64)
-    section = dict(config.get("train_diffusion", {}))
+    resolved = resolve(args.dataset, args.profile)
+    size = args.image_size or resolved["prepare_data"].image_size
+    base = resolved["train_diffusion"]
     if args.batch_size:
-        section["batch_size"] = args.batch_size
-    base = diffusion.DiffusionSettings.from_params(section)
+        base = dataclasses.replace(base, batch_size=args.batch_size)
     cuda = device == "cuda"
     steps = args.steps or (20 if cuda else 5)
     warmup = args.warmup or (5 if cuda else 2)

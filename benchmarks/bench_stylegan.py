@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from helpers.config import resolve
 from helpers import common
 from helpers import stylegan as sg
 
@@ -42,8 +43,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    section = common.load_config("phantom", args.profile).get("train_stylegan", {})
-    config = sg.StyleGANConfig.from_params(section, ignore=sg.NOTEBOOK_KEYS)
+    config = resolve("phantom", args.profile)["train_stylegan"]
     size = args.size or SIZES.get(args.profile, 64)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"

@@ -4,6 +4,7 @@ written by the tests themselves, in the real on-disk layouts."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from pathlib import Path
 
@@ -124,6 +125,37 @@ def test_slice_rule_just_above_and_below():
     assert data.kept_slice_indices(fractions, 0.15, slice_stride=2).tolist() == [0]
 
 
+def test_slice_rule_uses_unrounded_t1():
+    """The authors compare the scaled T1 *before* rounding: 50.3 counts as
+    above 50 (stored as 50), 49.6 does not (stored as 50 too)."""
+    scaled = np.zeros((3, 20, 16))
+    scaled[0].flat[:NEEDED] = 50.3
+    scaled[1].flat[:NEEDED] = 49.6
+    scaled[2].flat[:NEEDED] = 50.6
+    kept = data.kept_slice_indices(data.brain_fraction(scaled, 50, PAD), 0.15)
+    assert kept.tolist() == [0, 2]
+    rounded = data.round_to_uint8(scaled)
+    assert rounded[0].max() == 50 and rounded[1].max() == 50 and rounded[2].max() == 51
+    assert data.kept_slice_indices(data.brain_fraction(rounded, 50, PAD), 0.15).tolist() == [2]  # would flip
+
+
+def test_slice_rule_before_rounding_in_a_subject(tmp_path):
+    volumes = subject_volumes(np.random.default_rng(0))
+    volumes["t1"][:, :, 7].T.flat[:NEEDED] = 50.3         # scaled by max 255: 50.3, stored as 50
+    volumes["t1"][:, :, 8].T.flat[:NEEDED] = 49.6         # 49.6 → 50, never above 50
+    folder = write_subject(tmp_path, "BraTS2021_00000", volumes=volumes)
+    unit = data.brats_subject_images(folder, image_size=PAD, pad_to=PAD)
+    assert [r["slice"] for r in unit.rows] == sorted(KEPT + [7])
+    t1_slice7 = unit.images[[r["slice"] for r in unit.rows].index(7), 0]
+    assert set(np.unique(t1_slice7)) == {0, 50} and (t1_slice7 == 50).sum() == NEEDED
+    fractions = {r["slice"]: r["brain_fraction"] for r in unit.fractions}
+    assert fractions[7] == pytest.approx(NEEDED / PAD**2, abs=1e-6) and fractions[8] == 0
+    # had the rule been applied to the stored (rounded) values, slice 7 would have been dropped
+    t1 = nib.load(str(folder / "BraTS2021_00000_t1.nii.gz")).get_fdata()
+    rounded = data.axial_slices(data.scale_modality(t1))
+    assert data.brain_fraction(rounded[7:8], 50, PAD)[0] == 0
+
+
 def test_pad_center_and_resize():
     slices = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4) + 1
     padded = data.pad_center(slices, 8)
@@ -235,6 +267,160 @@ def test_n_train_subjects_limits_training_set(tmp_path):
     assert meta["n_train_subjects"] == 2 and meta["n_unused_subjects"] == 2
     assert meta["n_train"] == 2 * len(KEPT)
     assert set(split[split.role == "unused"].status) == {"unused"}
+
+
+# --------------------------------------------------------------------------
+# The authors' subject split
+# --------------------------------------------------------------------------
+
+#: A small list in the shipped format: 4 train subjects (in this order), then 2 test subjects.
+ORDER = ["BraTS2021_00003", "BraTS2021_00000", "BraTS2021_00005", "BraTS2021_00001",
+         "BraTS2021_00004", "BraTS2021_00002"]
+
+
+def write_order(path: Path, subjects=ORDER, n_test: int = 2) -> Path:
+    pd.DataFrame({"position": range(1, len(subjects) + 1), "subject": subjects,
+                  "split": ["train"] * (len(subjects) - n_test) + ["test"] * n_test}).to_csv(path, index=False)
+    return path
+
+
+def test_shipped_authors_lists_parse():
+    folder = data.authors_split_dir()
+    assert folder == Path(data.__file__).resolve().parents[2] / "configs" / "authors_split"
+    readme = (folder / "README.md").read_text()
+    assert "muhamadusman/Assist" in readme and "MIT" in readme and "Muhammad Usman Akbar" in readme
+    for layout, n, pattern in [("brats2020", 369, r"BraTS20_Training_\d{3}"), ("brats2021", 1251, r"BraTS2021_\d{5}")]:
+        path = data.authors_split_file(layout)
+        assert path.parent == folder
+        order = data.read_subject_order(path)
+        assert len(order) == n and order.subject.is_unique and order.position.tolist() == list(range(1, n + 1))
+        assert order.subject.str.fullmatch(pattern).all()
+        assert (order["split"] == "test").sum() == 56
+        assert (order["split"].iloc[-56:] == "test").all() and (order["split"].iloc[:-56] == "train").all()
+        raw = pd.read_csv(path)
+        assert list(raw.columns) == ["position", "subject", "split"]
+    with pytest.raises(ValueError, match="only for BraTS 2020/2021"):
+        data.authors_split_file("other")
+
+
+def test_read_subject_order_rejects_bad_lists(tmp_path):
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"position": [1, 2, 2], "subject": ["a", "b", "c"], "split": ["train", "train", "test"]}
+                 ).to_csv(bad, index=False)
+    with pytest.raises(data.DataError, match="position must hold 1..3"):
+        data.read_subject_order(bad)
+    pd.DataFrame({"position": [1, 2, 3], "subject": ["a", "b", "a"], "split": ["train", "train", "test"]}
+                 ).to_csv(bad, index=False)
+    with pytest.raises(data.DataError, match="more than once: a"):
+        data.read_subject_order(bad)
+    pd.DataFrame({"position": [1, 2], "subject": ["a", "b"], "split": ["train", "val"]}).to_csv(bad, index=False)
+    with pytest.raises(data.DataError, match="val"):
+        data.read_subject_order(bad)
+    pd.DataFrame({"pos": [1], "subject": ["a"]}).to_csv(bad, index=False)
+    with pytest.raises(data.DataError, match="position, split"):
+        data.read_subject_order(bad)
+    with pytest.raises(data.DataError, match="not found"):
+        data.read_subject_order(tmp_path / "nowhere.csv")
+
+
+def test_split_subjects_by_list_nested_prefixes():
+    order = pd.DataFrame({"position": range(1, 7), "subject": ORDER, "split": ["train"] * 4 + ["test"] * 2})
+    full = data.split_subjects_by_list(reversed(ORDER), order)
+    assert full.subject.tolist() == ORDER and full["rank"].tolist() == list(range(6))
+    assert full.role.tolist() == ["train"] * 4 + ["test"] * 2
+    two = data.split_subjects_by_list(ORDER, order, n_train=2)
+    assert two.role.tolist() == ["train", "train", "unused", "unused", "test", "test"]
+    three = data.split_subjects_by_list(ORDER, order, n_train=3)
+    assert set(two.subject[two.role == "train"]) < set(three.subject[three.role == "train"])
+    with pytest.raises(ValueError, match="n_train_subjects=5: the authors' split has 4"):
+        data.split_subjects_by_list(ORDER, order, n_train=5)
+
+
+def test_prepare_with_authors_split(tmp_path):
+    brats_cohort(tmp_path / "raw", n=6)
+    order_file = write_order(tmp_path / "order.csv")
+    meta = prepare(tmp_path / "raw", tmp_path / "results", split="authors", split_file=order_file,
+                   n_test_subjects=1, n_train_subjects=3)                     # n_test_subjects is not used
+    out = tmp_path / "results" / "data"
+    train, test = pd.read_csv(out / "train.csv"), pd.read_csv(out / "test.csv")
+    assert train.subject.drop_duplicates().tolist() == ORDER[:3]              # list order, first K
+    assert test.subject.drop_duplicates().tolist() == ORDER[4:]               # exactly the list's test subjects
+    assert train.split_rank.drop_duplicates().tolist() == [0, 1, 2]
+    split = pd.read_csv(out / "split.csv")
+    assert split.subject.tolist() == ORDER and split["rank"].tolist() == list(range(6))
+    assert split.role.tolist() == ["train"] * 3 + ["unused"] + ["test"] * 2
+    assert (split["split"] == "authors").all() and split.status.tolist() == ["ok"] * 3 + ["unused"] + ["ok"] * 2
+    assert meta["split"] == "authors" and meta["split_file"] == str(order_file.resolve())
+    assert meta["split_file_sha256"] == hashlib.sha256(order_file.read_bytes()).hexdigest()
+    assert meta["n_train_subjects"] == 3 and meta["n_test_subjects"] == 2
+    assert any("n_test_subjects=1 not used" in n for n in meta["notes"])
+    assert data.load_split(tmp_path / "results", "train")[0].shape[0] == 3 * len(KEPT)
+
+    seeded = prepare(tmp_path / "raw", tmp_path / "seeded", n_test_subjects=2)
+    assert seeded["split"] == "seeded" and seeded["split_file"] is None and seeded["split_file_sha256"] is None
+    assert (pd.read_csv(tmp_path / "seeded" / "data" / "split.csv")["split"] == "seeded").all()
+
+
+def test_authors_split_keeps_roles_when_a_subject_is_skipped(tmp_path):
+    top = brats_cohort(tmp_path / "raw", n=6)
+    bad = _break(top / "BraTS2021_00000", "truncated")                        # 2nd training subject of the list
+    meta = prepare(tmp_path / "raw", tmp_path / "results", split="authors", split_file=write_order(tmp_path / "o.csv"),
+                   n_train_subjects=3, on_bad_subject="skip")
+    out = tmp_path / "results" / "data"
+    split = pd.read_csv(out / "split.csv").set_index("subject")
+    assert split.loc[ORDER, "role"].tolist() == ["train"] * 3 + ["unused"] + ["test"] * 2   # not replaced
+    assert split.status["BraTS2021_00000"] == "skipped" and split.n_images["BraTS2021_00000"] == 0
+    assert pd.read_csv(out / "skipped.csv").path.tolist() == [str(bad)]
+    assert pd.read_csv(out / "train.csv").subject.drop_duplicates().tolist() == [ORDER[0], ORDER[2]]
+    assert meta["n_train_subjects"] == 2 and meta["n_skipped"] == 1
+
+
+@pytest.mark.parametrize("case", ["missing", "extra"])
+def test_authors_split_mismatch_names_subjects_and_writes_nothing(tmp_path, case):
+    top = brats_cohort(tmp_path / "raw", n=6)
+    if case == "missing":
+        subjects = ORDER + ["BraTS2021_00042"]
+        expected = "1 subject of the list missing from the data folder: BraTS2021_00042"
+    else:
+        write_subject(top, "BraTS2021_00077", seed=7)
+        subjects, expected = ORDER, "1 subject in the data folder not in the list: BraTS2021_00077"
+    order_file = write_order(tmp_path / "order.csv", subjects)
+    with pytest.raises(data.DataError) as info:
+        prepare(tmp_path / "raw", tmp_path / "results", split="authors", split_file=order_file)
+    message = str(info.value)
+    assert expected in message
+    assert str(order_file) in message and str(top) in message                 # the list and the data folder
+    assert f"./runall.sh brats21 --data {tmp_path / 'raw'} --set prepare_data.split=seeded" in message
+    assert not (tmp_path / "results").exists()                                # nothing written
+
+
+def test_authors_split_default_list_and_long_mismatch(tmp_path):
+    """Without split_file the shipped list of the detected layout is used; a
+    long list of differences shows the first few and a count."""
+    top = brats_cohort(tmp_path / "raw", n=3, year=2020)
+    write_subject(top, "BraTS20_Training_999", ".nii", seed=9)               # not in the authors' 369
+    with pytest.raises(data.DataError) as info:
+        prepare(tmp_path / "raw", tmp_path / "results", split="authors")
+    message = str(info.value)
+    shipped = data.authors_split_file("brats2020")
+    assert str(shipped) in message and "366 subjects of the list missing from the data folder" in message
+    assert "(366 in all)" in message and "BraTS20_Training_123" in message     # first of the authors' order
+    assert "1 subject in the data folder not in the list: BraTS20_Training_999" in message
+    assert "exactly the 369 subjects" in message and "./runall.sh brats20 --data" in message
+    assert not (tmp_path / "results").exists()
+
+
+def test_split_argument_checked(tmp_path):
+    brats_cohort(tmp_path / "raw", n=3)
+    with pytest.raises(ValueError, match="split must be one of 'seeded', 'authors', got 'paper'"):
+        prepare(tmp_path / "raw", tmp_path / "results", split="paper")
+    with pytest.raises(ValueError, match=r"only for the real BraTS 2020/2021 .*use split: seeded"):
+        prepare(tmp_path / "raw", tmp_path / "results", source="phantom_brats", split="authors")
+    cxr_cohort(tmp_path / "xray")
+    with pytest.raises(ValueError, match=r"only for the real BraTS 2020/2021 .*use split: seeded"):
+        data.prepare_dataset("cxr", tmp_path / "xray", tmp_path / "results", image_size=8, split="authors",
+                             progress=False)
+    assert not (tmp_path / "results").exists()
 
 
 # --------------------------------------------------------------------------

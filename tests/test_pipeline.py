@@ -1,5 +1,5 @@
-"""The runner behind ./runall.sh: configuration merging, parameter checks,
-stamps. (The end-to-end run is in test_smoke.py.)"""
+"""The runner behind ./runall.sh: what it injects, stamps, failures
+(settings: test_config.py). (The end-to-end run is in test_smoke.py.)"""
 
 from __future__ import annotations
 
@@ -8,16 +8,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
 
-from helpers import common, pipeline
-
-
-def write_config(root: Path, dataset: dict, profile: dict) -> None:
-    (root / "configs" / "profiles").mkdir(parents=True)
-    (root / "pyproject.toml").write_text("")
-    (root / "configs" / "toy.yaml").write_text(yaml.safe_dump(dataset))
-    (root / "configs" / "profiles" / "small.yaml").write_text(yaml.safe_dump(profile))
+from helpers import common, config, pipeline
 
 
 def write_notebook(path: Path, parameters: str) -> Path:
@@ -29,45 +21,38 @@ def write_notebook(path: Path, parameters: str) -> Path:
     return path
 
 
-def test_merge_order_dataset_then_profile_then_dataset_profile(tmp_path):
-    write_config(
-        tmp_path,
-        {"common": {"seed": 1}, "prepare_data": {"image_size": 256, "source": "x"},
-         "profiles": {"small": {"prepare_data": {"source": "y"}}}},
-        {"prepare_data": {"image_size": 32, "source": "z"}},
-    )
-    config = common.load_config("toy", "small", tmp_path)
-    assert config["prepare_data"] == {"image_size": 32, "source": "y"}
-    assert config["common"] == {"seed": 1, "dataset": "toy", "profile": "small"}
+def test_notebook_parameters_are_the_run_and_one_settings_dict(tmp_path):
+    nb = write_notebook(tmp_path / "notebooks" / "04_sample.ipynb",
+                        'dataset = "a"\nprofile = "p"\nresults_dir = "r"\nsettings = None')
+    step = pipeline.Step("04_sample", nb)
+    declared = {name: {} for name in pipeline.NOTEBOOK_PARAMETERS}
+    resolved = config.resolve("phantom", "smoke", {"sample": {"n_stylegan": 3}})
+    params = pipeline.notebook_parameters(step, resolved, tmp_path / "results" / "x", tmp_path, declared)
+    assert params["dataset"] == "phantom" and params["profile"] == "smoke" and params["results_dir"] == "results/x"
+    assert params["settings"] == config.as_dict(resolved["sample"]) and params["settings"]["n_stylegan"] == 3
+    with pytest.raises(pipeline.PipelineError, match="also declares: n_stylegan"):
+        pipeline.notebook_parameters(step, resolved, tmp_path, tmp_path, {**declared, "n_stylegan": {}})
+    with pytest.raises(pipeline.PipelineError, match="missing: settings"):
+        pipeline.notebook_parameters(step, resolved, tmp_path, tmp_path, {"dataset": {}, "profile": {}, "results_dir": {}})
 
 
-def test_unknown_dataset_and_profile_name_the_choices(tmp_path):
-    write_config(tmp_path, {}, {})
-    with pytest.raises(FileNotFoundError, match="toy"):
-        common.load_config("nope", "small", tmp_path)
-    with pytest.raises(FileNotFoundError, match="small"):
-        common.load_config("toy", "huge", tmp_path)
+def test_show_params_prints_sources_and_runs_nothing(tmp_path, capsys):
+    assert pipeline.main(["brats20", "--profile", "paper", "--show-params", "--results", str(tmp_path),
+                          "--set", "sample.n_stylegan=5"]) == 0
+    out = capsys.readouterr().out
+    assert "prediction_type:" in out and "epsilon" in out
+    assert "max_steps:" in out and "30000" in out
+    assert "split:" in out and "authors" in out and "configs/brats20.yaml" in out
+    assert "# --set" in out and "# configs/profiles/paper.yaml" in out
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing was written
 
 
-def test_overrides_parse_yaml_values():
-    assert pipeline.parse_overrides(["a.b=3", "a.c=[1, 2]", "d.e=null"]) == {"a": {"b": 3, "c": [1, 2]}, "d": {"e": None}}
-    with pytest.raises(pipeline.PipelineError):
-        pipeline.parse_overrides(["nodot=3"])
-
-
-def test_resolve_parameters_injects_common_and_rejects_typos(tmp_path):
-    nb = write_notebook(tmp_path / "notebooks" / "02_train_thing.ipynb",
-                        'dataset = "a"\nresults_dir = "r"\nseed = 0\nsteps = 1\nraw_dir = None')
-    step = pipeline.Step("02_train_thing", nb)
-    declared = {"dataset": {}, "results_dir": {}, "seed": {}, "steps": {}, "raw_dir": {}}
-    config = {"common": {"seed": 5, "dataset": "toy", "profile": "p"}, "train_thing": {"steps": 9}}
-    params = pipeline.resolve_parameters(step, config, declared, tmp_path / "results" / "toy", tmp_path,
-                                         raw_dir=str(tmp_path))
-    assert params == {"seed": 5, "dataset": "toy", "steps": 9, "results_dir": "results/toy",
-                      "raw_dir": str(tmp_path.resolve())}
-    config["train_thing"]["stepz"] = 3
-    with pytest.raises(pipeline.PipelineError, match="stepz"):
-        pipeline.resolve_parameters(step, config, declared, tmp_path / "r", tmp_path)
+def test_bad_settings_stop_the_runner_with_the_file_named(tmp_path, capsys):
+    assert pipeline.main(["phantom", "--profile", "smoke", "--results", str(tmp_path),
+                          "--set", "sample.n_stylgan=5"]) == 1
+    err = capsys.readouterr().err
+    assert "--set" in err and "sample.n_stylgan" in err and "n_stylegan" in err
+    assert not any(tmp_path.iterdir())
 
 
 def test_stamp_key_changes_with_notebook_params_and_upstream(tmp_path):
@@ -120,23 +105,7 @@ def test_repo_notebooks_follow_the_conventions():
         assert not any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), f"{path.name} has outputs"
         declared = papermill.inspect_notebook(str(path))
         if path.stem[:2].isdigit():
-            for name in ("dataset", "profile", "results_dir", "seed"):
-                assert name in declared, f"{path.name}: parameters cell lacks {name}"
-
-
-def test_every_config_section_matches_its_notebook():
-    """A key in configs/ that no notebook declares would be rejected at run
-    time; catch it here for every dataset and profile."""
-    import papermill
-
-    root = common.repo_root()
-    steps, _ = pipeline.discover_steps(root)
-    declared = {s.section: papermill.inspect_notebook(str(s.notebook)) for s in steps}
-    for dataset in sorted(p.stem for p in (root / "configs").glob("*.yaml")):
-        for profile in common.available_profiles(root):
-            config = common.load_config(dataset, profile, root)
-            for step in steps:
-                pipeline.resolve_parameters(step, config, declared[step.section], root / "results" / dataset, root)
+            assert list(declared) == list(pipeline.NOTEBOOK_PARAMETERS), (path.name, list(declared))
 
 
 def test_failed_step_keeps_partial_notebook_and_says_why(tmp_path):

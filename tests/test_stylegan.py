@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import checkpoints, common
+from helpers import checkpoints, common, config
 from helpers import stylegan as sg
 from helpers.stylegan_augment import TRANSFORMS, AdaptiveAugment, parse_transforms
 
@@ -29,12 +29,12 @@ def one_thread():
 TINY = dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=16)
 
 
-def tiny_config(**overrides) -> sg.StyleGANConfig:
+def tiny_config(**overrides) -> config.TrainStyleGANSettings:
     base = dict(TINY, batch_size=4, mbstd_group=2, total_kimg=0.048, checkpoint_kimg=0.016, log_every=2,
                 r1_gamma=1.0, r1_interval=2, pl_weight=2.0, pl_interval=3, ema_kimg=0.01, augment_p=0.2,
-                ada_kimg=0.05, ada_interval=2, grid_seeds=2, keep_last=2)
+                ada_kimg=0.05, ada_interval=2, grid_seeds=2, keep_checkpoints=2)
     base.update(overrides)
-    return sg.StyleGANConfig(**base)
+    return config.TrainStyleGANSettings(**base)
 
 
 def make_results(tmp_path, n=12, channels=2, size=16, seed=0):
@@ -252,7 +252,7 @@ def test_resume_equals_uninterrupted_training(tmp_path):
 
 def test_training_outputs_and_rerun_is_a_no_op(tmp_path):
     results = make_results(tmp_path, channels=3)
-    cfg = tiny_config(keep_last=2)
+    cfg = tiny_config(keep_checkpoints=2)
     summary = sg.train(results, cfg, seed=0, progress=False)
     out = results / "stylegan"
     assert summary["complete"] and summary["steps_done"] == cfg.total_steps == 12
@@ -288,26 +288,10 @@ def test_bad_training_data_is_reported(tmp_path):
 
 
 def test_config_rejects_unknown_keys_and_odd_batches():
-    with pytest.raises(ValueError, match="unknown StyleGAN setting"):
-        sg.StyleGANConfig.from_params({"batch_size": 8, "lr": 1.0})
-    assert sg.StyleGANConfig.from_params({"batch_size": 8, "dataset": "x"}, ignore=["dataset"]).batch_size == 8
-    with pytest.raises(ValueError, match="multiple of mbstd_group"):
-        sg.StyleGANConfig(batch_size=6, mbstd_group=4)
-
-
-def test_notebook_parameters_and_profiles_agree_with_the_config():
-    """Every train_stylegan key of every profile is a notebook parameter, and
-    every notebook parameter is a setting or a known notebook-level name."""
-    import papermill
-
-    root = common.repo_root()
-    declared = set(papermill.inspect_notebook(str(root / "notebooks" / "02_train_stylegan.ipynb")))
-    fields = set(sg.StyleGANConfig().identity()) | set(sg.StyleGANConfig.RESUMABLE_CHANGES)
-    assert declared - fields <= set(sg.NOTEBOOK_KEYS), declared - fields - set(sg.NOTEBOOK_KEYS)
-    for profile in common.available_profiles(root):
-        section = common.load_config("phantom", profile, root).get("train_stylegan", {})
-        assert set(section) <= declared, (profile, set(section) - declared)
-        sg.StyleGANConfig.from_params(section, ignore=sg.NOTEBOOK_KEYS)
+    with pytest.raises(config.ConfigError, match="lr"):
+        config.build("train_stylegan", {"batch_size": 8, "lr": 1.0})
+    with pytest.raises(config.ConfigError, match="multiple of mbstd_group"):
+        config.build("train_stylegan", {"batch_size": 6, "mbstd_group": 4})
 
 
 # --------------------------------------------------------------------------

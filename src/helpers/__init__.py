@@ -1,6 +1,6 @@
 """Tested logic of the study "Beware of diffusion models for synthesizing
 medical images" (Akbar, Wang & Eklund, 2025). The notebooks in notebooks/
-stay thin and call into these modules; see STUDY.md-style overview in the
-README for which module holds what."""
+stay thin and call into these modules; the README's code map says which
+module holds what."""
 
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
-"""The small common base every step uses: parameters, result paths, atomic
-writes, seeds and provenance.
+"""The small common base every step uses: result paths, atomic writes,
+seeds and provenance (the settings of each step: :mod:`helpers.config`).
 
 It knows no model and imports neither torch nor CuPy, so that data
 preparation and the correlation audit start quickly.
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-#: The six steps of the pipeline contract (STUDY.md §3), in order.
+#: The six steps of the pipeline contract (the README's pipeline table), in order.
 STEPS: tuple[str, ...] = (
     "01_prepare_data",
     "02_train_stylegan",
@@ -168,83 +168,12 @@ def image_seeds(n: int, first_seed: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------
-# Parameters: configs/<dataset>.yaml merged with a size profile
+# Steps (their settings: helpers.config)
 # --------------------------------------------------------------------------
-
-def deep_merge(base: Mapping, override: Mapping) -> dict:
-    """Recursively merge ``override`` into a copy of ``base``."""
-    out = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of sections at the top level")
-    return data
-
-
-def available_profiles(root: Path | None = None) -> list[str]:
-    root = root or repo_root()
-    return sorted(p.stem for p in (root / "configs" / "profiles").glob("*.yaml"))
-
-
-def load_config(dataset: str, profile: str, root: Path | None = None) -> dict:
-    """The resolved configuration of ``dataset`` under ``profile``.
-
-    Order (later wins): ``configs/<dataset>.yaml`` < ``configs/profiles/<profile>.yaml``
-    < the dataset file's own ``profiles: {<profile>: ...}`` section. The result
-    has a ``common`` section (given to every notebook that declares those
-    names) and one section per step named after the notebook without its
-    number (``prepare_data``, ``train_stylegan`` ...).
-    """
-    root = root or repo_root()
-    dataset_file = root / "configs" / f"{dataset}.yaml"
-    profile_file = root / "configs" / "profiles" / f"{profile}.yaml"
-    if not dataset_file.is_file():
-        known = sorted(p.stem for p in (root / "configs").glob("*.yaml"))
-        raise FileNotFoundError(f"No configuration {dataset_file} (known datasets: {', '.join(known)})")
-    if not profile_file.is_file():
-        raise FileNotFoundError(
-            f"No profile {profile_file} (known profiles: {', '.join(available_profiles(root))})"
-        )
-    base = _read_yaml(dataset_file)
-    own_profiles = base.pop("profiles", {}) or {}
-    config = deep_merge(base, _read_yaml(profile_file))
-    config = deep_merge(config, own_profiles.get(profile, {}) or {})
-    config.setdefault("common", {})
-    config["common"]["dataset"] = dataset
-    config["common"]["profile"] = profile
-    return config
-
 
 def step_section(step: str) -> str:
     """``"02_train_stylegan"`` → ``"train_stylegan"``."""
     return step.split("_", 1)[1]
-
-
-def notebook_params(namespace: Mapping[str, Any], notebook: str | os.PathLike) -> dict:
-    """The values of the names declared in ``notebook``'s ``parameters`` cell,
-    read from ``namespace`` (a notebook passes ``globals()``).
-
-    Works the same when the notebook runs under papermill (the injected
-    values are in the namespace) and when a reader runs it by hand.
-    """
-    import papermill  # local: only notebooks need it
-
-    path = Path(notebook)
-    if not path.suffix:
-        path = repo_root() / "notebooks" / f"{path.name}.ipynb"
-    declared = papermill.inspect_notebook(str(path))
-    return {name: to_builtin(namespace[name]) for name in declared if name in namespace}
 
 
 def provenance() -> dict:

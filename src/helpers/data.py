@@ -3,16 +3,33 @@ uint8 image arrays and index tables every later step reads.
 
 Output (under ``results_dir/data/``, the pipeline contract):
 ``train.npy`` / ``test.npy`` (uint8 N×C×H×W), ``train.csv`` / ``test.csv``
-(one row per image), ``split.csv`` (the seeded subject permutation and each
-subject's role), ``skipped.csv`` (inputs left out), ``slice_fractions.csv``
-(BraTS: the slice rule's measure for every slice looked at) and
-``meta.json``. Nothing is ever written into the raw data folder.
+(one row per image), ``split.csv`` (the subject order used — a seeded
+permutation or the authors' list — each subject's role, and which split it
+was), ``skipped.csv`` (inputs left out), ``slice_fractions.csv`` (BraTS: the
+slice rule's measure for every slice looked at) and ``meta.json``. Nothing is
+ever written into the raw data folder.
 
-BraTS rules (the authors' public code, see STUDY.md §1; deviations noted):
+Channel order: BraTS images are stacked T1, T2, T1ce, FLAIR, Seg. That order
+is this study's own choice. The authors' arrays stack T1, T2, FLAIR, T1ce,
+Seg (T1ce and FLAIR swapped). The order does not change the correlations, but
+if you compare channel by channel with their data, map the channels by name.
 
-* Each modality volume is scaled by its own maximum to 0–255 and rounded to
-  the nearest integer (``np.rint``; a plain ``astype(uint8)`` would floor —
-  at most one grey level apart). Negative voxels, if any, clip to 0.
+Subject splits (``split=``): ``"seeded"`` (default; phantom and x-ray
+always) is a seeded permutation of the subjects found. ``"authors"`` (real
+BraTS 2020/2021 only) uses the authors' published subject order, shipped in
+``configs/authors_split/`` (from their repository ``muhamadusman/Assist``, MIT
+licence): their 56 test subjects are held out, and the training subjects are
+their ``train`` subjects in their order. The data folder must hold exactly the
+subjects of that list; otherwise the run stops before it writes anything.
+
+BraTS rules (the authors' public code, ``Preparation/split_volumes_to_slices.m`` in
+``muhamadusman/Assist``; deviations noted):
+
+* Each modality volume is scaled by its own maximum to 0–255
+  (``volume / max * 255`` in float64, as the authors' MATLAB doubles) and,
+  for storage, rounded to the nearest integer (halves up, as MATLAB's ``uint8``; a plain
+  ``astype(uint8)`` would floor, at most one grey level apart). Negative
+  voxels, if any, clip to 0.
 * The segmentation is stored as ``label / 5 * 255`` (0, 51, 102, 153, 204 for
   labels 0–4): exact integers, never interpolated.
 * Subject folders are the folders beside those holding
@@ -25,8 +42,10 @@ BraTS rules (the authors' public code, see STUDY.md §1; deviations noted):
 * A slice is kept when more than ``min_brain_fraction`` of the pixels of
   the *zero-padded* ``pad_to``² T1 slice exceed ``t1_threshold`` on the
   0–255 scale (the authors measured on the 256² padded slice, so the
-  fraction's denominator is ``pad_to``², not 240²). T1 is always read for
-  this rule, also when it is not among the output channels.
+  fraction's denominator is ``pad_to``², not 240²). As in their code, this
+  test uses the scaled T1 values *before* rounding: a voxel at 50.3 counts
+  as above 50 even though it is stored as 50. T1 is always read for this
+  rule, also when it is not among the output channels.
 * Slices are zero-padded centrally to ``pad_to`` and then, when
   ``image_size < pad_to``, resized with Pillow's bilinear filter, which is
   anti-aliased when shrinking (its support widens with the scale factor);
@@ -56,6 +75,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shlex
 import tempfile
 import time
 from collections import deque
@@ -70,7 +90,8 @@ import pandas as pd
 
 from . import common
 
-#: Output channel order of the BraTS images (the authors' order).
+#: Output channel order of the BraTS images. This is our order. The authors'
+#: arrays stack T1, T2, FLAIR, T1ce, Seg (T1ce and FLAIR the other way round).
 BRATS_CHANNELS: tuple[str, ...] = ("T1", "T2", "T1ce", "FLAIR", "Seg")
 #: File-name suffix of each BraTS channel (``<subject>_<suffix>.nii[.gz]``).
 BRATS_SUFFIX: dict[str, str] = {"T1": "t1", "T2": "t2", "T1ce": "t1ce", "FLAIR": "flair", "Seg": "seg"}
@@ -261,13 +282,16 @@ def find_brats_subjects(raw_dir: str | os.PathLike, max_depth: int = 4) -> list[
                   if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS)
 
 
+#: Subject folder names of each BraTS layout.
+BRATS_NAME_PATTERNS: dict[str, str] = {"brats2020": r"BraTS20_Training_\d+", "brats2021": r"BraTS2021_\d+"}
+
+
 def brats_layout(subject_dirs: Sequence[Path]) -> str:
     """``brats2020`` / ``brats2021`` from the subject folder names, else ``other``."""
-    names = [p.name for p in subject_dirs]
-    if names and all(re.fullmatch(r"BraTS20_Training_\d+", n) for n in names):
-        return "brats2020"
-    if names and all(re.fullmatch(r"BraTS2021_\d+", n) for n in names):
-        return "brats2021"
+    names = [Path(p).name for p in subject_dirs]
+    for layout, pattern in BRATS_NAME_PATTERNS.items():
+        if names and all(re.fullmatch(pattern, n) for n in names):
+            return layout
     return "other"
 
 
@@ -377,17 +401,33 @@ def load_brats_subject(folder: str | os.PathLike, channels: Sequence[str] = BRAT
 # BraTS: intensities, the slice rule, padding, resizing
 # --------------------------------------------------------------------------
 
-def scale_modality(volume: np.ndarray, peak: float | None = None) -> np.ndarray:
-    """``volume / max * 255`` rounded to the nearest integer, uint8 (the
-    authors scale every modality volume by its own maximum). ``peak``: the
-    whole volume's maximum when ``volume`` is only some of its slices."""
+def scale_intensity(volume: np.ndarray, peak: float | None = None) -> np.ndarray:
+    """``volume / max * 255`` in float64, *not* rounded or clipped. This is
+    the authors' scaling: every modality volume is scaled by its own maximum,
+    computed in MATLAB doubles as ``volume / max(volume(:)) * 255``. The
+    slice rule is applied to these values. ``peak`` is the whole volume's
+    maximum when ``volume`` holds only some of its slices."""
     peak = float(np.max(volume)) if peak is None else float(peak)
     if peak <= 0:
         raise ValueError("cannot scale a volume without positive voxels")
-    scaled = np.multiply(volume, np.float32(255.0 / peak), dtype=np.float32)
-    np.rint(scaled, out=scaled)
-    np.clip(scaled, 0, 255, out=scaled)
-    return scaled.astype(np.uint8)
+    scaled = np.divide(volume, peak, dtype=np.float64)
+    scaled *= 255.0
+    return scaled
+
+
+def round_to_uint8(scaled: np.ndarray) -> np.ndarray:
+    """Scaled intensities → uint8 for storage: clipped to 0–255 and rounded
+    to the nearest integer, halves away from zero as MATLAB's ``uint8()``
+    that the authors used (``np.rint`` would round halves to even)."""
+    out = np.floor(np.asarray(scaled, dtype=np.float64) + 0.5)
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
+
+
+def scale_modality(volume: np.ndarray, peak: float | None = None) -> np.ndarray:
+    """``volume / max * 255`` rounded to the nearest integer, as uint8
+    (:func:`scale_intensity`, then :func:`round_to_uint8`)."""
+    return round_to_uint8(scale_intensity(volume, peak))
 
 
 def scale_segmentation(labels: np.ndarray) -> np.ndarray:
@@ -403,10 +443,13 @@ def axial_slices(volume: np.ndarray) -> np.ndarray:
 
 
 def brain_fraction(t1_slices: np.ndarray, threshold: float = 50, pad_to: int | None = 256) -> np.ndarray:
-    """Per slice, the fraction of pixels of the slice *zero-padded to*
-    ``pad_to``² whose scaled T1 value exceeds ``threshold``. Padding adds
-    only zeros, so this is the count above threshold / ``pad_to``²
-    (``pad_to=None``: / the slice's own pixel count)."""
+    """Per slice (first axis), the fraction of pixels of the slice
+    *zero-padded to* ``pad_to``² whose scaled T1 value exceeds
+    ``threshold``. Padding adds only zeros, so this is the count above the
+    threshold divided by ``pad_to``² (``pad_to=None``: divided by the
+    slice's own pixel count). Pass the *unrounded* scaled T1
+    (:func:`scale_intensity`), as the authors did. After rounding, a value
+    in (50, 50.5] becomes 50 and would no longer count as above 50."""
     t1_slices = np.asarray(t1_slices)
     height, width = t1_slices.shape[-2:]
     pixels = (pad_to * pad_to) if pad_to else (height * width)
@@ -482,13 +525,14 @@ def brats_subject_images(
     if shape[0] > pad_to or shape[1] > pad_to:
         raise DataError(subject.files["T1"], f"slice size {shape[0]}×{shape[1]} is larger than pad_to={pad_to}; "
                         "expected slices no larger than pad_to (BraTS: 240×240, pad_to 256)")
-    t1 = axial_slices(scale_modality(subject.volumes["T1"]))
-    fractions = brain_fraction(t1, t1_threshold, pad_to)
+    t1_scaled = scale_intensity(subject.volumes["T1"])         # X×Y×Z float64, unrounded
+    # the rule counts pixels per axial slice: a transposed view is enough (no copy)
+    fractions = brain_fraction(np.transpose(t1_scaled, (2, 1, 0)), t1_threshold, pad_to)
     keep = kept_slice_indices(fractions, min_brain_fraction, slice_stride)
     images = np.empty((len(keep), len(channels), image_size, image_size), dtype=np.uint8)
     for c, name in enumerate(channels):
         if name == "T1":
-            stack = t1[keep]
+            stack = round_to_uint8(axial_slices(t1_scaled[:, :, keep]))
         elif name == "Seg":
             stack = scale_segmentation(axial_slices(subject.volumes[name][:, :, keep]))
         else:  # scale only the kept slices, by the whole volume's maximum
@@ -516,8 +560,10 @@ def _permutation(ids: Iterable[str], seed: int) -> list[str]:
 
 
 def split_subjects(subjects: Iterable[str], n_test: int, n_train: int | None = None, seed: int = 0) -> pd.DataFrame:
-    """The authors' split: a seeded permutation of the (sorted) subject ids;
-    the last ``n_test`` are held out. Of the rest, in permutation order, the
+    """The seeded split (``split="seeded"``). It follows the authors'
+    procedure with our own seed: a seeded permutation of the (sorted) subject
+    ids, whose last ``n_test`` are held out. The authors' actual permutation
+    is :func:`split_subjects_by_list`. Of the rest, in permutation order, the
     first ``n_train`` train (all when None) and the others are ``unused``,
     so growing ``n_train`` only adds subjects. Columns: subject, rank, role."""
     order = _permutation(subjects, seed)
@@ -560,6 +606,146 @@ def split_patients(patients: pd.DataFrame, test_fraction: float = 0.1, n_train: 
     roles = ["test" if s in test else ("train" if s in chosen else "unused") for s in order]
     return pd.DataFrame({"subject": order, "label": [labels[s] for s in order], "rank": range(len(order)),
                          "role": roles})
+
+
+# --------------------------------------------------------------------------
+# The authors' subject split (BraTS 2020 / 2021)
+# --------------------------------------------------------------------------
+
+#: ``split`` values of :func:`prepare_dataset`.
+SPLITS: tuple[str, ...] = ("seeded", "authors")
+#: The authors' subject order per BraTS layout, in ``configs/authors_split/``. It comes from
+#: muhamadusman/Assist, Preparation/subjectPermutation_BRATS20{20,21}.mat (MIT licence,
+#: Copyright (c) 2023 Muhammad Usman Akbar); see the README there.
+AUTHORS_SPLIT_FILES: dict[str, str] = {"brats2020": "brats2020_subject_order.csv",
+                                       "brats2021": "brats2021_subject_order.csv"}
+SUBJECT_ORDER_COLUMNS = ["position", "subject", "split"]
+#: ``./runall.sh`` dataset name of each BraTS layout (for messages).
+_RUNALL_NAME = {"brats2020": "brats20", "brats2021": "brats21"}
+
+
+def authors_split_dir() -> Path:
+    """``configs/authors_split/`` of this checkout."""
+    here = Path(__file__).resolve().parents[2] / "configs" / "authors_split"
+    return here if here.is_dir() else common.repo_root() / "configs" / "authors_split"
+
+
+def authors_split_file(layout: str) -> Path:
+    """The shipped list of the authors' subject order for ``layout``
+    (``brats2020`` or ``brats2021``)."""
+    if layout not in AUTHORS_SPLIT_FILES:
+        raise ValueError(f"the authors' split exists only for BraTS 2020/2021 (layouts "
+                         f"{', '.join(AUTHORS_SPLIT_FILES)}), not for {layout!r}")
+    return authors_split_dir() / AUTHORS_SPLIT_FILES[layout]
+
+
+def read_subject_order(path: str | os.PathLike) -> pd.DataFrame:
+    """A subject list (CSV with columns position, subject, split) sorted by
+    position, after checks: positions 1..N, unique non-empty subject names,
+    ``split`` values ``train`` or ``test`` with at least one of each. A
+    list that fails a check raises :class:`DataError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "subject list not found; expected a CSV with columns position, subject, split "
+                        f"(the shipped lists are in {authors_split_dir()})")
+    try:
+        table = pd.read_csv(path, dtype={"subject": str, "split": str}, keep_default_na=False)
+    except Exception as err:  # noqa: BLE001 - pandas raises several kinds
+        raise DataError(path, f"cannot read as CSV ({type(err).__name__}: {err})") from err
+    missing = [c for c in SUBJECT_ORDER_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(path, f"missing column(s) {', '.join(missing)}; expected columns position, subject, split")
+    table = table[SUBJECT_ORDER_COLUMNS]
+    position = pd.to_numeric(table.position, errors="coerce")
+    if position.isna().any() or sorted(position.tolist()) != list(range(1, len(table) + 1)):
+        raise DataError(path, f"column position must hold 1..{len(table)}, each once")
+    table = table.assign(position=position.astype(int), subject=table.subject.str.strip(),
+                         split=table["split"].str.strip().str.lower()).sort_values("position", ignore_index=True)
+    if (table.subject == "").any():
+        raise DataError(path, "empty subject name(s)")
+    doubles = table.subject[table.subject.duplicated()].unique().tolist()
+    if doubles:
+        raise DataError(path, f"subject(s) listed more than once: {_some(doubles)}")
+    bad = sorted(set(table["split"]) - {"train", "test"})
+    if bad:
+        raise DataError(path, f"split values {bad}; expected train or test")
+    if not {"train", "test"} <= set(table["split"]):
+        raise DataError(path, "expected at least one train and one test subject")
+    return table
+
+
+def _some(names: Sequence[str], limit: int = 8, shown: int = 5) -> str:
+    """All names when there are at most ``limit``, else the first ``shown`` and a count."""
+    names = list(names)
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:shown]) + f", … ({len(names)} in all)"
+
+
+def _subjects_word(n: int) -> str:
+    return f"{n} subject" + ("" if n == 1 else "s")
+
+
+def split_subjects_by_list(
+    subjects: Iterable[str],
+    order: pd.DataFrame,
+    n_train: int | None = None,
+    *,
+    list_file: str | os.PathLike = "the subject list",
+    data_dir: str | os.PathLike = "the data folder",
+    fallback: str = "./runall.sh brats20 --data DIR --set prepare_data.split=seeded",
+) -> pd.DataFrame:
+    """The authors' split (``split="authors"``) from a subject list
+    (:func:`read_subject_order`). The held-out subjects are the list's
+    ``test`` subjects. The list's ``train`` subjects, in list order, train:
+    the first ``n_train`` of them (all when None), and the rest are
+    ``unused``, so smaller training sets are prefixes of larger ones. The
+    subjects found (``subjects``) must be exactly those of the list.
+    Otherwise :class:`DataLayoutError` names the subjects that differ
+    (missing ones in list order, extra ones sorted), the list file and the
+    data folder, and gives the ``fallback`` command. Columns: subject, rank
+    (0-based position in the list), role."""
+    found = set(subjects)
+    listed = order.subject.tolist()
+    missing = [s for s in listed if s not in found]
+    extra = sorted(found - set(listed))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{_subjects_word(len(missing))} of the list missing from the data folder: {_some(missing)}")
+        if extra:
+            parts.append(f"{_subjects_word(len(extra))} in the data folder not in the list: {_some(extra)}")
+        raise DataLayoutError(data_dir, f"the subjects in this data folder do not match the authors' subject "
+                              f"list {list_file} "
+                              f"({'; '.join(parts)}). The authors' split (split: authors) needs exactly the "
+                              f"{len(listed)} subjects of that list. To split the subjects found with the "
+                              f"seeded split instead, run: {fallback}")
+    n_avail = int((order["split"] == "train").sum())
+    if n_train is not None and not 1 <= int(n_train) <= n_avail:
+        raise ValueError(f"n_train_subjects={n_train}: the authors' split has {n_avail} training subjects "
+                         f"({list_file})")
+    n_train = n_avail if n_train is None else int(n_train)
+    train_rank = order["split"].eq("train").cumsum()          # 1-based rank among the list's train subjects
+    roles = np.where(order["split"] == "test", "test", np.where(train_rank <= n_train, "train", "unused"))
+    return pd.DataFrame({"subject": listed, "rank": range(len(listed)), "role": roles})
+
+
+def _authors_layout(names: Sequence[str]) -> str | None:
+    """The BraTS year most subject folder names follow (None when none does):
+    which shipped list to compare a folder with, even when some names stray."""
+    counts = {layout: sum(bool(re.fullmatch(pattern, n)) for n in names)
+              for layout, pattern in BRATS_NAME_PATTERNS.items()}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else None
+
+
+def _display_path(path: Path) -> str:
+    """``path`` relative to the checkout when inside it (as recorded in meta.json), else absolute."""
+    path = path.resolve()
+    try:
+        return str(path.relative_to(Path(__file__).resolve().parents[2]))
+    except ValueError:
+        return str(path)
 
 
 # --------------------------------------------------------------------------
@@ -779,9 +965,15 @@ def _ordered_results(work: Callable[[_Unit], PreparedUnit], units: Sequence[_Uni
                 future.cancel()
 
 
-def _validate(source, image_size, channels, pad_to, slice_stride, on_bad_subject, n_workers):
+def _validate(source, image_size, channels, pad_to, slice_stride, on_bad_subject, n_workers, split="seeded"):
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(repr(s) for s in SPLITS)}, got {split!r}")
+    if split == "authors" and source != "brats":
+        raise ValueError(f"split='authors' with source {source!r}: the authors' subject split exists only for "
+                         "the real BraTS 2020/2021 data (source: brats); use split: seeded "
+                         "(--set prepare_data.split=seeded)")
     if on_bad_subject not in ("fail", "skip"):
         raise ValueError(f"on_bad_subject must be 'fail' or 'skip', got {on_bad_subject!r}")
     if int(image_size) < 1:
@@ -798,7 +990,7 @@ def _validate(source, image_size, channels, pad_to, slice_stride, on_bad_subject
     chosen = [by_lower.get(str(c).lower()) for c in channels]
     if not channels or None in chosen or len(set(chosen)) != len(chosen):
         raise ValueError(f"channels {list(channels)}: expected distinct names from {list(allowed)} (or null for all)")
-    chosen = sorted(chosen, key=allowed.index)  # a subset keeps the authors' order
+    chosen = sorted(chosen, key=allowed.index)  # a subset keeps our order (BRATS_CHANNELS)
     if reader == "brats" and int(image_size) > int(pad_to):
         raise ValueError(f"image_size={image_size} is larger than pad_to={pad_to}; slices are padded to pad_to "
                          "and only shrunk")
@@ -828,6 +1020,8 @@ def prepare_dataset(
     n_test_subjects: int = 56,
     n_train_subjects: int | None = None,
     test_fraction: float = 0.1,
+    split: str = "seeded",
+    split_file: str | os.PathLike | None = None,
     on_bad_subject: str = "fail",
     seed: int = 0,
     n_workers: int = 2,
@@ -838,15 +1032,43 @@ def prepare_dataset(
     subject/patient and write ``results_dir/data/`` (train/test .npy and
     .csv, split.csv, skipped.csv, slice_fractions.csv for BraTS, meta.json).
 
-    BraTS: ``n_test_subjects`` held out, ``n_train_subjects`` (None = all
-    remaining) train. Chest x-ray: ``test_fraction`` of each class's
-    patients held out; ``n_train_subjects`` counts patients; ``pad_to`` and
-    the slice-rule parameters do not apply. ``on_bad_subject="skip"``
-    leaves out a subject (x-ray: a file) with bad input and lists it; the
-    split is made over all subjects found, so a skipped subject is not
-    replaced. Returns the summary also written as ``meta.json``."""
+    ``split`` chooses how subjects are divided:
+
+    * ``"seeded"`` (default): a permutation of the subjects found, seeded
+      with ``seed`` (:func:`split_subjects`). For BraTS, the last
+      ``n_test_subjects`` are held out and the first ``n_train_subjects``
+      of the rest (None = all) train. For chest x-ray, ``test_fraction`` of
+      each class's patients are held out and ``n_train_subjects`` counts
+      patients.
+    * ``"authors"`` (source ``brats`` only; an error for the phantom and
+      x-ray sources): the authors' published subject order
+      (:func:`split_subjects_by_list`), from ``split_file``, or when that is
+      None the shipped ``configs/authors_split/`` list of the detected
+      layout (BraTS 2020 or 2021). The held-out subjects are exactly the
+      list's ``test`` subjects (56). The training subjects are its
+      ``train`` subjects in list order: ``n_train_subjects=K`` takes the
+      first K, so smaller training sets are nested prefixes.
+      ``n_test_subjects`` and ``seed`` are not used. If the data folder does
+      not hold exactly the list's subjects, :class:`DataLayoutError` names
+      the subjects that differ, and nothing is written. ``split_file`` is
+      ignored with ``split="seeded"``.
+
+    For chest x-ray, ``pad_to`` and the slice-rule parameters do not apply.
+    ``on_bad_subject="skip"`` leaves out a subject (x-ray: a file) with bad
+    input and lists it in skipped.csv (status ``skipped`` in split.csv). The
+    split is made over all subjects found (with the authors' split: all
+    listed subjects), so a skipped subject is not replaced and every other
+    subject keeps its role. With ``n_train_subjects=K``, a skipped training
+    subject leaves K − 1.
+
+    meta.json records ``split``, ``split_file`` and ``split_file_sha256``
+    (None for the seeded split). split.csv has one row per subject with its
+    ``rank`` in the order used (the seeded permutation, or the 0-based
+    position in the authors' list), ``role`` (train/test/unused), ``split``,
+    ``n_images`` and ``status``. Returns the summary that is also written as
+    ``meta.json``."""
     started = time.perf_counter()
-    channels = _validate(source, image_size, channels, pad_to, slice_stride, on_bad_subject, n_workers)
+    channels = _validate(source, image_size, channels, pad_to, slice_stride, on_bad_subject, n_workers, split)
     reader = SOURCES[source]
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
@@ -859,16 +1081,41 @@ def prepare_dataset(
     skipped: list[dict] = []
     notes: list[str] = []
 
+    split_path: Path | None = None
     if reader == "brats":
         subject_dirs = find_brats_subjects(raw_dir)
         layout = brats_layout(subject_dirs)
-        split = split_subjects([p.name for p in subject_dirs], n_test_subjects, n_train_subjects, seed)
+        names = [p.name for p in subject_dirs]
+        if split == "authors":
+            year = layout if layout in AUTHORS_SPLIT_FILES else _authors_layout(names)
+            if split_file is not None:
+                split_path = Path(split_file)
+            elif year is None:
+                raise DataLayoutError(subject_dirs[0].parent, "the subject folder names (e.g. "
+                                      f"{_some(names[:3])}) are neither BraTS 2020 (BraTS20_Training_NNN) nor "
+                                      "BraTS 2021 (BraTS2021_NNNNN) names, so the authors' split cannot be "
+                                      "applied. To use the seeded split instead, run: ./runall.sh "
+                                      f"{dataset or 'brats20'} --data {shlex.quote(str(raw_dir))} "
+                                      "--set prepare_data.split=seeded")
+            else:
+                split_path = authors_split_file(year)
+            order = read_subject_order(split_path)
+            fallback = (f"./runall.sh {_RUNALL_NAME.get(year, dataset or 'brats20')} --data "
+                        f"{shlex.quote(str(raw_dir))} --set prepare_data.split=seeded")
+            split_table = split_subjects_by_list(names, order, n_train_subjects, list_file=split_path,
+                                                 data_dir=subject_dirs[0].parent, fallback=fallback)
+            n_listed_test = int((order["split"] == "test").sum())
+            if int(n_test_subjects) != n_listed_test:
+                notes.append(f"n_test_subjects={n_test_subjects} not used: the authors' split holds out the "
+                             f"{n_listed_test} test subjects of {split_path.name}")
+        else:
+            split_table = split_subjects(names, n_test_subjects, n_train_subjects, seed)
         folders = {p.name: p for p in subject_dirs}
         args = dict(channels=channels, image_size=size, pad_to=int(pad_to), t1_threshold=t1_threshold,
                     min_brain_fraction=min_brain_fraction, slice_stride=int(slice_stride))
+        used = split_table[split_table.role != "unused"].sort_values(["role", "rank"], key=_train_first)
         units = [_Unit(s, s, r, int(k), str(folders[s]), args)
-                 for s, r, k in split[split.role != "unused"].sort_values(["role", "rank"], key=_train_first)
-                 [["subject", "role", "rank"]].itertuples(index=False)]
+                 for s, r, k in used[["subject", "role", "rank"]].itertuples(index=False)]
 
         def work(unit: _Unit) -> PreparedUnit:
             return brats_subject_images(unit.path, **unit.args)
@@ -880,9 +1127,9 @@ def prepare_dataset(
             raise DataError(bad_names[0]["path"], bad_names[0]["reason"])
         skipped.extend(bad_names)
         patients = files.drop_duplicates("subject")[["subject", "label"]]
-        split = split_patients(patients, test_fraction, n_train_subjects, seed)
-        roles = dict(zip(split.subject, split.role))
-        ranks = dict(zip(split.subject, split["rank"]))
+        split_table = split_patients(patients, test_fraction, n_train_subjects, seed)
+        roles = dict(zip(split_table.subject, split_table.role))
+        ranks = dict(zip(split_table.subject, split_table["rank"]))
         files = files.assign(role=files.subject.map(roles), rank=files.subject.map(ranks))
         files = files[files.role != "unused"].sort_values(["role", "rank", "file"], key=_train_first)
         units = [_Unit(r["path"], r["subject"], r["role"], int(r["rank"]), r["path"], r)
@@ -930,14 +1177,15 @@ def prepare_dataset(
         test_npy.commit()
 
     skipped_subjects = {s["subject"] for s in skipped if s["subject"]}
-    split = split.assign(
-        n_images=split.subject.map(done).fillna(0).astype(int),
+    split_table = split_table.assign(
+        split=split,
+        n_images=split_table.subject.map(done).fillna(0).astype(int),
         status=[("unused" if r == "unused" else "skipped" if s in skipped_subjects and s not in done else "ok")
-                for s, r in zip(split.subject, split.role)])
+                for s, r in zip(split_table.subject, split_table.role)])
     written = []
     for role in ("train", "test"):
         written.append(common.write_csv(out_dir / f"{role}.csv", pd.DataFrame(rows[role], columns=columns)))
-    written.append(common.write_csv(out_dir / "split.csv", split))
+    written.append(common.write_csv(out_dir / "split.csv", split_table))
     written.append(common.write_csv(out_dir / "skipped.csv", pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)))
     if reader == "brats":
         written.append(common.write_csv(out_dir / "slice_fractions.csv", pd.DataFrame(
@@ -957,12 +1205,22 @@ def prepare_dataset(
         "n_test": n_test,
         "n_train_subjects": len(subjects_with_images["train"]),
         "n_test_subjects": len(subjects_with_images["test"]),
-        "n_subjects_found": int(len(split)),
-        "n_unused_subjects": int((split.role == "unused").sum()),
+        "n_subjects_found": int(len(split_table)),
+        "n_unused_subjects": int((split_table.role == "unused").sum()),
         "n_skipped": len(skipped),
         "shape_train": [n_train, *row_shape],
         "shape_test": [n_test, *row_shape],
         "dtype": "uint8",
+        "split": split,
+        "split_file": None if split_path is None else _display_path(split_path),
+        "split_file_sha256": None if split_path is None else common.file_sha256(split_path),
+        "split_rule": (f"the authors' subject list {split_path.name}: test = its 'test' subjects; train = the first "
+                       f"{int((split_table.role == 'train').sum())} of its 'train' subjects in list order"
+                       if split_path is not None else
+                       "seeded permutation of the sorted subject ids (seed); last n_test_subjects held out, first "
+                       "n_train_subjects of the rest train" if reader == "brats" else
+                       "seeded permutation of the patient ids (seed); per class the last test_fraction held out, "
+                       "first n_train_subjects of the rest train"),
         "seed": int(seed),
         "on_bad_subject": on_bad_subject,
         "notes": notes,
@@ -974,11 +1232,12 @@ def prepare_dataset(
     if reader == "brats":
         meta.update(pad_to=int(pad_to), t1_threshold=t1_threshold, min_brain_fraction=min_brain_fraction,
                     slice_stride=int(slice_stride), rules={
-                        "intensity": "each modality volume * 255 / its max, rounded to nearest (np.rint), clipped 0..255",
+                        "intensity": "each modality volume / its max * 255 (float64), rounded to nearest "
+                                     "(np.rint), clipped 0..255",
                         "segmentation": "label / 5 * 255 (labels 0,1,2,4 -> 0,51,102,204), exact",
                         "slice": "volume[:, :, k].T",
-                        "keep": f"fraction of the {pad_to}x{pad_to} zero-padded slice with scaled T1 > "
-                                f"{t1_threshold} is > {min_brain_fraction}",
+                        "keep": f"fraction of the {pad_to}x{pad_to} zero-padded slice with scaled, unrounded "
+                                f"T1 > {t1_threshold} is > {min_brain_fraction}",
                         "resize": "none" if size == int(pad_to) else
                                   f"pad to {pad_to}, then Pillow bilinear (anti-aliased) to {size}; Seg nearest",
                     })

@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checkpoints as ckpt
+from . import config
+from .config import TrainDiffusionSettings
 from .common import image_seeds, read_json, stable_hash, write_json
 from .sampling import sample_to_npy, samples_path, to_uint8
 
@@ -58,7 +60,7 @@ DIFFERENCES: tuple[str, ...] = (
     "Initialisation: guided-diffusion zero-initialises the last conv of every res-block, the "
     "attention output projection and the output conv; `zero_init: true` does the same to the "
     "diffusers modules. Other layers keep PyTorch/diffusers' default init.",
-    "Variance: the authors' flags (STUDY.md) set no --learn_sigma, so guided-diffusion's "
+    "Variance: the authors' flags (their README) set no --learn_sigma, so guided-diffusion's "
     "default applies: fixed variance β_t and the plain ε-MSE loss, which is exactly "
     "DDPMScheduler(variance_type='fixed_large') here. Had they used --learn_sigma True (hybrid "
     "L_simple + λ·L_vlb loss, 2C output channels), diffusers has no hybrid loss: its scheduler "
@@ -119,98 +121,7 @@ PROFILE_NOTES: dict[str, str] = {
 # Settings
 # --------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class DiffusionSettings:
-    """Every knob of model, noise schedule, training and speed. Built from a
-    notebook's parameters with :meth:`from_params` (other keys are ignored).
-    Defaults: the sizes of the ``cpu`` profile with the authors' method
-    (ε-prediction); the profiles in ``configs/`` set every key."""
-
-    # model (UNet2DModel)
-    block_out_channels: Sequence[int] = (16, 32, 64, 64)
-    layers_per_block: int = 1
-    attention_resolutions: Sequence[int] = (8,)    # feature-map sizes with attention
-    attention_head_dim: int = 32
-    norm_num_groups: int = 8
-    scale_shift_norm: bool = True
-    zero_init: bool = True
-    dropout: float = 0.0
-    # noise schedule (DDPMScheduler)
-    num_train_timesteps: int = 200
-    beta_schedule: str = "linear"
-    beta_start: float | None = None                 # None: guided-diffusion's 1000/T scaling
-    beta_end: float | None = None
-    variance_type: str = "fixed_large"
-    prediction_type: str = "epsilon"                # what the UNet predicts: epsilon (authors) | v_prediction
-    # optimisation
-    batch_size: int = 16                            # global (all processes together)
-    max_steps: int = 800
-    learning_rate: float = 1e-3
-    lr_warmup_steps: int = 50
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0               # None: no clipping
-    ema_decay: float = 0.999
-    ema_warmup: bool = True                         # diffusers' (1+s)/(10+s) ramp up to ema_decay
-    horizontal_flip: bool = False
-    seed: int = 0
-    # bookkeeping
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    # speed (None = chosen by device, see resolve_speed_options)
-    mixed_precision: str | None = None              # "no" | "bf16" | "fp16"
-    channels_last: bool | None = None
-    fused_adamw: bool | None = None
-    compile: bool = False
-    num_threads: int = 0                            # CPU threads; 0: measured (fastest of 1..cores)
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], **overrides) -> "DiffusionSettings":
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in {**params, **overrides}.items() if k in names}
-        settings = cls(**values)
-        settings.validate()
-        return settings
-
-    def __post_init__(self) -> None:
-        for name in ("learning_rate", "weight_decay", "ema_decay", "dropout", "max_grad_norm", "beta_start", "beta_end"):
-            value = getattr(self, name)
-            setattr(self, name, None if value is None else float(value))
-        for name in ("layers_per_block", "attention_head_dim", "norm_num_groups", "num_train_timesteps", "batch_size",
-                     "max_steps", "lr_warmup_steps", "seed", "checkpoint_every", "keep_checkpoints", "log_every",
-                     "num_threads"):
-            setattr(self, name, int(getattr(self, name)))
-        self.block_out_channels = [int(w) for w in self.block_out_channels]
-        self.attention_resolutions = [int(r) for r in self.attention_resolutions]
-
-    def validate(self) -> None:
-        widths = list(self.block_out_channels)
-        if not widths or any(int(w) <= 0 for w in widths):
-            raise ValueError(f"block_out_channels must be positive widths, got {widths}")
-        bad = [w for w in widths if w % self.norm_num_groups]
-        if bad:
-            raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every width; {bad} do not")
-        if self.variance_type not in ("fixed_small", "fixed_large"):
-            raise ValueError(
-                f"variance_type must be 'fixed_small' or 'fixed_large', got {self.variance_type!r} "
-                f"(a learned σ needs guided-diffusion's hybrid loss, which diffusers lacks)"
-            )
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
-        if self.mixed_precision not in (None, "auto", "no", "bf16", "fp16"):
-            raise ValueError(
-                f"mixed_precision must be null/'auto', 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}"
-            )
-        for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "num_train_timesteps"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-    def identity(self) -> dict:
-        """What fixes the training trajectory; a checkpoint made with other
-        values cannot be resumed. Length, logging and speed options may change."""
-        skip = {"max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "mixed_precision",
-                "channels_last", "fused_adamw", "compile", "num_threads"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+# The settings of a run: helpers.config.TrainDiffusionSettings (one schema, torch-free).
 
 
 def attention_levels(image_size: int, n_levels: int, resolutions: Sequence[int]) -> list[int]:
@@ -240,7 +151,7 @@ def guided_diffusion_betas(num_train_timesteps: int) -> tuple[float, float]:
 # Model and noise schedule
 # --------------------------------------------------------------------------
 
-def build_unet(settings: DiffusionSettings, channels: int, image_size: int):
+def build_unet(settings: TrainDiffusionSettings, channels: int, image_size: int):
     """A ``UNet2DModel`` predicting ε (or v) for ``channels``-channel square images."""
     from diffusers import UNet2DModel
 
@@ -292,7 +203,7 @@ def zero_init_residual_outputs(unet) -> None:
     torch.nn.init.zeros_(unet.conv_out.bias)
 
 
-def build_noise_scheduler(settings: DiffusionSettings):
+def build_noise_scheduler(settings: TrainDiffusionSettings):
     """The DDPM forward process and ancestral sampler (clipping x̂₀ to
     [-1, 1] as guided-diffusion's ``clip_denoised``)."""
     from diffusers import DDPMScheduler
@@ -388,7 +299,7 @@ class ThreadTuner:
             self.due = True
 
 
-def resolve_speed_options(settings: DiffusionSettings, device: torch.device | str) -> dict:
+def resolve_speed_options(settings: TrainDiffusionSettings, device: torch.device | str) -> dict:
     """Fill the device-dependent defaults: on CUDA bf16 autocast (fp16 where
     bf16 is missing), channels_last and fused AdamW; on CPU plain fp32,
     contiguous memory and the foreach AdamW (fused AdamW and channels_last
@@ -517,10 +428,10 @@ class TrainingSetup:
     ema: Any
     noise_scheduler: Any
     options: dict
-    settings: DiffusionSettings
+    settings: TrainDiffusionSettings
 
 
-def setup_training(settings: DiffusionSettings, channels: int, image_size: int,
+def setup_training(settings: TrainDiffusionSettings, channels: int, image_size: int,
                    device: str | None = None, resume_state: Mapping | None = None) -> TrainingSetup:
     """Model, EMA, optimizer and LR schedule on the accelerator's device,
     optionally loaded from a checkpoint's state."""
@@ -644,7 +555,7 @@ def pipeline_dir(results_dir: str | os.PathLike) -> Path:
     return output_dir(results_dir) / "pipeline"
 
 
-def train(results_dir: str | os.PathLike, settings: DiffusionSettings | Mapping[str, Any], *,
+def train(results_dir: str | os.PathLike, settings: TrainDiffusionSettings | Mapping[str, Any], *,
           progress: bool = True, stop_after: int | None = None, device: str | None = None) -> dict:
     """Train (or resume, or find finished) the diffusion model on
     ``results_dir/data/train.npy``; returns the summary (also written to
@@ -653,8 +564,8 @@ def train(results_dir: str | os.PathLike, settings: DiffusionSettings | Mapping[
     ``stop_after`` ends this call after that many steps *in total* (a
     checkpoint is written there): tests use it to simulate a killed run.
     """
-    if not isinstance(settings, DiffusionSettings):
-        settings = DiffusionSettings.from_params(settings)
+    if not isinstance(settings, TrainDiffusionSettings):
+        settings = config.build("train_diffusion", dict(settings))
     results_dir = Path(results_dir)
     out = output_dir(results_dir)
     ckpt_dir = out / "checkpoints"
@@ -1013,25 +924,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     then finds the run finished and only plots it)."""
     import argparse
 
-    from .common import load_config, results_dir as default_results_dir, save_params
+    from .common import results_dir as default_results_dir, save_params
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--dataset", default="phantom")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--results-dir", default=None, help="default: results/<dataset>")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML", help="override train_diffusion keys")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a setting, as ./runall.sh --set (e.g. train_diffusion.max_steps=100)")
     args = parser.parse_args(argv)
-    import yaml
 
-    config = load_config(args.dataset, args.profile)
-    params = {**config.get("common", {}), **config.get("train_diffusion", {})}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        params[key] = yaml.safe_load(value)
+    settings = config.resolve(args.dataset, args.profile, config.parse_overrides(args.set))["train_diffusion"]
     results = Path(args.results_dir) if args.results_dir else default_results_dir(args.dataset)
-    summary = train(results, DiffusionSettings.from_params(params))
+    summary = train(results, settings)
     if int(os.environ.get("RANK", "0")) == 0:
-        save_params(params, output_dir(results), name="params_cli.yaml")
+        save_params(config.as_dict(settings), output_dir(results), name="params_cli.yaml")
         print(summary)
     return 0
 

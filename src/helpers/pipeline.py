@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from . import common
+from . import common, config
 
 KERNEL_NAME = "beware-study"
 SKIP_DIRS = {"notebooks", ".stamps"}
@@ -59,50 +59,27 @@ def discover_steps(root: Path) -> tuple[list[Step], list[str]]:
     return list(found.values()), missing
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """``["train_diffusion.max_steps=10", "common.seed=3"]`` → nested dict
-    (values parsed as YAML, so numbers, lists and null work)."""
-    out: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise PipelineError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
-        section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = yaml.safe_load(value)
-    return out
+#: the names every numbered notebook's parameters cell declares (papermill injects them)
+NOTEBOOK_PARAMETERS = ("dataset", "profile", "results_dir", "settings")
 
 
-def resolve_parameters(
-    step: Step,
-    config: Mapping[str, Any],
-    declared: Mapping[str, Any],
-    results: Path,
-    root: Path,
-    raw_dir: str | None = None,
-) -> dict:
-    """The values papermill injects into ``step``'s parameters cell.
-
-    ``common`` keys go to every notebook that declares them; every key of the
-    step's own section must be declared (a typo in a config fails loudly
-    instead of being ignored)."""
-    section = dict(config.get(step.section) or {})
-    unknown = sorted(set(section) - set(declared))
-    if unknown:
+def notebook_parameters(step: Step, resolved: config.Resolved, results: Path, root: Path,
+                        declared: Mapping[str, Any]) -> dict:
+    """What papermill injects into ``step``'s parameters cell: the dataset,
+    profile, results folder and the step's resolved settings as one dict."""
+    missing = [name for name in NOTEBOOK_PARAMETERS if name not in declared]
+    extra = sorted(set(declared) - set(NOTEBOOK_PARAMETERS))
+    if missing or extra:
         raise PipelineError(
-            f"configs: section '{step.section}' sets {', '.join(unknown)}, which {step.notebook.name} "
-            f"does not declare in its parameters cell (declared: {', '.join(sorted(declared))})"
-        )
-    params = {k: v for k, v in (config.get("common") or {}).items() if k in declared}
-    params.update(section)
+            f"{step.notebook}: its parameters cell must declare exactly {', '.join(NOTEBOOK_PARAMETERS)} "
+            f"(settings have their defaults in helpers/config.py); "
+            + (f"missing: {', '.join(missing)}" if missing else f"also declares: {', '.join(extra)}"))
     try:
         results_param = str(results.relative_to(root))
     except ValueError:
         results_param = str(results)
-    if "results_dir" in declared:
-        params["results_dir"] = results_param
-    if raw_dir is not None and "raw_dir" in declared:
-        params["raw_dir"] = str(Path(raw_dir).resolve())
-    return params
+    return {"dataset": resolved.dataset, "profile": resolved.profile, "results_dir": results_param,
+            "settings": config.as_dict(resolved[step.section])}
 
 
 # --------------------------------------------------------------------------
@@ -257,14 +234,18 @@ def run(args: argparse.Namespace) -> int:
     root = common.repo_root()
     results_root = Path(args.results).resolve() if args.results else (
         Path(os.environ["STUDY_RESULTS"]).resolve() if os.environ.get("STUDY_RESULTS") else root / "results")
+    overrides = config.parse_overrides(args.set)
     if args.dataset == "compare":
-        return run_compare(root, results_root)
+        return run_compare(root, results_root, overrides, args.show_params)
 
     console = logging.StreamHandler(sys.stdout)
     console.addFilter(lambda record: not record.getMessage().startswith(("Executing Cell", "Ending Cell")))
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[console])
     profile = args.profile or default_profile()
-    config = common.deep_merge(common.load_config(args.dataset, profile, root), parse_overrides(args.set))
+    resolved = config.resolve(args.dataset, profile, overrides, raw_dir=args.data, root=root)
+    if args.show_params:
+        print(resolved.describe())
+        return 0
     name = args.name or args.dataset
     results = results_root / name
     out_dir = results / "notebooks"
@@ -281,9 +262,8 @@ def run(args: argparse.Namespace) -> int:
     run_log = []
     for step in steps:
         declared = papermill.inspect_notebook(str(step.notebook))
-        params = resolve_parameters(step, config, declared, results, root,
-                                    args.data if step.number == "01" else None)
-        raw = raw_fingerprint(params.get("raw_dir")) if step.number == "01" else None
+        params = notebook_parameters(step, resolved, results, root, declared)
+        raw = raw_fingerprint(params["settings"].get("raw_dir")) if step.number == "01" else None
         key = stamp_key(step, params, upstream, raw)
         stamp_file = stamps / f"{step.name}.json"
         stamp = common.read_json(stamp_file) if stamp_file.exists() else None
@@ -321,17 +301,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_compare(root: Path, results_root: Path) -> int:
+def run_compare(root: Path, results_root: Path, overrides: Mapping | None = None,
+                show_params: bool = False) -> int:
     """The cross-dataset comparison over every results/<name>/ present."""
     import papermill
 
+    unknown = sorted(set(overrides or {}) - {"compare"})
+    if unknown:
+        raise PipelineError(f"--set {unknown[0]}.…: 'compare' takes only compare.KEY settings "
+                            f"({', '.join(config.field_names('compare'))})")
+    settings = config.build("compare", (overrides or {}).get("compare", {}),
+                            {k: "--set" for k in (overrides or {}).get("compare", {})})
+    if show_params:
+        print("compare:\n" + "\n".join(f"  {k}: {v}" for k, v in config.as_dict(settings).items()))
+        return 0
     notebook = root / "notebooks" / f"{COMPARE_NOTEBOOK}.ipynb"
     if not notebook.exists():
         raise PipelineError(f"{notebook} does not exist yet")
     out_dir = results_root / "compare"
     declared = papermill.inspect_notebook(str(notebook))
-    params = {"results_root": str(results_root), "out_dir": str(out_dir)}
-    params = {k: v for k, v in params.items() if k in declared}
+    params = {"results_root": str(results_root), "out_dir": str(out_dir), "settings": config.as_dict(settings)}
+    if set(declared) != set(params):
+        raise PipelineError(f"{notebook}: its parameters cell must declare exactly {', '.join(params)}")
     seconds = execute_step(Step(COMPARE_NOTEBOOK, notebook), params, out_dir, root, ensure_kernel())
     print(f"study: comparison done in {seconds:.0f} s: {out_dir}")
     return 0
@@ -353,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="results folder name (default: the dataset), e.g. phantom_n8")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one parameter, e.g. --set prepare_data.n_train_subjects=8")
+    parser.add_argument("--show-params", action="store_true",
+                        help="print every step's resolved settings and where each came from; run nothing")
     return parser
 
 

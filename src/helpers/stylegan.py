@@ -50,8 +50,9 @@ from torch import nn
 
 from . import checkpoints
 from .common import atomic_path, read_json, stable_hash, write_json
+from .config import TrainStyleGANSettings
 from .sampling import sample_to_npy, samples_path, to_uint8
-from .stylegan_augment import DEFAULT_TRANSFORMS, AdaptiveAugment, parse_transforms
+from .stylegan_augment import AdaptiveAugment
 
 # ==========================================================================
 # Building blocks (equalized learning rate, FIR resampling)
@@ -452,7 +453,7 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def model_summary(config: StyleGANConfig, image_shape: tuple[int, int, int]) -> pd.DataFrame:
+def model_summary(config: TrainStyleGANSettings, image_shape: tuple[int, int, int]) -> pd.DataFrame:
     """Widths per resolution and parameter counts of G and D for ``config``
     on images of ``image_shape`` (C, H, W), built on the meta device (no
     memory, instant even at 256²)."""
@@ -474,89 +475,7 @@ def model_summary(config: StyleGANConfig, image_shape: tuple[int, int, int]) -> 
 # Configuration
 # ==========================================================================
 
-#: notebook 02's parameters that are not training settings
-NOTEBOOK_KEYS = ("dataset", "profile", "results_dir", "seed", "num_threads", "time_limit_min")
-
-
-@dataclasses.dataclass
-class StyleGANConfig:
-    """Every setting of one training run (the ``train_stylegan`` config
-    section minus the notebook-level keys). Defaults: StyleGAN2 config-f as
-    run by the authors (see configs/profiles/paper.yaml)."""
-
-    # generator / discriminator
-    z_dim: int = 512
-    w_dim: int = 512
-    mapping_layers: int = 8
-    mapping_lr_multiplier: float = 0.01
-    channel_base: int = 32768
-    channel_max: int = 512
-    mbstd_group: int = 4
-    mixed_precision: bool = False  # bf16 in the top num_fp16_res resolutions, CUDA only
-    num_fp16_res: int = 4
-    conv_clamp: float | None = None
-    # optimization
-    batch_size: int = 32
-    total_kimg: float = 25000.0
-    lr_g: float = 0.002
-    lr_d: float = 0.002
-    beta1: float = 0.0
-    beta2: float = 0.99
-    r1_gamma: float = 5.0
-    r1_interval: int = 16
-    pl_weight: float = 2.0
-    pl_interval: int = 4
-    pl_batch_shrink: int = 2
-    pl_decay: float = 0.01
-    style_mixing_prob: float = 0.9
-    ema_kimg: float = 10.0
-    ema_rampup: float | None = 0.05
-    # augmentation
-    mirror: bool = True
-    augment: str = ",".join(DEFAULT_TRANSFORMS)
-    augment_p: float = 0.0
-    ada_target: float | None = 0.6
-    ada_interval: int = 4
-    ada_kimg: float = 500.0
-    # bookkeeping (not part of the run's identity)
-    checkpoint_kimg: float = 100.0
-    keep_last: int = 3
-    log_every: int = 50
-    grid_seeds: int = 8
-
-    #: fields that may change between a run and its resume
-    RESUMABLE_CHANGES = ("total_kimg", "checkpoint_kimg", "keep_last", "log_every", "grid_seeds")
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], ignore: Sequence[str] = ()) -> StyleGANConfig:
-        """Build from a notebook's parameters; keys listed in ``ignore`` (the
-        notebook-level ones) are skipped, any other unknown key is an error."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - fields - set(ignore))
-        if unknown:
-            raise ValueError(f"unknown StyleGAN setting(s): {unknown}")
-        return cls(**{k: v for k, v in params.items() if k in fields})
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # YAML's 500 and 500.0 must name the same run
-            value = getattr(self, f.name)
-            if str(f.type).startswith("float") and isinstance(value, int) and not isinstance(value, bool):
-                setattr(self, f.name, float(value))
-        parse_transforms(self.augment)  # validate early
-        if self.batch_size % min(self.mbstd_group, self.batch_size):
-            raise ValueError(f"batch_size {self.batch_size} must be a multiple of mbstd_group {self.mbstd_group}")
-
-    @property
-    def total_steps(self) -> int:
-        return max(1, math.ceil(self.total_kimg * 1000 / self.batch_size))
-
-    @property
-    def checkpoint_every(self) -> int:
-        return max(1, round(self.checkpoint_kimg * 1000 / self.batch_size))
-
-    def identity(self) -> dict:
-        """The settings that define the run (a resume must match them)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RESUMABLE_CHANGES}
+# The settings of a run: helpers.config.TrainStyleGANSettings (one schema, torch-free).
 
 
 # ==========================================================================
@@ -639,7 +558,7 @@ class StyleGANTrainer:
     corrections), the ADA pipeline and the per-step logic. :func:`train`
     drives it; tests call :meth:`step` directly."""
 
-    def __init__(self, config: StyleGANConfig, image_shape: tuple[int, int, int], seed: int = 0,
+    def __init__(self, config: TrainStyleGANSettings, image_shape: tuple[int, int, int], seed: int = 0,
                  device: str | torch.device | None = None) -> None:
         self.cfg, self.seed = config, int(seed)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -947,14 +866,14 @@ def _read_log(path: Path, upto_step: int) -> pd.DataFrame | None:
     return log[log["step"] <= upto_step] if "step" in log else None
 
 
-def train(results_dir: str | os.PathLike, config: StyleGANConfig, seed: int = 0,
+def train(results_dir: str | os.PathLike, config: TrainStyleGANSettings, seed: int = 0,
           device: str | torch.device | None = None, progress: bool = True,
           stop_after_steps: int | None = None, time_limit_min: float | None = None) -> dict:
     """Train (or resume) StyleGAN2-ADA on ``results_dir/data/train.npy``.
 
     Resumes from the newest checkpoint in ``stylegan/checkpoints`` when its
     settings match (``total_kimg`` may grow). Checkpoints (every
-    ``checkpoint_kimg``, the last ``keep_last`` kept) hold G, D, G_ema, both
+    ``checkpoint_kimg``, the last ``keep_checkpoints`` kept) hold G, D, G_ema, both
     optimizers, pl_mean, ADA's p and statistic, the step, RNG states and the
     loss statistics not yet logged; at each one a fixed-seed grid of G_ema
     is saved and the EMA generator exported. ``stop_after_steps`` /
@@ -1009,7 +928,7 @@ def train(results_dir: str | os.PathLike, config: StyleGANConfig, seed: int = 0,
     def checkpoint() -> None:
         state = trainer.state()
         state["log_pending"] = {k: torch.stack(v) for k, v in pending.items() if v}
-        checkpoints.save_checkpoint(ckpt_dir, trainer.step_count, state, keep_last=cfg.keep_last)
+        checkpoints.save_checkpoint(ckpt_dir, trainer.step_count, state, keep_last=cfg.keep_checkpoints)
         _save_grid(generate_images(trainer.G_ema, grid_seeds, batch_invariant=False), grid_dir / f"step_{trainer.step_count:09d}.png")
         export_generator(trainer, out, complete=trainer.step_count >= total)
 

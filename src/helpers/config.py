@@ -1,0 +1,498 @@
+"""Every setting of every step, with its one default, and how the YAML
+files override it.
+
+Each step has one typed schema here (a pydantic dataclass). Its defaults are
+the authors' settings where the paper or their code states them; the files
+in ``configs/`` only override them, in this order (later wins):
+
+1. the schema's default (this module),
+2. ``configs/<dataset>.yaml``,
+3. ``configs/profiles/<profile>.yaml``,
+4. the dataset file's own ``profiles: {<profile>: ...}`` section,
+5. ``./runall.sh --data DIR`` (``prepare_data.raw_dir``) and ``--set SECTION.KEY=VALUE``.
+
+A key that no schema knows, in any layer, is an error that names the key,
+the file it came from and the keys that are allowed; a value of the wrong
+type is an error that names its file too. Nothing is silently dropped.
+
+Why pydantic: strict type checks of nested values (lists of ints, literals,
+optionals) with precise messages, from plain dataclasses that the model code
+uses as they are. Where each value came from is tracked here, since no
+library knows about our layers.
+
+This module imports neither torch nor CuPy: ``--show-params`` and the
+correlation audit start quickly.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import ConfigDict, ValidationError
+from pydantic.dataclasses import dataclass
+
+from .common import repo_root
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+MODELS = ("stylegan", "diffusion")
+ModelName = Literal["stylegan", "diffusion"]
+
+
+def _list(*values):
+    return dataclasses.field(default_factory=lambda: list(values))
+
+
+def _dict(**values):
+    return dataclasses.field(default_factory=lambda: dict(values))
+
+
+class ConfigError(ValueError):
+    """A configuration the study cannot run with; the message says which
+    file and key, and what is allowed."""
+
+
+# ==========================================================================
+# The schemas
+# ==========================================================================
+
+@dataclass(config=_STRICT)
+class StepSettings:
+    """What every step shares (the ``common`` section of a dataset file)."""
+
+    seed: int = 0  # every random draw of a step derives from it
+
+
+@dataclass(config=_STRICT)
+class PrepareDataSettings(StepSettings):
+    """Step 01: raw files → uint8 slice arrays and the subject split."""
+
+    source: Literal["phantom_brats", "phantom_cxr", "brats", "cxr"] = "phantom_brats"
+    raw_dir: str | None = None                # --data; None: the phantoms are generated and cached
+    image_size: int = 256                     # the authors: 256²
+    channels: list[str] | None = None         # None: all (BraTS: t1, t2, t1ce, flair, seg; x-ray: gray)
+    pad_to: int = 256                         # the authors pad 240² slices to 256²
+    t1_threshold: float = 50.0                # keep a slice when > min_brain_fraction of the padded
+    min_brain_fraction: float = 0.15          # slice has (scaled, unrounded) T1 > t1_threshold
+    slice_stride: int = 1                     # the authors keep every slice
+    split: Literal["seeded", "authors"] = "seeded"  # authors: their published BraTS subject order
+    n_test_subjects: int = 56                 # seeded split: held-out subjects (the authors: 56)
+    n_train_subjects: int | None = None       # the first K training subjects (None: all)
+    test_fraction: float = 0.1                # chest x-ray: share of each class's patients held out
+    on_bad_subject: Literal["fail", "skip"] = "fail"
+    n_workers: int = 2                        # threads reading volumes ahead of the writer
+    phantom_kind: Literal["brats2021", "brats2020"] = "brats2021"
+    phantom_seed: int = 0
+    phantom_cache: str = "data/phantom"
+    phantom_brats_sizes: dict[str, Any] = _dict(n_subjects=24)
+    phantom_cxr_sizes: dict[str, Any] = _dict(n_normal=100, n_pneumonia=200)
+
+
+@dataclass(config=_STRICT)
+class TrainStyleGANSettings(StepSettings):
+    """Step 02: one StyleGAN2-ADA training run. Defaults: StyleGAN2 config-f
+    at the authors' flags (γ 5, batch 32, mirror, ADA, 25 000 kimg)."""
+
+    num_threads: int = 0                      # torch CPU threads, 0: all cores
+    time_limit_min: float | None = None       # stop (with a checkpoint) after this long; a re-run continues
+    # generator / discriminator
+    z_dim: int = 512
+    w_dim: int = 512
+    mapping_layers: int = 8
+    mapping_lr_multiplier: float = 0.01
+    channel_base: int = 32768                 # width at resolution r: min(channel_base / r, channel_max)
+    channel_max: int = 512
+    mbstd_group: int = 4
+    mixed_precision: bool = False             # bf16 in the top num_fp16_res resolutions, CUDA only
+    num_fp16_res: int = 4
+    conv_clamp: float | None = None
+    # optimization
+    batch_size: int = 32
+    total_kimg: float = 25000.0               # thousands of real images shown to D
+    lr_g: float = 0.002
+    lr_d: float = 0.002
+    beta1: float = 0.0
+    beta2: float = 0.99
+    r1_gamma: float = 5.0
+    r1_interval: int = 16
+    pl_weight: float = 2.0
+    pl_interval: int = 4
+    pl_batch_shrink: int = 2
+    pl_decay: float = 0.01
+    style_mixing_prob: float = 0.9
+    ema_kimg: float = 10.0
+    ema_rampup: float | None = 0.05
+    # adaptive discriminator augmentation
+    mirror: bool = True
+    augment: str = "xflip,rotate90,xint,scale,brightness,contrast"
+    augment_p: float = 0.0
+    ada_target: float | None = 0.6
+    ada_interval: int = 4
+    ada_kimg: float = 500.0
+    # bookkeeping
+    checkpoint_kimg: float = 200.0
+    keep_checkpoints: int = 3
+    log_every: int = 100
+    grid_seeds: int = 8
+
+    #: fields that may change between a run and its resume
+    RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = (
+        "total_kimg", "checkpoint_kimg", "keep_checkpoints", "log_every", "grid_seeds",
+        "num_threads", "time_limit_min")
+    #: fields that are not StyleGAN's (the seed is the trainer's argument)
+    NOT_IDENTITY: ClassVar[tuple[str, ...]] = ("seed",)
+
+    def __post_init__(self) -> None:
+        if self.batch_size % min(self.mbstd_group, self.batch_size):
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of mbstd_group {self.mbstd_group}")
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, math.ceil(self.total_kimg * 1000 / self.batch_size))
+
+    @property
+    def checkpoint_every(self) -> int:
+        return max(1, round(self.checkpoint_kimg * 1000 / self.batch_size))
+
+    def identity(self) -> dict:
+        """The settings that define the run (a resume must match them)."""
+        skip = set(self.RESUMABLE_CHANGES) | set(self.NOT_IDENTITY)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+@dataclass(config=_STRICT)
+class TrainDiffusionSettings(StepSettings):
+    """Step 03: one diffusion training run. Defaults: the authors'
+    guided-diffusion run (256², 64 base channels, 3 res-blocks, T = 4000,
+    linear β, ε-prediction, lr 1e-4, batch 32, EMA 0.9999, 30 000 steps)."""
+
+    # model (UNet2DModel)
+    block_out_channels: list[int] = _list(64, 64, 128, 128, 256, 256)  # 64·(1,1,2,2,4,4) at 256²
+    layers_per_block: int = 3
+    attention_resolutions: list[int] = _list(16, 8)  # feature-map sizes with attention
+    attention_head_dim: int = 64
+    norm_num_groups: int = 32
+    scale_shift_norm: bool = True
+    zero_init: bool = True
+    dropout: float = 0.0
+    # noise schedule (DDPMScheduler)
+    num_train_timesteps: int = 4000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    beta_start: float | None = None           # None: guided-diffusion's 1000/T scaling
+    beta_end: float | None = None
+    variance_type: Literal["fixed_large", "fixed_small"] = "fixed_large"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    # optimisation
+    batch_size: int = 32                      # global (all processes together)
+    max_steps: int = 30000                    # the authors sampled their 30 000-step checkpoint
+    learning_rate: float = 1e-4
+    lr_warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None        # None: no clipping (guided-diffusion does not clip)
+    ema_decay: float = 0.9999
+    ema_warmup: bool = False                  # True: diffusers' (1+s)/(10+s) ramp up to ema_decay
+    horizontal_flip: bool = False
+    # bookkeeping
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    log_every: int = 100
+    # speed (None = chosen by device)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] | None = None
+    channels_last: bool | None = None
+    fused_adamw: bool | None = None
+    compile: bool = False
+    num_threads: int = 0                      # CPU threads; 0: measured (the faster of 1 and all cores)
+    # a first look at a few samples after training (notebook 03)
+    preview_images: int = 4
+    preview_sampler: Literal["ddpm", "ddim"] = "ddpm"
+    preview_steps: int | None = None          # None: all T timesteps
+
+    #: what may change between a run and its resume
+    RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = (
+        "max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "mixed_precision", "channels_last",
+        "fused_adamw", "compile", "num_threads", "preview_images", "preview_sampler", "preview_steps")
+
+    def __post_init__(self) -> None:
+        widths = list(self.block_out_channels)
+        if not widths or any(w <= 0 for w in widths):
+            raise ValueError(f"block_out_channels must be positive widths, got {widths}")
+        bad = [w for w in widths if w % self.norm_num_groups]
+        if bad:
+            raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every width; {bad} do not")
+        for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "num_train_timesteps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def identity(self) -> dict:
+        """What fixes the training trajectory; a checkpoint made with other
+        values cannot be resumed. Length, logging and speed options may change."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RESUMABLE_CHANGES}
+
+
+@dataclass(config=_STRICT)
+class SampleSettings(StepSettings):
+    """Step 04: image i of a model has seed first_seed + i."""
+
+    models: list[ModelName] = _list(*MODELS)
+    n_stylegan: int = 100001                  # the authors: seeds 2..100002
+    n_diffusion: int = 100000                 # not stated by the authors: as many as StyleGAN's, rounded
+    first_seed: int = 2
+    batch_size: int = 64
+    truncation_psi: float = 1.0               # StyleGAN; 1 = no truncation, as the authors
+    diffusion_sampler: Literal["ddpm", "ddim"] = "ddpm"   # full ancestral loop, as the authors
+    diffusion_inference_steps: int | None = None          # DDIM only
+
+
+@dataclass(config=_STRICT)
+class CorrelateSettings(StepSettings):
+    """Step 05: every synthetic image against every training image, one
+    modality at a time as the authors (and all channels jointly, ours)."""
+
+    models: list[ModelName] = _list(*MODELS)  # audited when samples/<model>.npy exists
+    channels: list[str] | None = None         # modalities correlated one at a time; None: every channel
+    joint: bool = True                        # also all channels as one vector (this study's measure)
+    headline_channel: str | None = None       # the paper's figure modality; None: the first image channel
+    top_k: int = 5                            # training matches kept per synthetic image
+    backend: Literal["auto", "numpy", "cupy"] = "auto"
+    memory_budget_gb: float = 2.0             # engine: resident synthetic block + chunk products
+    n_control: int = 64                       # planted-copy positive control
+    control_noise_sd: float = 8.0             # grey levels of noise in the planted "noise" copies
+    n_bootstrap: int = 2000
+
+
+@dataclass(config=_STRICT)
+class FiguresSettings(StepSettings):
+    """Step 06: figures and tables from the result files."""
+
+    models: list[ModelName] = _list(*MODELS)  # missing ones are listed, not fatal
+    figure_channel: str = ""                  # channel of the image figures; empty: the headline
+    n_top: int = 4
+    n_typical: int = 2
+    n_montage: int = 16
+    n_most_copied: int = 10
+    finding_threshold: str = "baseline_p99"   # threshold of the written finding and the size plot
+    hist_bins: int = 40
+    loss_smooth: int = 5
+    pdf: bool = True
+
+
+@dataclass(config=_STRICT)
+class CompareSettings(StepSettings):
+    """``./runall.sh compare``: every dataset's results side by side."""
+
+    threshold_names: list[str] = _list("fixed_0.95", "baseline_p95", "baseline_p99")
+    pdf: bool = True
+
+
+#: config section → schema, in step order (the notebook ``NN_<section>``)
+SCHEMAS: dict[str, type] = {
+    "prepare_data": PrepareDataSettings,
+    "train_stylegan": TrainStyleGANSettings,
+    "train_diffusion": TrainDiffusionSettings,
+    "sample": SampleSettings,
+    "correlate": CorrelateSettings,
+    "figures": FiguresSettings,
+    "compare": CompareSettings,
+}
+COMMON = "common"  # a section whose keys go to every step
+COMMON_KEYS = tuple(f.name for f in dataclasses.fields(StepSettings))
+
+
+def field_names(section: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(SCHEMAS[section])]
+
+
+def as_dict(settings) -> dict:
+    """A schema instance as plain values (what papermill injects)."""
+    return dataclasses.asdict(settings)
+
+
+# ==========================================================================
+# Layers: which file says what
+# ==========================================================================
+
+@dataclasses.dataclass
+class Layer:
+    """One source of overrides: ``{section: {key: value}}`` and its name."""
+
+    source: str
+    values: dict
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+    """``["train_diffusion.max_steps=10", "common.seed=3"]`` → nested dict
+    (values parsed as YAML, so numbers, lists and null work)."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        section, name = key.split(".", 1)
+        try:
+            out.setdefault(section, {})[name] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err})") from err
+    return out
+
+
+def _check_layer(layer: Layer, sections: Sequence[str]) -> None:
+    for section, values in layer.values.items():
+        if section not in (COMMON, *sections):
+            raise ConfigError(
+                f"{layer.source}: unknown section '{section}'; allowed: {', '.join((COMMON, *sections))}")
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{layer.source}: section '{section}' must be a mapping of keys, got {values!r}")
+        allowed = COMMON_KEYS if section == COMMON else field_names(section)
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise ConfigError(
+                f"{layer.source}: unknown key{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(f'{section}.{k}' for k in unknown)}; the keys of '{section}' are: "
+                f"{', '.join(allowed)}")
+
+
+def config_layers(dataset: str, profile: str, root: Path | None = None) -> list[Layer]:
+    """The dataset file, the profile and the dataset's own profile section."""
+    root = root or repo_root()
+    dataset_file = root / "configs" / f"{dataset}.yaml"
+    profile_file = root / "configs" / "profiles" / f"{profile}.yaml"
+    if not dataset_file.is_file():
+        known = sorted(p.stem for p in (root / "configs").glob("*.yaml"))
+        raise ConfigError(f"No configuration {dataset_file} (known datasets: {', '.join(known)})")
+    if not profile_file.is_file():
+        raise ConfigError(f"No profile {profile_file} (known profiles: {', '.join(available_profiles(root))})")
+    base = read_yaml(dataset_file)
+    own = base.pop("profiles", None) or {}
+    if not isinstance(own, Mapping) or not all(isinstance(v, Mapping) or v is None for v in own.values()):
+        raise ConfigError(f"{dataset_file}: 'profiles' must map profile names to sections")
+    unknown = sorted(set(own) - set(available_profiles(root)))
+    if unknown:
+        raise ConfigError(f"{dataset_file}: profiles.{unknown[0]} is not a profile "
+                          f"(profiles: {', '.join(available_profiles(root))})")
+    rel = lambda p: str(p.relative_to(root))  # noqa: E731 - short label
+    return [Layer(rel(dataset_file), base), Layer(rel(profile_file), read_yaml(profile_file)),
+            Layer(f"{rel(dataset_file)} profiles.{profile}", dict(own.get(profile) or {}))]
+
+
+def available_profiles(root: Path | None = None) -> list[str]:
+    root = root or repo_root()
+    return sorted(p.stem for p in (root / "configs" / "profiles").glob("*.yaml"))
+
+
+def available_datasets(root: Path | None = None) -> list[str]:
+    root = root or repo_root()
+    return sorted(p.stem for p in (root / "configs").glob("*.yaml"))
+
+
+# ==========================================================================
+# Resolution
+# ==========================================================================
+
+@dataclasses.dataclass
+class Resolved:
+    """The settings of every step, and where each value came from."""
+
+    dataset: str
+    profile: str
+    settings: dict[str, Any]              # section → schema instance
+    sources: dict[str, dict[str, str]]    # section → key → source ("default", a file, "--set")
+
+    def __getitem__(self, section: str):
+        return self.settings[section]
+
+    def as_dicts(self) -> dict[str, dict]:
+        return {section: as_dict(s) for section, s in self.settings.items()}
+
+    def describe(self, sections: Sequence[str] | None = None) -> str:
+        """Every resolved value with its source, one section after another."""
+        lines = [f"# dataset {self.dataset}, profile {self.profile}; 'default': the schema in helpers/config.py"]
+        for section in sections or self.settings:
+            values = as_dict(self.settings[section])
+            lines.append(f"{section}:")
+            width = max(len(k) for k in values) + 1
+            for key, value in values.items():
+                shown = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+                shown = shown.removesuffix("\n...").removesuffix(" ...")
+                lines.append(f"  {key + ':':<{width}} {shown:<24} # {self.sources[section][key]}")
+        return "\n".join(lines)
+
+
+def build(section: str, values: Mapping[str, Any], sources: Mapping[str, str] | None = None):
+    """The schema instance of ``section`` from ``values``; a wrongly typed
+    value is a ConfigError naming the key and the file it came from."""
+    schema = SCHEMAS[section]
+    unknown = sorted(set(values) - set(field_names(section)))
+    if unknown:
+        raise ConfigError(f"{section}: unknown key(s) {', '.join(unknown)}; "
+                          f"the keys of '{section}' are: {', '.join(field_names(section))}")
+    try:
+        return schema(**values)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            key = str(e["loc"][0]) if e.get("loc") else "?"
+            where = (sources or {}).get(key, "the given settings")
+            problems.append(f"{where}: {section}.{key} = {values.get(key)!r}: {e['msg']}")
+        raise ConfigError("; ".join(problems)) from None
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{section} ({', '.join(sorted(set((sources or {}).values())))}): {err}") from None
+
+
+def resolve_layers(layers: Sequence[Layer], sections: Sequence[str] | None = None,
+                   dataset: str = "", profile: str = "") -> Resolved:
+    """Apply ``layers`` in order on top of the schemas' defaults."""
+    sections = list(sections or [s for s in SCHEMAS if s != "compare"])
+    for layer in layers:
+        _check_layer(layer, list(SCHEMAS))
+    settings, sources = {}, {}
+    for section in sections:
+        values: dict[str, Any] = {}
+        where = {name: "default" for name in field_names(section)}
+        for layer in layers:
+            for part in (COMMON, section):
+                for key, value in (layer.values.get(part) or {}).items():
+                    if key in where:
+                        values[key] = copy.deepcopy(value)
+                        where[key] = layer.source if part == section else f"{layer.source} ({COMMON})"
+        settings[section] = build(section, values, where)
+        sources[section] = where
+    return Resolved(dataset, profile, settings, sources)
+
+
+def resolve(dataset: str, profile: str, overrides: Mapping | None = None, raw_dir: str | None = None,
+            root: Path | None = None) -> Resolved:
+    """The settings of every step of ``dataset`` under ``profile``."""
+    layers = config_layers(dataset, profile, root)
+    if raw_dir is not None:
+        layers.append(Layer("--data", {"prepare_data": {"raw_dir": str(Path(raw_dir).resolve())}}))
+    if overrides:
+        layers.append(Layer("--set", dict(overrides)))
+    return resolve_layers(layers, dataset=dataset, profile=profile)
+
+
+def step_settings(section: str, dataset: str, profile: str, settings: Mapping | None = None):
+    """A notebook's typed settings: the ``settings`` dict that ``./runall.sh``
+    injected, or — when a reader runs the notebook by hand — those of
+    ``dataset`` and ``profile`` resolved from ``configs/``."""
+    if settings is None:
+        if section == "compare":
+            return CompareSettings()
+        return resolve(dataset, profile)[section]
+    return build(section, dict(settings), {k: "the injected settings" for k in settings})

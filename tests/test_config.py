@@ -1,0 +1,173 @@
+"""One typed schema per step; YAML layers and --set only override it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import common, config
+
+
+def write_config(root: Path, dataset: dict, profile: dict, name: str = "toy", profile_name: str = "small") -> None:
+    (root / "configs" / "profiles").mkdir(parents=True, exist_ok=True)
+    (root / "pyproject.toml").write_text("")
+    (root / "configs" / f"{name}.yaml").write_text(yaml.safe_dump(dataset))
+    (root / "configs" / "profiles" / f"{profile_name}.yaml").write_text(yaml.safe_dump(profile))
+
+
+def test_layers_override_in_order_and_say_where_each_value_came_from(tmp_path):
+    write_config(
+        tmp_path,
+        {"common": {"seed": 1}, "prepare_data": {"image_size": 128, "source": "brats", "slice_stride": 2},
+         "profiles": {"small": {"prepare_data": {"source": "cxr"}}}},
+        {"prepare_data": {"image_size": 32, "source": "phantom_cxr"}},
+    )
+    resolved = config.resolve("toy", "small", {"sample": {"n_stylegan": 7}}, raw_dir=str(tmp_path), root=tmp_path)
+    prep = resolved["prepare_data"]
+    assert (prep.image_size, prep.source, prep.slice_stride, prep.pad_to) == (32, "cxr", 2, 256)
+    assert prep.raw_dir == str(tmp_path.resolve())
+    assert all(resolved[s].seed == 1 for s in ("prepare_data", "train_diffusion", "figures"))
+    assert resolved["sample"].n_stylegan == 7
+    where = resolved.sources["prepare_data"]
+    assert where["image_size"] == "configs/profiles/small.yaml"
+    assert where["source"] == "configs/toy.yaml profiles.small"
+    assert where["slice_stride"] == "configs/toy.yaml"
+    assert where["pad_to"] == "default" and where["raw_dir"] == "--data"
+    assert where["seed"] == "configs/toy.yaml (common)"
+    assert resolved.sources["sample"]["n_stylegan"] == "--set"
+    text = resolved.describe()
+    assert "image_size:" in text and "# configs/profiles/small.yaml" in text
+
+
+def test_unknown_dataset_and_profile_name_the_choices(tmp_path):
+    write_config(tmp_path, {}, {})
+    with pytest.raises(config.ConfigError, match="known datasets: toy"):
+        config.resolve("nope", "small", root=tmp_path)
+    with pytest.raises(config.ConfigError, match="known profiles: small"):
+        config.resolve("toy", "huge", root=tmp_path)
+
+
+@pytest.mark.parametrize("where", ["dataset", "profile", "own_profile", "set"])
+def test_an_unknown_key_names_the_key_its_file_and_the_allowed_keys(tmp_path, where):
+    typo = {"train_diffusion": {"max_stepz": 3}}
+    dataset = {"profiles": {"small": typo}} if where == "own_profile" else (typo if where == "dataset" else {})
+    write_config(tmp_path, dataset, typo if where == "profile" else {})
+    with pytest.raises(config.ConfigError) as err:
+        config.resolve("toy", "small", typo if where == "set" else None, root=tmp_path)
+    message = str(err.value)
+    source = {"dataset": "configs/toy.yaml", "profile": "configs/profiles/small.yaml",
+              "own_profile": "configs/toy.yaml profiles.small", "set": "--set"}[where]
+    assert message.startswith(source + ":")
+    assert "train_diffusion.max_stepz" in message and "max_steps" in message and "prediction_type" in message
+
+
+def test_unknown_sections_and_profiles_are_errors_too(tmp_path):
+    write_config(tmp_path, {"train_difusion": {"max_steps": 3}}, {})
+    with pytest.raises(config.ConfigError, match="configs/toy.yaml: unknown section 'train_difusion'.*train_diffusion"):
+        config.resolve("toy", "small", root=tmp_path)
+    write_config(tmp_path, {"profiles": {"smal": {}}}, {})
+    with pytest.raises(config.ConfigError, match="profiles.smal is not a profile"):
+        config.resolve("toy", "small", root=tmp_path)
+    write_config(tmp_path, {}, {"common": {"image_size": 3}})
+    with pytest.raises(config.ConfigError, match="common.image_size.*seed"):
+        config.resolve("toy", "small", root=tmp_path)
+
+
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("train_diffusion", "max_steps", "many", "valid integer"),
+    ("train_diffusion", "max_steps", 2.5, "valid integer"),
+    ("train_diffusion", "prediction_type", "x0", "'epsilon' or 'v_prediction'"),
+    ("train_diffusion", "block_out_channels", 64, "valid list"),
+    ("prepare_data", "split", "random", "'seeded' or 'authors'"),
+    ("train_stylegan", "mirror", "yes", "valid boolean"),
+    ("sample", "models", ["stylegan", "vae"], "'stylegan' or 'diffusion'"),
+])
+def test_a_wrongly_typed_value_is_an_error_naming_its_file(tmp_path, section, key, value, expected):
+    write_config(tmp_path, {}, {section: {key: value}})
+    with pytest.raises(config.ConfigError, match=expected) as err:
+        config.resolve("toy", "small", root=tmp_path)
+    assert str(err.value).startswith(f"configs/profiles/small.yaml: {section}.{key} = ")
+
+
+def test_schema_checks_beyond_types_are_reported_with_the_section(tmp_path):
+    write_config(tmp_path, {}, {"train_diffusion": {"block_out_channels": [16, 24], "norm_num_groups": 16}})
+    with pytest.raises(config.ConfigError, match="train_diffusion.*norm_num_groups=16 must divide every width"):
+        config.resolve("toy", "small", root=tmp_path)
+
+
+def test_overrides_parse_yaml_values():
+    assert config.parse_overrides(["a.b=3", "a.c=[1, 2]", "d.e=null"]) == {"a": {"b": 3, "c": [1, 2]}, "d": {"e": None}}
+    with pytest.raises(config.ConfigError, match="SECTION.KEY=VALUE"):
+        config.parse_overrides(["nodot=3"])
+
+
+def test_every_dataset_and_profile_resolves():
+    root = common.repo_root()
+    datasets, profiles = config.available_datasets(root), config.available_profiles(root)
+    assert set(common.DATASETS) <= set(datasets) and {"smoke", "cpu", "gpu", "paper"} <= set(profiles)
+    for dataset in datasets:
+        for profile in profiles:
+            resolved = config.resolve(dataset, profile, root=root)
+            assert set(resolved.settings) == set(config.SCHEMAS) - {"compare"}
+            for section, settings in resolved.settings.items():
+                # what papermill injects rebuilds the same settings in the notebook
+                assert config.step_settings(section, dataset, profile, config.as_dict(settings)) == settings
+
+
+def test_the_paper_profile_is_the_authors_setting():
+    """The values stated in the authors' code and README (see the README's
+    deviations table for what differs and why)."""
+    for dataset in ("brats20", "brats21"):
+        resolved = config.resolve(dataset, "paper")
+        prep = resolved["prepare_data"]
+        assert (prep.image_size, prep.pad_to, prep.t1_threshold, prep.min_brain_fraction, prep.slice_stride) == (
+            256, 256, 50, 0.15, 1)
+        assert prep.split == "authors" and prep.channels is None and prep.n_train_subjects is None
+
+        diffusion = resolved["train_diffusion"]
+        assert diffusion.prediction_type == "epsilon"
+        assert diffusion.num_train_timesteps == 4000 and diffusion.beta_schedule == "linear"
+        assert diffusion.beta_start is None and diffusion.beta_end is None  # guided-diffusion's 1000/T scaling
+        assert diffusion.variance_type == "fixed_large"  # no learned sigma
+        assert diffusion.block_out_channels == [64, 64, 128, 128, 256, 256] and diffusion.layers_per_block == 3
+        assert diffusion.attention_resolutions == [16, 8] and diffusion.attention_head_dim == 64
+        assert (diffusion.batch_size, diffusion.max_steps, diffusion.learning_rate) == (32, 30000, 1e-4)
+        assert diffusion.ema_decay == 0.9999 and not diffusion.ema_warmup
+        assert diffusion.max_grad_norm is None and not diffusion.horizontal_flip and diffusion.dropout == 0.0
+
+        gan = resolved["train_stylegan"]
+        assert (gan.r1_gamma, gan.batch_size, gan.mirror, gan.total_kimg) == (5.0, 32, True, 25000.0)
+        assert gan.ada_target == 0.6 and gan.augment_p == 0.0
+        assert (gan.channel_base, gan.channel_max, gan.ema_kimg) == (32768, 512, 10.0)
+
+        sample = resolved["sample"]
+        assert (sample.first_seed, sample.n_stylegan) == (2, 100001)  # seeds 2..100 002
+        assert sample.truncation_psi == 1.0 and sample.diffusion_sampler == "ddpm"
+        assert sample.diffusion_inference_steps is None  # the full 4000-step ancestral loop
+
+
+def test_profiles_keep_their_own_diffusion_objective():
+    assert config.resolve("phantom", "gpu")["train_diffusion"].prediction_type == "epsilon"
+    assert config.resolve("phantom", "cpu")["train_diffusion"].prediction_type == "v_prediction"
+
+
+def test_notebook_settings_by_hand_and_injected():
+    by_hand = config.step_settings("correlate", "brats21", "paper")
+    assert by_hand.headline_channel == "t1ce" and by_hand.memory_budget_gb == 32.0
+    injected = config.step_settings("correlate", "x", "y", {**config.as_dict(by_hand), "top_k": 3})
+    assert injected.top_k == 3
+    with pytest.raises(config.ConfigError, match="top_kk"):
+        config.step_settings("correlate", "x", "y", {"top_kk": 3})
+    assert config.step_settings("compare", "", "") == config.CompareSettings()
+
+
+def test_resume_identity_ignores_bookkeeping():
+    a = config.build("train_stylegan", {"batch_size": 8})
+    b = dataclasses.replace(a, total_kimg=1.0, num_threads=1, keep_checkpoints=9, seed=4)
+    assert a.identity() == b.identity() and a.identity() != dataclasses.replace(a, lr_g=0.1).identity()
+    d = config.build("train_diffusion", {})
+    assert d.identity() == dataclasses.replace(d, max_steps=5, preview_images=1, num_threads=2).identity()
+    assert d.identity() != dataclasses.replace(d, prediction_type="v_prediction").identity()
