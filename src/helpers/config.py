@@ -96,7 +96,8 @@ class PrepareDataSettings(StepSettings):
 @dataclass(config=_STRICT)
 class TrainStyleGANSettings(StepSettings):
     """Step 02: one StyleGAN2-ADA training run. Defaults: StyleGAN2 config-f
-    at the authors' flags (γ 5, batch 32, mirror, ADA, 25 000 kimg)."""
+    at the authors' flags (γ 5, batch 32, ADA, 25 000 kimg; their mirror flag
+    had no effect, see ``mirror``)."""
 
     num_threads: int = 0                      # torch CPU threads, 0: all cores
     time_limit_min: float | None = None       # stop (with a checkpoint) after this long; a re-run continues
@@ -128,7 +129,8 @@ class TrainStyleGANSettings(StepSettings):
     ema_kimg: float = 10.0
     ema_rampup: float | None = 0.05
     # adaptive discriminator augmentation
-    mirror: bool = True
+    mirror: bool = False                      # x-flips; the authors pass --mirror=1, but the flip in their
+                                              # dataset's __getitem__ is commented out: no flipped images
     augment: str = "xflip,rotate90,xint,scale,brightness,contrast"
     augment_p: float = 0.0
     ada_target: float | None = 0.6
