@@ -79,10 +79,11 @@ DIFFERENCES: tuple[str, ...] = (
     "guided-diffusion; gradient clipping is available but off in `paper` (guided-diffusion "
     "does not clip).",
     "Data: batches are drawn as consecutive slices of per-epoch permutations seeded by "
-    "(seed, epoch), like a shuffled DataLoader; no flip by default (the issue states the "
-    "authors used none; upstream guided-diffusion's loader would flip).",
-    "Length: the authors do not state the number of training steps (guided-diffusion trains "
-    "until stopped); `max_steps` is our choice.",
+    "(seed, epoch), like a shuffled DataLoader; no flips, as the authors (their loader takes a "
+    "random_flip argument but never applies it).",
+    "Length: guided-diffusion trains until stopped; the authors' sampling instructions load "
+    "their 30 000-step checkpoint (model030000.pt), so `max_steps` is 30 000 (longer runs: "
+    "--set train_diffusion.max_steps=N).",
 )
 
 
