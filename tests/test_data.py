@@ -207,7 +207,7 @@ def test_prepare_both_layouts(tmp_path, year, ext):
 
     # each row is the padded, transposed axial slice of its subject's volume
     row = table.iloc[5]
-    subject = Path(row.source)
+    subject = Path(meta["raw_dir"]) / row.source
     t1_file = next(subject.glob("*_t1.nii*"))
     seg_file = next(subject.glob("*_seg.nii*"))
     t1 = data.scale_modality(nib.load(str(t1_file)).get_fdata())[:, :, row.slice].T
@@ -590,7 +590,7 @@ def test_prepare_cxr_patient_disjoint(tmp_path):
     person1 = tables["train"].subject.eq("person1").sum() + tables["test"].subject.eq("person1").sum()
     assert person1 == 2                                    # both images of one patient on the same side
     row = tables["test"].iloc[0]
-    expected, _ = data.load_cxr_image(row.source, 16)
+    expected, _ = data.load_cxr_image(Path(meta["raw_dir"]) / row.source, 16)
     assert np.array_equal(test[0, 0], expected)
 
     again = data.prepare_dataset("cxr", tmp_path / "raw", tmp_path / "again", image_size=16, test_fraction=0.3,

@@ -111,10 +111,10 @@ def test_repo_notebooks_follow_the_conventions():
 def test_failed_step_keeps_partial_notebook_and_says_why(tmp_path):
     nb = write_notebook(tmp_path / "nb" / "01_prepare_data.ipynb", "a = 1")
     doc = nbformat.read(nb, as_version=4)
-    doc.cells.append(nbformat.v4.new_code_cell("raise ValueError('volume has NaN voxels')"))
+    doc.cells.append(nbformat.v4.new_code_cell("raise ValueError('BraTS_001_t1.nii.gz:\\nvolume has NaN voxels')"))
     nbformat.write(doc, nb)
     out = tmp_path / "out"
-    with pytest.raises(pipeline.PipelineError, match="ValueError: volume has NaN voxels"):
+    with pytest.raises(pipeline.PipelineError, match="ValueError: BraTS_001_t1.nii.gz: volume has NaN voxels"):
         pipeline.execute_step(pipeline.Step("01_prepare_data", nb), {"a": 2}, out, tmp_path, pipeline.ensure_kernel())
     failed = nbformat.read(out / "01_prepare_data.failed.ipynb", as_version=4)
     assert any("a = 2" in c.source for c in failed.cells)  # the injected parameters are kept

@@ -63,6 +63,18 @@ def results_dir(dataset: str, root: str | os.PathLike | None = None) -> Path:
     return Path(root) / dataset
 
 
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the checkout when it lies inside it, else
+    absolute: results written inside the repository name no machine's
+    folders (the phantom's cache, results/), a user's own data keeps its
+    full path."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(repo_root()))
+    except (ValueError, FileNotFoundError):
+        return str(path)
+
+
 # --------------------------------------------------------------------------
 # Atomic writes: a reader never sees half a file, a crash never leaves one.
 # --------------------------------------------------------------------------
@@ -146,6 +158,23 @@ def stable_hash(obj: Any) -> str:
     """A short hash of a JSON-able object, independent of dict order."""
     text = json.dumps(to_builtin(obj), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------
+# Progress
+# --------------------------------------------------------------------------
+
+def progress(iterable=None, **kwargs):
+    """A text progress bar (``tqdm.std``) for the terminal and for executed
+    notebooks alike: no widget (so no "IProgress not found" warning), and
+    outside a terminal (papermill) it redraws at most every 30 s, so a
+    reader's notebook holds a few lines, not one per update."""
+    from tqdm.std import tqdm
+
+    interactive = sys.stderr.isatty()
+    kwargs.setdefault("mininterval", 1.0 if interactive else 30.0)
+    kwargs.setdefault("dynamic_ncols", interactive)
+    return tqdm(iterable, **kwargs)
 
 
 # --------------------------------------------------------------------------

@@ -214,11 +214,7 @@ def locate_raw_data(
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     if source.startswith("phantom_") and raw_dir is None:
-        import warnings
-
-        with warnings.catch_warnings():  # tqdm.auto without ipywidgets under papermill
-            warnings.simplefilter("ignore")
-            from . import phantom
+        from . import phantom
 
         kind = "cxr" if source == "phantom_cxr" else phantom_kind
         return Path(phantom.ensure_phantom(kind, cache_root=phantom_cache, seed=phantom_seed,
@@ -1147,7 +1143,7 @@ def prepare_dataset(
     with NpyAppender(out_dir / "train.npy", row_shape) as train_npy, \
             NpyAppender(out_dir / "test.npy", row_shape) as test_npy:
         writers = {"train": train_npy, "test": test_npy}
-        bar = _progress_bar(total=len(units), unit=bar_unit, desc=f"prepare {dataset or source}", disable=not progress)
+        bar = common.progress(total=len(units), unit=bar_unit, desc=f"prepare {dataset or source}", disable=not progress)
         for unit, outcome in _ordered_results(work, units, int(n_workers)):
             bar.update(1)
             if isinstance(outcome, DataError):
@@ -1183,8 +1179,10 @@ def prepare_dataset(
         status=[("unused" if r == "unused" else "skipped" if s in skipped_subjects and s not in done else "ok")
                 for s, r in zip(split_table.subject, split_table.role)])
     written = []
-    for role in ("train", "test"):
-        written.append(common.write_csv(out_dir / f"{role}.csv", pd.DataFrame(rows[role], columns=columns)))
+    for role in ("train", "test"):  # sources relative to raw_dir: results carry no machine's paths
+        table = pd.DataFrame(rows[role], columns=columns)
+        table["source"] = [os.path.relpath(path, raw_dir) for path in table["source"]]
+        written.append(common.write_csv(out_dir / f"{role}.csv", table))
     written.append(common.write_csv(out_dir / "split.csv", split_table))
     written.append(common.write_csv(out_dir / "skipped.csv", pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)))
     if reader == "brats":
@@ -1198,7 +1196,7 @@ def prepare_dataset(
         "source": source,
         "reader": reader,
         "layout": layout,
-        "raw_dir": str(raw_dir.resolve()),
+        "raw_dir": common.display_path(raw_dir),  # `source` columns are relative to it
         "channels": list(channels),
         "image_size": size,
         "n_train": n_train,
@@ -1249,21 +1247,6 @@ def prepare_dataset(
         })
     common.write_json(out_dir / "meta.json", meta)
     return meta
-
-
-def _progress_bar(**kwargs):
-    """tqdm.auto's bar; in a kernel without ipywidgets it falls back to text
-    (papermill), so its warning about that is silenced and refreshes are
-    spaced out to keep executed notebooks readable."""
-    import warnings
-
-    from tqdm import TqdmExperimentalWarning, TqdmWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TqdmWarning)
-        warnings.simplefilter("ignore", TqdmExperimentalWarning)
-        from tqdm.auto import tqdm
-    return tqdm(mininterval=2.0, **kwargs)
 
 
 def _train_first(column: pd.Series) -> pd.Series:

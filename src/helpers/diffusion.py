@@ -39,11 +39,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import checkpoints as ckpt
 from . import config
 from .config import TrainDiffusionSettings
+from .common import progress as progress_bar
 from .common import image_seeds, read_json, stable_hash, write_json
 from .sampling import sample_to_npy, samples_path, to_uint8
 
@@ -617,8 +617,8 @@ def train(results_dir: str | os.PathLike, settings: TrainDiffusionSettings | Map
     sum_norm = torch.zeros((), device=device_)
     n_sum = 0
     t0 = time.perf_counter()
-    bar = tqdm(total=settings.max_steps, initial=start, unit="step", desc="train diffusion", mininterval=10.0,
-               disable=not (progress and acc.is_main_process), dynamic_ncols=True)
+    bar = progress_bar(total=settings.max_steps, initial=start, unit="step", desc="train diffusion",
+               disable=not (progress and acc.is_main_process))
     setup.unet.train()
     for step in range(start, end):
         seed = step_seed(settings.seed, step, rank)
@@ -804,8 +804,7 @@ def sample_images(unet, scheduler, seeds: Sequence[int], sampler: str = "ddpm", 
     amp = (torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[autocast])
            if autocast and autocast != "no" else contextlib.nullcontext())
     tuner = ThreadTuner(tune_threads and device.type == "cpu")
-    for i, t in enumerate(tqdm(sched.timesteps, desc=f"{sampler} steps", leave=False, disable=not progress,
-                               mininterval=10.0)):
+    for i, t in enumerate(progress_bar(sched.timesteps, desc=f"{sampler} steps", leave=False, disable=not progress)):
         model_in = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         t_batch = t.to(device).expand(len(seeds))
         if i % 100 == 0:

@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
-from tqdm.auto import tqdm
 
 from helpers import common
+from helpers.common import progress as progress_bar
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -373,7 +373,7 @@ def make_brats_cohort(
     pending: list[Future] = []
     try:
         with ThreadPoolExecutor(max_workers=1) as writer:
-            for i in tqdm(range(n_subjects), desc=f"phantom BraTS{layout}", unit="subject",
+            for i in progress_bar(range(n_subjects), desc=f"phantom BraTS{layout}", unit="subject",
                           disable=not progress):
                 subject = brats_subject_id(i, layout)
                 folder = root / subject
@@ -691,7 +691,7 @@ def make_cxr_cohort(
     for split in splits:
         for cls in CXR_CLASSES:
             (root / split / cls).mkdir(parents=True, exist_ok=True)
-    for k, (split, image) in enumerate(tqdm(jobs, desc="phantom chest x-ray", unit="image",
+    for k, (split, image) in enumerate(progress_bar(jobs, desc="phantom chest x-ray", unit="image",
                                             disable=not progress)):
         image_rng = np.random.default_rng(np.random.SeedSequence([seed, 7, 1, k]))
         picture = _cxr_image(image_rng, image.finding, width_range)

@@ -156,9 +156,11 @@ def render_html(notebook: Path, html: Path) -> None:
 
 
 def _failure_reason(err: BaseException) -> str:
+    """The error as one line: every line of a multi-line message is kept
+    (nibabel names the file on the first line and the problem on the last)."""
     ename = getattr(err, "ename", type(err).__name__)
-    evalue = str(getattr(err, "evalue", err)).strip().splitlines()
-    return f"{ename}: {evalue[-1] if evalue else ''}".strip()
+    evalue = " ".join(line.strip() for line in str(getattr(err, "evalue", err)).splitlines() if line.strip())
+    return f"{ename}: {evalue}".strip()
 
 
 def execute_step(step: Step, params: dict, out_dir: Path, root: Path, kernel: str) -> float:
@@ -320,7 +322,8 @@ def run_compare(root: Path, results_root: Path, overrides: Mapping | None = None
         raise PipelineError(f"{notebook} does not exist yet")
     out_dir = results_root / "compare"
     declared = papermill.inspect_notebook(str(notebook))
-    params = {"results_root": str(results_root), "out_dir": str(out_dir), "settings": config.as_dict(settings)}
+    params = {"results_root": common.display_path(results_root), "out_dir": common.display_path(out_dir),
+              "settings": config.as_dict(settings)}
     if set(declared) != set(params):
         raise PipelineError(f"{notebook}: its parameters cell must declare exactly {', '.join(params)}")
     seconds = execute_step(Step(COMPARE_NOTEBOOK, notebook), params, out_dir, root, ensure_kernel())

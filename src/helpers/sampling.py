@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
+from .common import progress as progress_bar
 from .common import image_seeds, read_json, write_csv, write_json
 
 Generator = Callable[[Sequence[int]], np.ndarray]
@@ -75,7 +75,7 @@ def sample_to_npy(
         write_json(record, {**wanted, "done": 0})
     array = np.lib.format.open_memmap(partial, mode="r+")
 
-    with tqdm(total=n_images, initial=start, desc=desc or out_path.stem, unit="img", disable=not progress) as bar:
+    with progress_bar(total=n_images, initial=start, desc=desc or out_path.stem, unit="img", disable=not progress) as bar:
         for lo in range(start, n_images, batch_size):
             hi = min(lo + batch_size, n_images)
             batch = np.asarray(generate([int(s) for s in seeds[lo:hi]]))

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoints
+from .common import progress as progress_bar
 from .common import atomic_path, read_json, stable_hash, write_json
 from .config import TrainStyleGANSettings
 from .sampling import sample_to_npy, samples_path, to_uint8
@@ -880,8 +881,6 @@ def train(results_dir: str | os.PathLike, config: TrainStyleGANSettings, seed: i
     ``time_limit_min`` end this call early (with a checkpoint); a re-run
     continues exactly as if never stopped. Returns a summary dict.
     """
-    from tqdm.auto import tqdm
-
     out = Path(results_dir) / "stylegan"
     ckpt_dir, grid_dir, log_path = out / "checkpoints", out / "grids", out / "loss_log.csv"
     data = TrainingImages(results_dir, seed)
@@ -932,8 +931,8 @@ def train(results_dir: str | os.PathLike, config: TrainStyleGANSettings, seed: i
         _save_grid(generate_images(trainer.G_ema, grid_seeds, batch_invariant=False), grid_dir / f"step_{trainer.step_count:09d}.png")
         export_generator(trainer, out, complete=trainer.step_count >= total)
 
-    with tqdm(total=total * cfg.batch_size, initial=start * cfg.batch_size, unit="img", desc="StyleGAN",
-              disable=not progress, smoothing=0.1, mininterval=2.0) as bar:
+    with progress_bar(total=total * cfg.batch_size, initial=start * cfg.batch_size, unit="img", desc="StyleGAN",
+              disable=not progress, smoothing=0.1) as bar:
         while trainer.step_count < last_stop:
             t0 = time.monotonic()
             stats = trainer.step(data)
