@@ -41,7 +41,7 @@ from .common import repo_root
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 MODELS = ("stylegan", "diffusion")
-ModelName = Literal["stylegan", "diffusion"]
+ModelName = Literal["stylegan", "diffusion", "optimal_denoiser"]  # the last: a memorizer by construction
 
 
 def _list(*values):
@@ -66,6 +66,7 @@ class StepSettings:
     """What every step shares (the ``common`` section of a dataset file)."""
 
     seed: int = 0  # every random draw of a step derives from it
+    parallel_runs: int = 1  # a sweep's runs side by side, one process (of one thread) each
 
 
 @dataclass(config=_STRICT)
@@ -83,6 +84,8 @@ class PrepareDataSettings(StepSettings):
     split: Literal["seeded", "authors"] = "seeded"  # authors: their published BraTS subject order
     n_test_subjects: int = 56                 # seeded split: held-out subjects (the authors: 56)
     n_train_subjects: int | None = None       # the first K training subjects (None: all)
+    train_sizes: list[int] | None = None      # a size sweep: nested training sets of these many images
+                                              # (whole subjects in split order); None: one run on all
     test_fraction: float = 0.1                # chest x-ray: share of each class's patients held out
     on_bad_subject: Literal["fail", "skip"] = "fail"
     n_workers: int = 2                        # threads reading volumes ahead of the writer
@@ -147,7 +150,7 @@ class TrainStyleGANSettings(StepSettings):
         "total_kimg", "checkpoint_kimg", "keep_checkpoints", "log_every", "grid_seeds",
         "num_threads", "time_limit_min")
     #: fields that are not StyleGAN's (the seed is the trainer's argument)
-    NOT_IDENTITY: ClassVar[tuple[str, ...]] = ("seed",)
+    NOT_IDENTITY: ClassVar[tuple[str, ...]] = ("seed", "parallel_runs")
 
     def __post_init__(self) -> None:
         if self.batch_size % min(self.mbstd_group, self.batch_size):
@@ -217,7 +220,8 @@ class TrainDiffusionSettings(StepSettings):
     #: what may change between a run and its resume
     RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = (
         "max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "mixed_precision", "channels_last",
-        "fused_adamw", "compile", "num_threads", "preview_images", "preview_sampler", "preview_steps")
+        "fused_adamw", "compile", "num_threads", "preview_images", "preview_sampler", "preview_steps",
+        "parallel_runs")
 
     def __post_init__(self) -> None:
         widths = list(self.block_out_channels)
@@ -243,6 +247,7 @@ class SampleSettings(StepSettings):
     models: list[ModelName] = _list(*MODELS)
     n_stylegan: int = 100001                  # the authors: seeds 2..100002
     n_diffusion: int = 100000                 # not stated by the authors: as many as StyleGAN's, rounded
+    n_optimal_denoiser: int = 0               # the positive control (when in models)
     first_seed: int = 2
     batch_size: int = 64
     truncation_psi: float = 1.0               # StyleGAN; 1 = no truncation, as the authors
