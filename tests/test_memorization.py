@@ -40,9 +40,9 @@ def flags_of(table, ratio=mem.GU_RATIO):
 
 
 def test_default_neighbour_window_from_the_geometry():
-    assert [mem.default_neighbour_slices(s) for s in (32, 64, 128, 256, 512)] == [8, 4, 2, 1, 1]
-    assert mem.default_neighbour_slices(64, field_of_view_mm=240.0) == 4      # 3.75 mm pixels
-    assert mem.default_neighbour_slices(64, slice_spacing_mm=2.0) == 2
+    assert [mem.default_neighbour_slices(s) for s in (32, 64, 128, 256, 512)] == [7, 3, 1, 1, 1]
+    assert mem.default_neighbour_slices(64, field_of_view_mm=240.0) == 3      # 3.75 mm pixels: 1-3 mm away
+    assert mem.default_neighbour_slices(64, slice_spacing_mm=2.0) == 1
     with pytest.raises(ValueError):
         mem.default_neighbour_slices(0)
 
@@ -107,8 +107,8 @@ def test_neighbour_exclusion_keeps_a_slice_copy_memorized():
     assert with_rule.second_subject.iloc[0] != "A" and with_rule.n_excluded.iloc[0] == 1
     assert flags_of(with_rule).tolist() == [1.0]
     assert with_rule.attrs["neighbour_slices"] == 1
-    # default window at 8×8 pixels is 32 slices: also covers slice 11
-    assert mem.nearest_l2(copy, train, index).attrs["neighbour_slices"] == 32
+    # default window at 8×8 pixels (32 mm) is 31 slices: also covers slice 11
+    assert mem.nearest_l2(copy, train, index).attrs["neighbour_slices"] == 31
     # 2D data (no slice numbers): nothing is excluded
     flat = index.assign(slice=-1)
     two_d = mem.nearest_l2(copy, train, flat, neighbour_slices=3)

@@ -58,11 +58,12 @@ TABLE_COLUMNS = ["size", "n_subjects", "group", "criterion", "n", "k", "fraction
 def default_neighbour_slices(image_size: int, field_of_view_mm: float = FIELD_OF_VIEW_MM,
                              slice_spacing_mm: float = SLICE_SPACING_MM) -> int:
     """How many slice numbers on either side of a training slice count as
-    its near-duplicates: ``ceil(pixel size / slice spacing)``, at least 1.
+    its near-duplicates: the slices *less than one pixel width* away,
+    ``ceil(pixel size / slice spacing) - 1``, at least 1.
 
     Why: an image of ``image_size`` pixels across a ``field_of_view_mm``
     field has pixels ``field_of_view_mm / image_size`` mm wide (BraTS: 256
-    mm, so 4 mm at 64², 8 mm at 32², 1 mm at 256²). Anatomy varies about
+    mm, so 4 mm at 64², 8 mm at 32², 1 mm at 256²; ±3, ±7 and ±1 slices). Anatomy varies about
     equally fast in every direction, so moving the cut by less than one
     pixel width along z changes the image by no more than shifting it by
     less than a pixel in-plane: a detail the resampled image does not
@@ -76,7 +77,7 @@ def default_neighbour_slices(image_size: int, field_of_view_mm: float = FIELD_OF
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
     pixel_mm = float(field_of_view_mm) / int(image_size)
-    return max(1, int(math.ceil(pixel_mm / float(slice_spacing_mm) - 1e-9)))
+    return max(1, int(math.ceil(pixel_mm / float(slice_spacing_mm) - 1e-9)) - 1)
 
 
 def _flat(images) -> np.ndarray:

@@ -253,3 +253,95 @@ def for_every_run(results_dir: str | os.PathLike, job: Callable, settings) -> di
     results = run_side_by_side(job, [(str(path), settings, parallel) for path in runs.values()],
                                workers=settings.parallel_runs if parallel else 1)
     return dict(zip(runs, results))
+
+
+# --------------------------------------------------------------------------
+# The memorization criteria of every run, and each model's capacity
+# --------------------------------------------------------------------------
+
+REAL = "real_test"          # held-out real images: the negative reference
+L2_CRITERION = "l2: d1 < d2/3"
+CAPACITY_FRACTION = 0.9     # Gu et al.: "most samples memorized"
+
+
+def correlation_criterion(measure: str, threshold_name: str) -> str:
+    return f"{measure}: r > {threshold_name}"
+
+
+def _samples(run_dir: Path, model: str) -> np.ndarray | None:
+    path = run_dir / "samples" / f"{model}.npy"
+    return np.load(path, mmap_mode="r") if path.is_file() else None
+
+
+def run_criteria(run_dir: str | os.PathLike, models: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The pre-declared criteria for every model with samples and for the
+    held-out real images, on one run: the paper's (best Pearson r on each
+    image modality above 0.95 / 0.99 and above the 95th / 99th percentile
+    of held-out real images against *this* training set; the real images
+    only against the fixed ones, since they define the percentiles) and
+    Gu et al.'s ℓ2 ratio. Returns the criteria table and the training-set
+    coverage (by the ℓ2 criterion and the headline's p99 criterion)."""
+    from . import memorization
+
+    run_dir = Path(run_dir)
+    summary = common.read_json(run_dir / "correlation" / "summary.json")
+    measures = [m for m in summary["measures"] if not summary["by_measure"][m].get("label_map")]
+    headline = summary["headline"]
+    train, table = _load("train", run_dir)
+    meta = common.read_json(run_dir / "data" / "meta.json")
+    sets = {m: s for m in models if (s := _samples(run_dir, m)) is not None}
+    sets[REAL] = np.load(run_dir / "data" / "test.npy", mmap_mode="r")
+    flags: dict[str, dict[str, np.ndarray]] = {group: {} for group in sets}
+    for measure in measures:
+        folder = run_dir / "correlation" / measure
+        base = pd.read_csv(folder / "baseline.csv")
+        base_r = base["correlation"].where(~base["constant"].astype(bool)).to_numpy(float)
+        thresholds = memorization.correlation_thresholds(base_r)
+        for group in sets:
+            if group == REAL:
+                r, usable = base_r, {k: v for k, v in thresholds.items() if k.startswith("fixed")}
+            else:
+                matches = pd.read_csv(folder / f"matches_{group}.csv")
+                r, usable = matches["correlation"].where(~matches["constant"].astype(bool)).to_numpy(float), thresholds
+            for name, value in usable.items():
+                flags[group][correlation_criterion(measure, name)] = memorization.exceedance_flags(r, value)
+    nearest = {}
+    for group, images in sets.items():
+        nearest[group] = memorization.nearest_l2(images, train, table, image_size=int(meta["image_size"]))
+        flags[group][L2_CRITERION] = memorization.l2_ratio_flags(nearest[group]["nearest_distance"],
+                                                                nearest[group]["second_distance"])
+    size, n_subjects = len(train), int(table["subject"].nunique())
+    criteria = memorization.criteria_table(flags, size, n_subjects)
+    criteria.insert(0, "headline", headline)
+    coverage_keys = (L2_CRITERION, correlation_criterion(headline, "baseline_p99"))
+    coverage = memorization.coverage_table(
+        {g: (nearest[g]["nearest_index"], {c: flags[g][c] for c in coverage_keys if c in flags[g]})
+         for g in sets if g != REAL}, len(train), size, table)
+    return criteria, coverage
+
+
+def memorization_tables(results_dir: str | os.PathLike, models: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The criteria of every run of a sweep, one tidy table (``criteria``),
+    the training-set ``coverage``, and each group's ``capacity``: the
+    largest size at which at least 90 % of its samples are memorized, with
+    the bracketing sizes, per criterion. Written under
+    ``results_dir/sweep/``."""
+    from . import memorization
+
+    results_dir = Path(results_dir)
+    parts = [run_criteria(path, models) for path in run_dirs(results_dir).values()]
+    criteria = pd.concat([p[0] for p in parts], ignore_index=True)
+    coverage = pd.concat([p[1] for p in parts], ignore_index=True)
+    rows = []
+    for (group, criterion), _ in criteria.groupby(["group", "criterion"], sort=False):
+        if group == REAL:
+            continue
+        cap = memorization.memorization_capacity(criteria, criterion, group, CAPACITY_FRACTION)
+        rows.append({"group": group, "criterion": criterion, "target": cap.target, "status": cap.status,
+                     "capacity": cap.capacity, "below": cap.below, "above": cap.above,
+                     "monotone": cap.monotone, "message": cap.message})
+    capacity = pd.DataFrame(rows)
+    out = results_dir / "sweep"
+    for name, frame in (("criteria", criteria), ("coverage", coverage), ("capacity", capacity)):
+        common.write_csv(out / f"{name}.csv", frame)
+    return {"criteria": criteria, "coverage": coverage, "capacity": capacity}

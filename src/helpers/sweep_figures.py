@@ -1,0 +1,119 @@
+"""Figures and sentences of the training-set-size sweep, from the files
+step 05 writes under ``results_dir/sweep/`` (criteria.csv, capacity.csv,
+coverage.csv). Like :mod:`helpers.figures` it reads results and runs no
+model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import sweep
+
+#: group → (label, colour, marker); the order of the legend
+GROUPS = {
+    "stylegan": ("StyleGAN", "tab:blue", "o"),
+    "diffusion": ("diffusion", "tab:orange", "s"),
+    "optimal_denoiser": ("optimal denoiser (memorizes by construction)", "tab:red", "^"),
+    sweep.REAL: ("real held-out images", "0.45", "D"),
+}
+
+
+def load_sweep(results_dir: str | os.PathLike) -> dict[str, pd.DataFrame] | None:
+    """The sweep's tables, or None when this results folder has no sweep."""
+    folder = Path(results_dir) / "sweep"
+    if not (folder / "criteria.csv").is_file():
+        return None
+    return {name: pd.read_csv(folder / f"{name}.csv") for name in ("criteria", "coverage", "capacity")}
+
+
+def headline_criteria(criteria: pd.DataFrame) -> list[str]:
+    """The criteria the figure shows: the paper's on the headline modality
+    (fixed 0.95 and the baseline's 99th percentile) and Gu et al.'s ℓ2 ratio."""
+    headline = str(criteria["headline"].iloc[0])
+    return [sweep.correlation_criterion(headline, "fixed_0.95"),
+            sweep.correlation_criterion(headline, "baseline_p99"), sweep.L2_CRITERION]
+
+
+def plot_sweep(criteria: pd.DataFrame, shown: Sequence[str] | None = None, dodge: float = 0.06):
+    """Memorization fraction against training-set size (log axis), one
+    panel per criterion, one line per group, Wilson 95 % intervals as error
+    bars (dodged sideways so equal values stay visible)."""
+    import matplotlib.pyplot as plt
+
+    shown = list(shown or headline_criteria(criteria))
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.6 * len(shown), 4.0), sharey=True, squeeze=False)
+    groups = [g for g in GROUPS if g in set(criteria["group"])]
+    for ax, criterion in zip(axes[0], shown):
+        rows = criteria[criteria["criterion"] == criterion]
+        for j, group in enumerate(groups):
+            part = rows[rows["group"] == group].sort_values("size")
+            if part.empty:
+                continue
+            label, colour, marker = GROUPS[group]
+            x = part["size"].to_numpy(float) * 10 ** (dodge * (j - (len(groups) - 1) / 2))
+            y = part["fraction"].to_numpy(float)
+            err = np.vstack([y - part["ci_low"].to_numpy(float), part["ci_high"].to_numpy(float) - y])
+            ax.errorbar(x, 100 * y, yerr=100 * err, color=colour, marker=marker, ms=5, capsize=3, lw=1.2,
+                        ls="--" if group in ("optimal_denoiser", sweep.REAL) else "-", label=label)
+        ax.axhline(100 * sweep.CAPACITY_FRACTION, color="k", lw=0.6, ls=":")
+        ax.set_xscale("log")
+        sizes = sorted(rows["size"].unique())
+        ax.set_xticks(sizes, [f"{s}\n({int(rows[rows['size'] == s]['n_subjects'].iloc[0])} subj.)" for s in sizes])
+        ax.minorticks_off()
+        ax.set(title=criterion, xlabel="training images (subjects)", ylim=(-5, 105))
+    axes[0][0].set_ylabel("% of images memorized")
+    axes[0][-1].legend(fontsize=7, loc="center right")
+    fig.suptitle("Memorization against training-set size (same budget at every size; dotted: 90 %)")
+    fig.tight_layout()
+    return fig
+
+
+def sweep_table(criteria: pd.DataFrame, shown: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per size and group: 'k/n (fraction, interval)' per criterion."""
+    shown = list(shown or headline_criteria(criteria))
+    rows = criteria[criteria["criterion"].isin(shown)].copy()
+    rows["cell"] = [f"{k}/{n} ({100 * f:.0f} %, {100 * lo:.0f}–{100 * hi:.0f})" if n else "–"
+                    for k, n, f, lo, hi in rows[["k", "n", "fraction", "ci_low", "ci_high"]].itertuples(index=False)]
+    table = rows.pivot_table(index=["size", "n_subjects", "group"], columns="criterion", values="cell",
+                             aggfunc="first")[shown].reset_index()
+    order = {g: i for i, g in enumerate(GROUPS)}
+    return table.sort_values(["size", "group"], key=lambda c: c.map(order) if c.name == "group" else c)
+
+
+def capacity_text(capacity: pd.DataFrame, criteria: pd.DataFrame) -> str:
+    """One sentence per model and shown criterion (computed, never typed)."""
+    shown = headline_criteria(criteria)
+    lines = []
+    for group in (g for g in GROUPS if g != sweep.REAL):
+        rows = capacity[(capacity["group"] == group) & capacity["criterion"].isin(shown)]
+        for row in rows.itertuples():
+            lines.append(f"- {row.message}")
+    return "\n".join(lines)
+
+
+def comparison_text(criteria: pd.DataFrame, criterion: str | None = None) -> str:
+    """At each size: does diffusion memorize more than StyleGAN, with both
+    intervals (non-overlapping Wilson intervals called a difference)."""
+    criterion = criterion or headline_criteria(criteria)[-1]
+    rows = criteria[criteria["criterion"] == criterion]
+    out = []
+    for size, part in rows.groupby("size"):
+        by = part.set_index("group")
+        if not {"stylegan", "diffusion"} <= set(by.index):
+            continue
+        d, s = by.loc["diffusion"], by.loc["stylegan"]
+        if d["ci_low"] > s["ci_high"]:
+            verdict = "diffusion memorizes more"
+        elif s["ci_low"] > d["ci_high"]:
+            verdict = "StyleGAN memorizes more"
+        else:
+            verdict = "no difference the intervals can show"
+        out.append(f"- {size} training images: diffusion {100 * d['fraction']:.0f} % "
+                   f"({100 * d['ci_low']:.0f}–{100 * d['ci_high']:.0f}), StyleGAN {100 * s['fraction']:.0f} % "
+                   f"({100 * s['ci_low']:.0f}–{100 * s['ci_high']:.0f}): {verdict}.")
+    return f"By `{criterion}`:\n" + "\n".join(out) if out else ""
