@@ -83,7 +83,7 @@ def test_unknown_sections_and_profiles_are_errors_too(tmp_path):
     ("train_diffusion", "block_out_channels", 64, "valid list"),
     ("prepare_data", "split", "random", "'seeded' or 'authors'"),
     ("train_stylegan", "mirror", "yes", "valid boolean"),
-    ("sample", "models", ["stylegan", "vae"], "'stylegan' or 'diffusion'"),
+    ("sample", "models", ["stylegan", "vae"], "'stylegan', 'diffusion' or 'optimal_denoiser'"),
 ])
 def test_a_wrongly_typed_value_is_an_error_naming_its_file(tmp_path, section, key, value, expected):
     write_config(tmp_path, {}, {section: {key: value}})

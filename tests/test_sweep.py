@@ -48,6 +48,18 @@ def test_subsets_are_nested_whole_subjects_in_split_order():
         sweep.nested_subsets(table, [0, 3])
 
 
+def test_one_slice_per_subject_takes_every_subject_s_middle_first():
+    table = train_table()
+    subsets = sweep.nested_subsets(table, [3, 6], rule="one_per_subject")
+    by_index = table.set_index("index")
+    first = by_index.loc[subsets[3]]
+    assert sorted(first.subject) == ["S0", "S1", "S2"]  # one slice of each subject
+    assert dict(zip(first.subject, first.slice)) == {"S0": 44, "S1": 46, "S2": 42}  # their middle slices
+    assert set(subsets[3]) < set(subsets[6])
+    with pytest.raises(ValueError, match="subset rule"):
+        sweep.image_order(table, "random")
+
+
 def make_results(tmp_path):
     results = tmp_path / "results" / "toy"
     data = results / "data"
@@ -79,6 +91,8 @@ def test_size_folders_hold_the_subset_and_the_shared_held_out_set(tmp_path):
         assert set(index.subject).isdisjoint(pd.read_csv(folder / "data" / "test.csv").subject)
         meta = common.read_json(folder / "data" / "meta.json")
         assert meta["n_train"] == len(train) and meta["channels"] == ["a", "b"]
+    both = sweep.prepare(results, [3], ["whole_subjects", "one_per_subject"])
+    assert both["label"].tolist() == ["n00003", "n00003_one_per_subject"] and both["n_subjects"].tolist() == [1, 3]
     # without a sweep the one run is the results folder again
     assert sweep.prepare(results, None) is None and sweep.run_dirs(results) == {"all": results}
 

@@ -86,6 +86,8 @@ class PrepareDataSettings(StepSettings):
     n_train_subjects: int | None = None       # the first K training subjects (None: all)
     train_sizes: list[int] | None = None      # a size sweep: nested training sets of these many images
                                               # (whole subjects in split order); None: one run on all
+    subset_rules: list[Literal["whole_subjects", "one_per_subject"]] = _list("whole_subjects")
+                                              # one_per_subject: as many slices, one per subject (2D-from-3D arm)
     test_fraction: float = 0.1                # chest x-ray: share of each class's patients held out
     on_bad_subject: Literal["fail", "skip"] = "fail"
     n_workers: int = 2                        # threads reading volumes ahead of the writer

@@ -37,10 +37,6 @@ SIZES_FILE = "sizes.json"
 DATA_FILES = ("test.npy", "test.csv")  # shared by every size: the held-out subjects
 
 
-def size_label(n_images: int) -> str:
-    return f"n{n_images:05d}"
-
-
 def centre_out(slices: Sequence[int]) -> list[int]:
     """Positions 0..len-1 ordered from the middle outwards (middle, next,
     previous, ...): every prefix is a contiguous block around the middle."""
@@ -54,24 +50,38 @@ def centre_out(slices: Sequence[int]) -> list[int]:
     return order
 
 
-def image_order(train_table: pd.DataFrame) -> np.ndarray:
-    """Training-image indices in the order the sweep adds them: subject by
-    subject in the split's order, each subject's slices from its middle
-    slice outwards."""
+RULES = ("whole_subjects", "one_per_subject")
+
+
+def image_order(train_table: pd.DataFrame, rule: str = "whole_subjects") -> np.ndarray:
+    """Training-image indices in the order the sweep adds them.
+
+    ``whole_subjects`` (the paper's kind of training set): subject by subject
+    in the split's order, each subject's slices from its middle slice
+    outwards. ``one_per_subject`` (to test the 2D-from-3D effect at the same
+    number of slices): the middle slice of every subject first, then the
+    next slice of every subject, and so on."""
+    if rule not in RULES:
+        raise ValueError(f"subset rule must be one of {', '.join(RULES)}, got {rule!r}")
     rank_column = "split_rank" if "split_rank" in train_table else None
     subjects = (train_table.sort_values(rank_column, kind="stable") if rank_column else train_table)["subject"]
-    order: list[int] = []
+    per_subject = []
     for subject in dict.fromkeys(subjects):  # first appearance order
         rows = train_table[train_table["subject"] == subject].sort_values("slice", kind="stable")
         indices = rows["index"].to_numpy() if "index" in rows else rows.index.to_numpy()
-        order.extend(int(indices[p]) for p in centre_out(indices))
+        per_subject.append([int(indices[p]) for p in centre_out(indices)])
+    if rule == "whole_subjects":
+        order = [i for block in per_subject for i in block]
+    else:
+        depth = max(map(len, per_subject))
+        order = [block[d] for d in range(depth) for block in per_subject if d < len(block)]
     return np.asarray(order, dtype=np.int64)
 
 
-def nested_subsets(train_table: pd.DataFrame, sizes: Iterable[int]) -> dict[int, np.ndarray]:
+def nested_subsets(train_table: pd.DataFrame, sizes: Iterable[int], rule: str = "whole_subjects") -> dict[int, np.ndarray]:
     """``{size: training-image indices}``, each the first ``size`` images of
     :func:`image_order` (so each contains the smaller ones), sorted."""
-    order = image_order(train_table)
+    order = image_order(train_table, rule)
     sizes = sorted({int(s) for s in sizes})
     if not sizes or sizes[0] < 1:
         raise ValueError(f"train_sizes must be positive numbers of training images, got {sizes}")
@@ -83,42 +93,49 @@ def nested_subsets(train_table: pd.DataFrame, sizes: Iterable[int]) -> dict[int,
     return {n: np.sort(order[:n]) for n in sizes}
 
 
-def write_size_folders(results_dir: str | os.PathLike, sizes: Iterable[int]) -> pd.DataFrame:
-    """One results-shaped folder per size with its training subset (arrays
-    copied: a few MB at the sweep's sizes) and the shared held-out set;
-    ``data/sizes.json`` lists them. Returns the table of sizes."""
+def size_label(n_images: int, rule: str = "whole_subjects") -> str:
+    return f"n{n_images:05d}" + ("" if rule == "whole_subjects" else f"_{rule}")
+
+
+def write_size_folders(results_dir: str | os.PathLike, sizes: Iterable[int],
+                       rules: Sequence[str] = ("whole_subjects",)) -> pd.DataFrame:
+    """One results-shaped folder per size (and subset rule) with its training
+    subset (arrays copied: a few MB at the sweep's sizes) and the shared
+    held-out set; ``data/sizes.json`` lists them. Returns the table of runs."""
     results_dir = Path(results_dir)
     train, table = _load("train", results_dir)
     meta = common.read_json(results_dir / "data" / "meta.json")
     rows = []
-    for n, indices in nested_subsets(table, sizes).items():
-        folder = results_dir / "sizes" / size_label(n)
-        data_dir = folder / "data"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        with common.atomic_path(data_dir / "train.npy") as tmp:
-            np.save(tmp, np.ascontiguousarray(train[indices]))
-        subset = table.iloc[indices].reset_index(drop=True)
-        subset = subset.assign(index=np.arange(len(subset)), full_index=indices)
-        common.write_csv(data_dir / "train.csv", subset)
-        for name in DATA_FILES:
-            _link_or_copy(results_dir / "data" / name, data_dir / name)
-        subjects = int(subset["subject"].nunique())
-        common.write_json(data_dir / "meta.json", {**meta, "n_train": int(n), "n_train_subjects": subjects,
-                                                   "sweep_size": int(n), "sweep_parent": "../.."})
-        rows.append({"size": int(n), "label": size_label(n), "n_subjects": subjects,
-                     "folder": str(folder.relative_to(results_dir))})
-    sizes_table = pd.DataFrame(rows)
+    for rule in rules:
+        for n, indices in nested_subsets(table, sizes, rule).items():
+            folder = results_dir / "sizes" / size_label(n, rule)
+            data_dir = folder / "data"
+            data_dir.mkdir(parents=True, exist_ok=True)
+            with common.atomic_path(data_dir / "train.npy") as tmp:
+                np.save(tmp, np.ascontiguousarray(train[indices]))
+            subset = table.iloc[indices].reset_index(drop=True)
+            subset = subset.assign(index=np.arange(len(subset)), full_index=indices)
+            common.write_csv(data_dir / "train.csv", subset)
+            for name in DATA_FILES:
+                _link_or_copy(results_dir / "data" / name, data_dir / name)
+            subjects = int(subset["subject"].nunique())
+            common.write_json(data_dir / "meta.json", {**meta, "n_train": int(n), "n_train_subjects": subjects,
+                                                       "sweep_size": int(n), "sweep_rule": rule})
+            rows.append({"size": int(n), "rule": rule, "label": size_label(n, rule), "n_subjects": subjects,
+                         "folder": str(folder.relative_to(results_dir))})
+    runs = pd.DataFrame(rows)
     common.write_json(results_dir / "data" / SIZES_FILE, {"sizes": rows})
-    return sizes_table
+    return runs
 
 
-def prepare(results_dir: str | os.PathLike, sizes: Iterable[int] | None) -> pd.DataFrame | None:
+def prepare(results_dir: str | os.PathLike, sizes: Iterable[int] | None,
+            rules: Sequence[str] = ("whole_subjects",)) -> pd.DataFrame | None:
     """Step 01's last part: the size folders of a sweep, or (without one)
     the removal of an earlier run's list, so later steps see one run."""
     if not sizes:
         (Path(results_dir) / "data" / SIZES_FILE).unlink(missing_ok=True)
         return None
-    return write_size_folders(results_dir, sizes)
+    return write_size_folders(results_dir, sizes, rules)
 
 
 def _load(role: str, results_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
@@ -313,10 +330,12 @@ def run_criteria(run_dir: str | os.PathLike, models: Sequence[str]) -> tuple[pd.
     size, n_subjects = len(train), int(table["subject"].nunique())
     criteria = memorization.criteria_table(flags, size, n_subjects)
     criteria.insert(0, "headline", headline)
+    criteria.insert(1, "rule", meta.get("sweep_rule", "whole_subjects"))
     coverage_keys = (L2_CRITERION, correlation_criterion(headline, "baseline_p99"))
     coverage = memorization.coverage_table(
         {g: (nearest[g]["nearest_index"], {c: flags[g][c] for c in coverage_keys if c in flags[g]})
          for g in sets if g != REAL}, len(train), size, table)
+    coverage.insert(0, "rule", meta.get("sweep_rule", "whole_subjects"))
     return criteria, coverage
 
 
@@ -333,11 +352,11 @@ def memorization_tables(results_dir: str | os.PathLike, models: Sequence[str]) -
     criteria = pd.concat([p[0] for p in parts], ignore_index=True)
     coverage = pd.concat([p[1] for p in parts], ignore_index=True)
     rows = []
-    for (group, criterion), _ in criteria.groupby(["group", "criterion"], sort=False):
-        if group == REAL:
+    for (rule, group, criterion), part in criteria.groupby(["rule", "group", "criterion"], sort=False):
+        if group == REAL or part["size"].nunique() < 2:
             continue
-        cap = memorization.memorization_capacity(criteria, criterion, group, CAPACITY_FRACTION)
-        rows.append({"group": group, "criterion": criterion, "target": cap.target, "status": cap.status,
+        cap = memorization.memorization_capacity(part, criterion, group, CAPACITY_FRACTION)
+        rows.append({"rule": rule, "group": group, "criterion": criterion, "target": cap.target, "status": cap.status,
                      "capacity": cap.capacity, "below": cap.below, "above": cap.above,
                      "monotone": cap.monotone, "message": cap.message})
     capacity = pd.DataFrame(rows)
