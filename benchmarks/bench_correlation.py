@@ -16,6 +16,18 @@ then the ratios, and checks the engine's answers against float64.
 
     python benchmarks/bench_correlation.py                 # 2000 × 8000 at 256×256
     python benchmarks/bench_correlation.py --size 64 --n-synthetic 500 --n-train 2000
+
+``--mode modalities`` measures instead what step 05 pays for correlating
+one modality at a time: on the same n × C × size² vs m × C × size² uint8
+images (defaults 256 × 1024, C = 5, 128²; ~10 s), one joint pass (all
+channels as one vector) against one per-modality pass (C groups of one
+channel each, :func:`helpers.correlation.match_groups`: the training set
+is streamed once), timed in alternating rounds, best of ``--repeats``; it
+prints the ratio (goal <= 1.2) and checks the per-modality answers against
+separate single-channel runs.
+
+    python benchmarks/bench_correlation.py --mode modalities
+    python benchmarks/bench_correlation.py --mode modalities --size 256 --n-synthetic 1000 --n-train 4000
 """
 
 from __future__ import annotations
@@ -82,20 +94,81 @@ def authors_loop(syn_files, train_files) -> tuple[float, int, np.ndarray]:
     return time.perf_counter() - t0, len(syn_files) * len(train_files), best
 
 
+def modalities(args) -> int:
+    """One joint pass vs one per-modality pass of the same images."""
+    ns, nt, size, c = args.n_synthetic, args.n_train, args.size, args.channels
+    rng = np.random.default_rng(args.seed)
+    train = make_images(nt * c, size, rng).reshape(nt, c, size, size)
+    synthetic = make_images(ns * c, size, rng).reshape(ns, c, size, size)
+    planted = rng.choice(nt, size=min(ns, 20), replace=False)
+    synthetic[: len(planted)] = train[planted]
+    budget = int(args.memory_gb * 1024**3)
+    backend = "numpy" if args.no_gpu else "auto"
+    groups = {f"ch{i}": i for i in range(c)}
+    print(f"data: {ns} synthetic × {nt} training images, {c}×{size}×{size} uint8; {os.cpu_count()} CPU(s); "
+          f"load average {os.getloadavg()[0]:.2f}; backend {correlation.get_backend(backend).name}", flush=True)
+    methods = {
+        "joint (all channels, 1 group)": lambda: correlation.match_groups(
+            synthetic, train, {"all": None}, k=args.k, backend=backend, memory_budget=budget, progress=False),
+        f"per modality ({c} groups, 1 pass)": lambda: correlation.match_groups(
+            synthetic, train, groups, k=args.k, backend=backend, memory_budget=budget, progress=False),
+    }
+    best = {name: float("inf") for name in methods}
+    outs = {}
+    for rnd in range(args.repeats):
+        for name, fn in (methods.items() if rnd % 2 == 0 else reversed(methods.items())):
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            seconds = time.perf_counter() - t0
+            best[name] = min(best[name], seconds)
+            gc.collect()
+            print(f"  round {rnd + 1}: {name:34s} {seconds:8.3f} s  (load {os.getloadavg()[0]:.1f})", flush=True)
+    joint, split = (best[name] for name in methods)
+    flops = 2 * ns * nt * c * size * size
+    print(f"\n{'method':36s} {'seconds':>9s} {'GFLOP/s':>9s}")
+    for name, seconds in best.items():
+        print(f"{name:36s} {seconds:9.3f} {flops / seconds / 1e9:9.2f}")
+    ratio = split / joint
+    print(f"\nper-modality / joint time: {ratio:.3f}   (goal <= 1.2; best of {args.repeats} alternating rounds)")
+    # the per-modality answers equal separate single-channel runs
+    per = outs[f"per modality ({c} groups, 1 pass)"]
+    same = all(np.array_equal(per[f"ch{i}"].index, correlation.top_matches(
+        synthetic, train, k=args.k, channels=i, backend=backend, progress=False).index) for i in range(min(c, 2)))
+    found = all(np.array_equal(per[f"ch{i}"].best_index[: len(planted)], planted) for i in range(c))
+    print(f"check: per-modality = separate single-channel runs {same}; planted copies found in every channel {found}")
+    if args.json:
+        args.json.write_text(json.dumps({"mode": "modalities", "seconds": best, "ratio": ratio, "same": same,
+                                         "found": found, "n_synthetic": ns, "n_train": nt, "channels": c,
+                                         "size": size}, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-synthetic", type=int, default=2000)
-    ap.add_argument("--n-train", type=int, default=8000)
-    ap.add_argument("--size", type=int, default=256, help="image side (single channel)")
+    ap.add_argument("--mode", choices=["engine", "modalities"], default="engine",
+                    help="engine: the engine vs the authors, FAISS and a plain product (default); "
+                         "modalities: one joint pass vs one per-modality pass")
+    ap.add_argument("--n-synthetic", type=int, help="default 2000 (engine) / 256 (modalities)")
+    ap.add_argument("--n-train", type=int, help="default 8000 (engine) / 1024 (modalities)")
+    ap.add_argument("--size", type=int, help="image side; default 256 (engine) / 128 (modalities)")
+    ap.add_argument("--channels", type=int, default=5, help="modalities mode: channels per image")
+    ap.add_argument("--k", type=int, default=5, help="modalities mode: matches kept (step 05 keeps 5)")
     ap.add_argument("--authors-synthetic", type=int, default=6, help="subset for the authors' loop")
     ap.add_argument("--authors-train", type=int, default=100)
     ap.add_argument("--memory-gb", type=float, default=2.0, help="the engine's memory budget")
-    ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds; each method keeps its best")
+    ap.add_argument("--repeats", type=int, help="interleaved rounds; each method keeps its best "
+                                                 "(default 2 / 3)")
     ap.add_argument("--no-faiss", action="store_true")
     ap.add_argument("--no-gpu", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
+    defaults = {"engine": (2000, 8000, 256, 2), "modalities": (256, 1024, 128, 3)}[args.mode]
+    for name, value in zip(("n_synthetic", "n_train", "size", "repeats"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.mode == "modalities":
+        return modalities(args)
 
     ns, nt, size = args.n_synthetic, args.n_train, args.size
     dim = size * size

@@ -55,9 +55,11 @@ def brute_force(synthetic, training, k, channels=None):
     return idx, val
 
 
-def matches(synthetic, training, **kw):
+def matches(synthetic, training, groups=None, **kw):
     kw.setdefault("progress", False)
     kw.setdefault("backend", "numpy")
+    if groups is not None:
+        return correlation.match_groups(synthetic, training, groups, **kw)
     return correlation.top_matches(synthetic, training, **kw)
 
 
@@ -237,6 +239,110 @@ def test_band_overflow_falls_back_to_float64_and_stays_exact():
 
 
 # --------------------------------------------------------------------------
+# Several measures in one pass (match_groups)
+# --------------------------------------------------------------------------
+
+GROUPS = {"c0": 0, "c1": [1], "c2": 2, "all": None, "c02": [0, 2]}
+GROUP_CHANNELS = {"c0": [0], "c1": [1], "c2": [2], "all": [0, 1, 2], "c02": [0, 2]}
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("chunk, block", [(None, None), (7, 5), (41, 23)])
+def test_groups_equal_pearsonr_per_channel(dtype, chunk, block):
+    """Each group equals brute-force pearsonr on its own channels, with ties
+    and with images constant in one channel only."""
+    syn, tra = random_set(23, dtype=dtype), random_set(41, dtype=dtype)
+    tra[30] = tra[4]  # a tie in every group
+    tra[35, 1] = tra[9, 1]  # a tie in channel 1 only
+    syn[6] = tra[4]
+    syn[7, 1] = tra[9, 1]
+    syn[3, 2] = 17  # constant in channel 2 only
+    syn[8] = 40  # constant everywhere
+    tra[12, 0] = 99  # a training image constant in channel 0 only
+    res = matches(syn, tra, k=3, chunk_size=chunk, block_size=block, groups=GROUPS)
+    assert list(res) == list(GROUPS)
+    for name, channels in GROUP_CHANNELS.items():
+        idx, val = brute_force(syn, tra, 3, channels)
+        np.testing.assert_array_equal(res[name].index, idx, err_msg=name)
+        np.testing.assert_allclose(res[name].correlation, val, atol=1e-12, rtol=0, err_msg=name)
+    assert res["c2"].constant[3] and not res["c0"].constant[3] and not res["all"].constant[3]
+    assert all(res[n].constant[8] for n in GROUPS)
+    assert res["c0"].train_constant[12] and res["c0"].stats["n_train_constant"] == 1
+    assert not res["c1"].train_constant[12] and not res["all"].train_constant.any()
+    assert not np.isin(res["c0"].index, [12]).any()  # never matched where it is constant
+    assert res["c0"].index[6, 0] == 4 and res["c0"].index[6, 1] == 30  # ties to the lowest index
+    assert res["c1"].index[7, 0] == 9 and res["c1"].index[7, 1] == 35
+    if dtype == np.uint8:
+        assert res["all"].correlation[6, 0] == 1.0 and res["c1"].correlation[7, 0] == 1.0
+
+
+def matches_groups(synthetic, training, groups, **kw):
+    kw.setdefault("progress", False)
+    kw.setdefault("backend", "numpy")
+    return correlation.match_groups(synthetic, training, groups, **kw)
+
+
+def test_joint_group_and_single_groups_equal_separate_runs_bitwise():
+    syn, tra = smooth_set(12, size=24, channels=3), smooth_set(40, size=24, channels=3)
+    syn[2] = tra[17]
+    # names resolve through the training set's channel names
+    names = ["a", "b", "c"]
+    res = matches_groups(syn, correlation.open_images(tra, channel_names=names), {"t1": "a", "all": "all", "c": "c"},
+                         k=4, chunk_size=16)
+    joint = matches(syn, tra, k=4, chunk_size=16)
+    single = matches(syn, tra, k=4, chunk_size=16, channels=2)
+    np.testing.assert_array_equal(res["all"].index, joint.index)
+    np.testing.assert_array_equal(res["all"].correlation, joint.correlation)  # bitwise: the joint measure is unchanged
+    np.testing.assert_array_equal(res["c"].index, single.index)
+    np.testing.assert_array_equal(res["c"].correlation, single.correlation)
+    assert res["all"].best_correlation[2] == 1.0 and res["t1"].best_index[2] == 17
+    assert res["all"].pairs == 12 * 40 and res["all"].stats["groups"] == 3
+    assert res["all"].seconds == res["t1"].seconds  # one call
+
+
+def test_groups_stream_the_training_set_once(monkeypatch):
+    syn, tra = random_set(10, shape=(5, 8, 8)), random_set(50, shape=(5, 8, 8))
+    reads = []
+    original = correlation.ImageSet.read_channels
+
+    def counting(self, lo, hi):
+        if self.label == "training":
+            reads.append((lo, hi))
+        return original(self, lo, hi)
+
+    monkeypatch.setattr(correlation.ImageSet, "read_channels", counting)
+    res = matches_groups(syn, tra, {f"c{i}": i for i in range(5)} | {"all": None}, k=2, chunk_size=12)
+    assert reads == [(0, 12), (12, 24), (24, 36), (36, 48), (48, 50)]  # each chunk once, for all six groups
+    assert len(res) == 6
+
+
+def test_group_overflow_falls_back_per_group():
+    base = smooth_set(1, size=32, channels=2)[0]
+    tra = np.repeat(base[None], 30, axis=0)
+    for i in range(30):  # channel 0: near-duplicates (band overflow); channel 1 untouched copies
+        y, x = i % 32, (3 * i) % 32
+        tra[i, 0, y, x] = np.clip(int(base[0, y, x]) + (1 if i % 2 else -1), 0, 255)
+    tra[:, 1] = smooth_set(30, size=32)[:, 0]
+    syn = base[None].copy()
+    res = matches_groups(syn, tra, {"c0": 0, "c1": 1}, k=2, max_candidates=3)
+    assert res["c0"].stats["fallback_rows"] == 1 and res["c1"].stats["fallback_rows"] == 0
+    for name, ch in (("c0", [0]), ("c1", [1])):
+        idx, val = brute_force(syn, tra, 2, ch)
+        np.testing.assert_array_equal(res[name].index, idx)
+        np.testing.assert_allclose(res[name].correlation, val, atol=1e-12, rtol=0)
+
+
+def test_bad_groups_are_refused():
+    syn, tra = random_set(3), random_set(4)
+    with pytest.raises(ValueError, match="selects no channel"):
+        matches_groups(syn, tra, {"x": []})
+    with pytest.raises(ValueError, match="unknown channel"):
+        matches_groups(syn, correlation.open_images(tra, channel_names=["a", "b", "c"]), {"x": "t1"})
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        matches_groups(syn, tra, [0, 1])
+
+
+# --------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------
 
@@ -337,6 +443,13 @@ def test_generic_array_module_path_equals_numpy(dtype):
     np.testing.assert_array_equal(res.index, ref.index)
     np.testing.assert_allclose(res.correlation, ref.correlation, atol=1e-12, rtol=0)
     assert res.best_index[3] == 20
+    syn[6, 1] = 3  # constant in one channel
+    ref = matches(syn, tra, k=3, chunk_size=16, groups=GROUPS)
+    res = correlation.match_groups(syn, tra, GROUPS, k=3, chunk_size=16, backend=generic, progress=False)
+    for name in GROUPS:
+        np.testing.assert_array_equal(res[name].index, ref[name].index)
+        np.testing.assert_allclose(res[name].correlation, ref[name].correlation, atol=1e-12, rtol=0)
+        np.testing.assert_array_equal(res[name].constant, ref[name].constant)
 
 
 @pytest.mark.gpu
@@ -356,3 +469,14 @@ def test_cupy_equals_numpy():
         np.testing.assert_array_equal(gpu.index, ref.index)
         np.testing.assert_allclose(gpu.correlation, ref.correlation, atol=1e-12, rtol=0)
     assert ref.best_index[3] == 123 and ref.best_index[4] == 10 and ref.constant[5]
+    # several measures in one pass on the GPU
+    syn3, tra3 = smooth_set(30, size=64, channels=3), smooth_set(200, size=64, channels=3)
+    syn3[1] = tra3[50]
+    syn3[2, 1] = 0
+    ref = matches(syn3, tra3, k=3, chunk_size=64, groups=GROUPS)
+    gpu = correlation.match_groups(syn3, tra3, GROUPS, k=3, backend="cupy", chunk_size=64, progress=False)
+    for name in GROUPS:
+        np.testing.assert_array_equal(gpu[name].index, ref[name].index)
+        np.testing.assert_allclose(gpu[name].correlation, ref[name].correlation, atol=1e-12, rtol=0)
+        np.testing.assert_array_equal(gpu[name].constant, ref[name].constant)
+    assert gpu["all"].best_index[1] == 50 and gpu["c1"].constant[2] and not gpu["c0"].constant[2]

@@ -44,8 +44,10 @@ def _exceed(corr_max: np.ndarray, constant: np.ndarray, value: float, rng) -> di
 
 
 def make_results(folder, models=("stylegan", "diffusion"), xray=False, n_subjects=6, n_slices=5, channels=("t1", "t2"),
-                 size=16, n_samples=24, control=True, seed=0):
-    """Write a results folder following the contract; returns it."""
+                 size=16, n_samples=24, control=True, seed=0, headline=None):
+    """Write a results folder following the contract (step 05's per-measure
+    layout: one measure per channel, plus ``all`` for several channels;
+    headline: ``headline`` or the first channel); returns it."""
     rng = np.random.default_rng(seed)
     c = len(channels)
     n_test_subjects = 2
@@ -71,8 +73,50 @@ def make_results(folder, models=("stylegan", "diffusion"), xray=False, n_subject
     common.write_json(folder / "data/meta.json", {"dataset": folder.name, "channels": list(channels),
                                                   "image_size": size, "n_train": len(train), "n_test": len(test)})
 
-    corr_dir = folder / "correlation"
-    b_corr, b_order, b_const = _best(test, train)
+    # the generators' samples (and the control's images): about a third noisy copies, the rest noise
+    groups = list(models) + (["control"] if control else [])
+    synthetic = {}
+    for g, model in enumerate(groups):
+        synth = images(n_samples)
+        copies = rng.choice(len(train), size=min(n_samples // 3 + g, len(train)), replace=False)
+        noise = rng.normal(0, 10 if model != "control" else 1, size=(len(copies), c, size, size))
+        synth[: len(copies)] = np.clip(train[copies] + noise, 0, 255).astype(np.uint8)
+        synth[-1] = 7  # a constant image
+        synthetic[model] = synth
+        if model != "control":
+            common.save_npy(folder / f"samples/{model}.npy", synth)
+            common.write_csv(folder / f"samples/{model}_seeds.csv",
+                             pd.DataFrame({"index": np.arange(n_samples), "seed": np.arange(2, 2 + n_samples)}))
+
+    measures = [(ch.lower(), [i]) for i, ch in enumerate(channels)] + ([("all", list(range(c)))] if c > 1 else [])
+    head = headline or measures[0][0]
+    measures.sort(key=lambda m: m[0] != head)
+    by_measure = {name: _write_measure(folder, name, index_, channels, head, train, test, train_csv, test_csv,
+                                       synthetic, n_train_subjects, rng)
+                  for name, index_ in measures}
+    common.write_json(folder / "correlation/summary.json", {
+        "dataset": folder.name, "channels": list(channels), "n_train": len(train), "n_test": len(test),
+        "n_train_subjects": int(n_train_subjects), "top_k": 3, "headline": head,
+        "measures": [m[0] for m in measures], "by_measure": by_measure, "backend": "numpy", "pairs": 0,
+        "seconds": 0.0})
+
+    steps = 10
+    if "stylegan" in models:
+        common.write_csv(folder / "stylegan/loss_log.csv", pd.DataFrame({
+            "step": np.arange(steps), "images_seen": 8 * np.arange(steps), "loss_G": rng.random(steps),
+            "loss_D": rng.random(steps), "r1": rng.random(steps), "augment_p": np.linspace(0, 0.2, steps)}))
+    if "diffusion" in models:
+        common.write_csv(folder / "diffusion/loss_log.csv", pd.DataFrame({
+            "step": np.arange(steps), "images_seen": 8 * np.arange(steps), "loss": rng.random(steps),
+            "lr": np.full(steps, 1e-4)}))
+    return folder
+
+
+def _write_measure(folder, name, index_, channels, head, train, test, train_csv, test_csv, synthetic,
+                   n_train_subjects, rng) -> dict:
+    """One measure's files under correlation/<name>/; returns its summary entry."""
+    corr_dir = folder / "correlation" / name
+    b_corr, b_order, b_const = _best(test[:, index_], train[:, index_])
     b_best = b_corr[np.arange(len(test)), b_order[:, 0]]
     common.write_csv(corr_dir / "baseline.csv", pd.DataFrame({
         "test_index": np.arange(len(test)), "test_subject": test_csv["subject"], "train_index": b_order[:, 0],
@@ -85,24 +129,21 @@ def make_results(folder, models=("stylegan", "diffusion"), xray=False, n_subject
     lookup = {(s, z): i for i, (s, z) in enumerate(zip(train_csv["subject"], train_csv["slice"]))}
     exc_rows, leak_rows = [], []
     summary_models = {}
-    groups = list(models) + (["control"] if control else [])
-    for g, model in enumerate(groups):
-        # about a third are noisy copies of training images, the rest noise
-        synth = images(n_samples)
-        copies = rng.choice(len(train), size=min(n_samples // 3 + g, len(train)), replace=False)
-        noise = rng.normal(0, 10 if model != "control" else 1, size=(len(copies), c, size, size))
-        synth[: len(copies)] = np.clip(train[copies] + noise, 0, 255).astype(np.uint8)
-        synth[-1] = 7  # a constant image
-        corr, order, const = _best(synth, train)
+    for model, synth in synthetic.items():
+        n_samples = len(synth)
+        corr, order, const = _best(synth[:, index_], train[:, index_])
         best = np.where(const, np.nan, corr[np.arange(len(synth)), order[:, 0]])
         subj = train_csv["subject"].to_numpy()[order[:, 0]]
         zs = train_csv["slice"].to_numpy()[order[:, 0]]
         neigh = {d: [corr[i, lookup[(s, z + d)]] if (s, z + d) in lookup and not const[i] else np.nan
                      for i, (s, z) in enumerate(zip(subj, zs))] for d in (-1, 1)}
         seeds = np.arange(2, 2 + n_samples)
-        if model != "control":
-            common.save_npy(folder / f"samples/{model}.npy", synth)
-            common.write_csv(folder / f"samples/{model}_seeds.csv", pd.DataFrame({"index": np.arange(n_samples), "seed": seeds}))
+        if model == "control":
+            common.write_csv(corr_dir / "control_matches.csv", pd.DataFrame({
+                "control_index": np.arange(n_samples), "control_kind": "copy", "planted_index": order[:, 0],
+                "train_index": order[:, 0], "correlation": best, "subject": subj, "slice": zs, "constant": const,
+                "found": ~const}))
+        else:
             common.write_csv(corr_dir / f"topk_{model}.csv", pd.DataFrame({
                 "synthetic_index": np.repeat(np.arange(n_samples), 3), "rank": np.tile([1, 2, 3], n_samples),
                 "train_index": order.ravel(), "correlation": np.take_along_axis(corr, order, 1).ravel()}))
@@ -118,41 +159,31 @@ def make_results(folder, models=("stylegan", "diffusion"), xray=False, n_subject
                 "quantiles": {q: float(np.nanquantile(best, p)) for q, p in
                               (("p50", .5), ("p95", .95), ("p99", .99), ("max", 1.0))},
                 "exceedances": {}, "subjects_leaked": {}}
-        for name, value in thresholds.items():
+        for tname, value in thresholds.items():
             e = _exceed(np.nan_to_num(best), const, value, rng)
-            exc_rows.append({"model": model, "threshold_name": name, "threshold": value, **e})
-            info["exceedances"][name] = {k: e[k] for k in ("n_above", "fraction", "ci_low", "ci_high")}
+            exc_rows.append({"model": model, "threshold_name": tname, "threshold": value, **e})
+            info["exceedances"][tname] = {k: e[k] for k in ("n_above", "fraction", "ci_low", "ci_high")}
             leaked = len(set(subj[(~const) & (np.nan_to_num(best) > value)]))
-            info["subjects_leaked"][name] = leaked
-            leak_rows.append({"model": model, "threshold_name": name, "threshold": value, "n_subjects_leaked": leaked,
+            info["subjects_leaked"][tname] = leaked
+            leak_rows.append({"model": model, "threshold_name": tname, "threshold": value, "n_subjects_leaked": leaked,
                               "n_train_subjects": n_train_subjects,
                               "fraction_subjects": leaked / n_train_subjects})
         summary_models[model] = info
-    for name, value in thresholds.items():
+    base_info = {"n": len(test), "constant": int(b_const.sum()),
+                 "quantiles": {q: float(np.quantile(b_best, p)) for q, p in
+                               (("p50", .5), ("p95", .95), ("p99", .99), ("max", 1.0))}, "exceedances": {}}
+    for tname, value in thresholds.items():
         e = _exceed(b_best, b_const, value, rng)
-        exc_rows.append({"model": "real_test", "threshold_name": name, "threshold": value, **e})
+        exc_rows.append({"model": "real_test", "threshold_name": tname, "threshold": value, **e})
+        base_info["exceedances"][tname] = {k: e[k] for k in ("n_above", "fraction", "ci_low", "ci_high")}
     common.write_csv(corr_dir / "exceedances.csv", pd.DataFrame(exc_rows))
     common.write_csv(corr_dir / "leakage.csv", pd.DataFrame(leak_rows))
-    common.write_json(corr_dir / "summary.json", {
-        "dataset": folder.name, "channels": list(channels), "n_train": len(train), "n_test": len(test),
-        "thresholds": thresholds,
-        "baseline": {"n": len(test), "constant": int(b_const.sum()),
-                     "quantiles": {q: float(np.quantile(b_best, p)) for q, p in
-                                   (("p50", .5), ("p95", .95), ("p99", .99), ("max", 1.0))}},
-        "models": {m: v for m, v in summary_models.items() if m != "control"},
-        **({"control": summary_models["control"]} if "control" in summary_models else {}),  # as step 05 writes it
-        "backend": "numpy", "pairs": 0, "seconds": 0.0})
-
-    steps = 10
-    if "stylegan" in models:
-        common.write_csv(folder / "stylegan/loss_log.csv", pd.DataFrame({
-            "step": np.arange(steps), "images_seen": 8 * np.arange(steps), "loss_G": rng.random(steps),
-            "loss_D": rng.random(steps), "r1": rng.random(steps), "augment_p": np.linspace(0, 0.2, steps)}))
-    if "diffusion" in models:
-        common.write_csv(folder / "diffusion/loss_log.csv", pd.DataFrame({
-            "step": np.arange(steps), "images_seen": 8 * np.arange(steps), "loss": rng.random(steps),
-            "lr": np.full(steps, 1e-4)}))
-    return folder
+    kind = "joint" if len(index_) > 1 else ("label_map" if name == "seg" else "modality")
+    return {"measure": name, "channels": [channels[i] for i in index_], "channel_index": list(index_), "kind": kind,
+            "label_map": kind == "label_map", "headline": name == head,
+            "description": f"{name} test measure", "train_constant": 0, "thresholds": thresholds,
+            "baseline": base_info, "models": {m: v for m, v in summary_models.items() if m != "control"},
+            **({"control": summary_models["control"]} if "control" in summary_models else {})}  # as step 05
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +202,8 @@ def _close_figures():
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("loader, args, file, step", [
-    (figures.load_matches, ("diffusion",), "correlation/matches_diffusion.csv", "05_correlate"),
+    (figures.load_matches, ("diffusion", "t1"), "correlation/t1/matches_diffusion.csv", "05_correlate"),
+    (figures.load_matches, ("diffusion",), "correlation/summary.json", "05_correlate"),  # the headline is unknown
     (figures.load_images, ("train",), "data/train.npy", "01_prepare_data"),
     (figures.load_samples, ("stylegan",), "samples/stylegan.npy", "04_sample"),
     (figures.load_loss_log, ("diffusion",), "diffusion/loss_log.csv", "03_train_diffusion"),
@@ -184,9 +216,9 @@ def test_missing_file_names_file_and_step(tmp_path, loader, args, file, step):
 
 
 def test_missing_column_is_named(tmp_path):
-    common.write_csv(tmp_path / "correlation/thresholds.csv", pd.DataFrame({"name": ["fixed_0.90"]}))
-    with pytest.raises(ValueError, match="thresholds.csv: expected columns value"):
-        figures.load_thresholds(tmp_path)
+    common.write_csv(tmp_path / "correlation/t1/thresholds.csv", pd.DataFrame({"name": ["fixed_0.90"]}))
+    with pytest.raises(ValueError, match="t1/thresholds.csv: expected columns value"):
+        figures.load_thresholds(tmp_path, "t1")
 
 
 def test_status_reports_a_missing_model(tmp_path):
@@ -225,8 +257,8 @@ def test_distribution_figure(results, tmp_path):
 
 def test_all_constant_samples_do_not_crash(tmp_path):
     folder = make_results(tmp_path / "phantom", models=("stylegan",), n_samples=6, size=8)
-    matches = pd.read_csv(folder / "correlation/matches_stylegan.csv").assign(constant=True, correlation=np.nan)
-    common.write_csv(folder / "correlation/matches_stylegan.csv", matches)
+    matches = pd.read_csv(folder / "correlation/t1/matches_stylegan.csv").assign(constant=True, correlation=np.nan)
+    common.write_csv(folder / "correlation/t1/matches_stylegan.csv", matches)
     assert (figures.max_correlations(folder, ["stylegan"])["model"] == "stylegan").sum() == 0
     assert figures.select_matches(figures.load_matches(folder, "stylegan"), 4, 2).empty
     for fig in (figures.plot_max_correlation(folder, ["stylegan"]), figures.plot_top_matches(folder, "stylegan")):
@@ -288,8 +320,8 @@ def test_sample_grids_and_training_curves(results, tmp_path):
 # --------------------------------------------------------------------------
 
 def test_memorization_table_matches_csv(results, tmp_path):
-    exc = pd.read_csv(results / "correlation/exceedances.csv")
-    leak = pd.read_csv(results / "correlation/leakage.csv")
+    exc = pd.read_csv(results / "correlation/t1/exceedances.csv")  # t1: the headline
+    leak = pd.read_csv(results / "correlation/t1/leakage.csv")
     for model in ("stylegan", "diffusion", "real_test", "control"):
         table = figures.memorization_table(results, model)
         assert list(table["threshold_name"]) == list(THRESHOLDS)
@@ -313,7 +345,7 @@ def test_memorization_table_matches_csv(results, tmp_path):
 
 
 def test_most_copied_table(results):
-    raw = pd.read_csv(results / "correlation/most_matched_stylegan.csv")
+    raw = pd.read_csv(results / "correlation/t1/most_matched_stylegan.csv")
     table = figures.most_copied_table(results, "stylegan", n=3)
     assert len(table) == 3 and table["n_matched"].iloc[0] == raw["n_matched"].max()
     assert table["n_matched"].is_monotonic_decreasing
@@ -337,10 +369,11 @@ def test_markdown_table_format():
 def test_finding_text_uses_summary_numbers(results):
     summary = figures.load_summary(results)
     text = figures.finding_text(summary, "baseline_p99", n_train_subjects=6)
-    value = summary["thresholds"]["baseline_p99"]
-    assert f"r > {value:.3f}" in text
+    headline = summary["by_measure"]["t1"]  # the headline by default
+    value = headline["thresholds"]["baseline_p99"]
+    assert f"r > {value:.3f}" in text and "correlation on channels t1" in text
     for model, name in (("stylegan", "StyleGAN"), ("diffusion", "diffusion")):
-        info = summary["models"][model]
+        info = headline["models"][model]
         e = info["exceedances"]["baseline_p99"]
         assert (f"Of {info['n']} {name} synthetic images, {e['n_above']} ({100 * e['fraction']:.1f} %, "
                 f"95 % CI {100 * e['ci_low']:.1f} %–{100 * e['ci_high']:.1f} %)") in text
@@ -387,7 +420,9 @@ def test_memorization_vs_size(tmp_path):
     summary = json.loads((tmp_path / "phantom_n3/correlation/summary.json").read_text())
     row = series[(series["folder"] == "phantom_n3") & (series["model"] == "diffusion")
                  & (series["threshold_name"] == "fixed_0.95")].iloc[0]
-    assert row["fraction"] == summary["models"]["diffusion"]["exceedances"]["fixed_0.95"]["fraction"]
+    headline = summary["by_measure"][summary["headline"]]
+    assert row["measure"] == "t1"
+    assert row["fraction"] == headline["models"]["diffusion"]["exceedances"]["fixed_0.95"]["fraction"]
     fig = figures.plot_memorization_vs_size(series, "fixed_0.95")
     assert figures.size_note(series) is None
     assert {t.get_text() for t in fig.axes[0].get_legend().get_texts()} == {"StyleGAN", "diffusion"}
@@ -406,13 +441,71 @@ def test_compare_datasets(tmp_path):
     assert len(table) == 3 + 2 + 2 - 0  # brats20: 2 models + baseline + control; cxr: 1 + baseline + control
     summary = json.loads((tmp_path / "brats20/correlation/summary.json").read_text())
     row = table[(table["dataset"] == "brats20") & (table["model"] == "diffusion")].iloc[0]
-    assert row["baseline_p99_n_above"] == summary["models"]["diffusion"]["exceedances"]["baseline_p99"]["n_above"]
+    headline = summary["by_measure"][summary["headline"]]
+    assert row["measure"] == "t1"
+    assert row["baseline_p99_n_above"] == headline["models"]["diffusion"]["exceedances"]["baseline_p99"]["n_above"]
     fig = figures.plot_compare(frame, "baseline_p99")
     labels = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
     assert labels == {"StyleGAN", "diffusion", "real held-out (baseline)"}  # no control among the bars
     assert figures.save_figure(fig, tmp_path / "compare", "bars", pdf=False)[0].is_file()
     text = figures.compare_text(frame, "baseline_p99")
-    assert re.search(r"\*\*cxr\*\*: StyleGAN \d+/24", text)
+    assert re.search(r"\*\*cxr\*\* \(xray\): StyleGAN \d+/24", text)
+
+
+def test_headline_and_other_measures(tmp_path):
+    folder = make_results(tmp_path / "phantom", models=("stylegan",), headline="t2", seed=7)
+    assert figures.measures(folder) == ["t2", "t1", "all"] and figures.headline(folder) == "t2"
+    assert figures.load_matches(folder, "stylegan").equals(figures.load_matches(folder, "stylegan", "t2"))
+    assert not figures.load_matches(folder, "stylegan", "all").equals(figures.load_matches(folder, "stylegan", "t2"))
+    assert figures.shown_channel(folder) == 1 and figures.shown_channel(folder, measure="t1") == 0
+    assert figures.shown_channel(folder, "T1", measure="t2") == 0  # figure_channel wins, any case
+    assert "correlation on channels t2" in figures.finding_text(figures.load_summary(folder))
+    assert "correlation on channels t1, t2" in figures.finding_text(figures.load_summary(folder), measure="all")
+    table = figures.measures_table(figures.load_summary(folder), "fixed_0.95")
+    assert list(dict.fromkeys(table["measure"])) == ["t2", "t1", "all"] and table["headline"].iloc[0]
+    assert set(table["group"]) == {"stylegan", "real_test", "control"}
+    assert list(figures.thresholds_by_measure(folder)["measure"]) == ["t2", "t1", "all"]
+    tables = figures.memorization_tables(folder, ["stylegan"])
+    assert [(m, g) for m, g, _ in tables][:3] == [("t2", "stylegan"), ("t2", "real_test"), ("t2", "control")]
+    assert figures.measure_names("max_correlation", "t2", "t2") == ["max_correlation_t2", "max_correlation"]
+    assert figures.measure_names("max_correlation", "all", "t2") == ["max_correlation_all"]
+    series = figures.size_series(folder, "all")
+    assert set(series["measure"]) == {"all"} and figures.size_series(folder)["measure"].eq("t2").all()
+    with pytest.raises(ValueError, match="no measure 'flair'; measures: t2, t1, all"):
+        figures.finding_text(figures.load_summary(folder), measure="flair")
+    fig = figures.plot_max_correlation_by_measure(folder, ["stylegan"], bins=10)
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["t2 — headline (modality)", "t1 (modality)", "all (joint)"]
+    frame = figures.collect_summaries(tmp_path, all_measures=True)
+    assert set(frame["measure"]) == {"t1", "t2", "all"} and set(frame.loc[frame["headline"], "measure"]) == {"t2"}
+    assert set(figures.compare_table(frame, ["fixed_0.95"])["measure"]) == {"t2"}
+    assert set(figures.compare_table(frame, ["fixed_0.95"], measure="all")["measure"]) == {"all"}
+
+
+def test_older_single_measure_layout_still_reads(tmp_path):
+    """Results of step 05 before per-measure correlation: files directly under
+    correlation/, one joint measure."""
+    import shutil
+
+    folder = make_results(tmp_path / "old", models=("stylegan",), seed=8)
+    summary = json.loads((folder / "correlation/summary.json").read_text())
+    for path in (folder / "correlation/all").iterdir():
+        shutil.move(path, folder / "correlation" / path.name)
+    for name in ("t1", "t2", "all"):
+        shutil.rmtree(folder / "correlation" / name)
+    joint = summary["by_measure"]["all"]
+    old = {k: v for k, v in summary.items() if k not in ("headline", "measures", "by_measure")}
+    old.update(channels=["t1", "t2"], thresholds=joint["thresholds"], baseline=joint["baseline"],
+               models=joint["models"], control=joint["control"])
+    common.write_json(folder / "correlation/summary.json", old)
+    assert figures.measures(folder) == ["all"] and figures.headline(folder) == "all"
+    assert len(figures.load_matches(folder, "stylegan")) == 24
+    assert figures.load_matches(folder, "stylegan", "all").equals(figures.load_matches(folder, "stylegan"))
+    assert "correlation on channels t1, t2: all channels as one vector" in figures.finding_text(old)
+    assert figures.model_status(folder, ["stylegan"])[0] == ["stylegan"]
+    assert figures.collect_summaries(tmp_path)["measure"].eq("all").all()
+    assert figures.save_figure(figures.plot_max_correlation(folder, ["stylegan"]), tmp_path, "old", pdf=False)
+    with pytest.raises(ValueError, match="older single-measure layout"):
+        figures.load_matches(folder, "stylegan", "t1")
 
 
 def test_outputs_and_params_markdown(tmp_path):
@@ -426,7 +519,7 @@ def test_outputs_and_params_markdown(tmp_path):
 # The notebooks, end to end on the fake folder
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["06_figures", "compare_datasets"])
+@pytest.mark.parametrize("name", ["05_correlate", "06_figures", "compare_datasets"])
 def test_every_parameter_is_declared(name):
     """papermill skips a parameter line it cannot parse (e.g. an '=' in its
     comment); the runner would then reject that config key."""
@@ -437,7 +530,8 @@ def test_every_parameter_is_declared(name):
     cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
     assigned = re.findall(r"^(\w+)\s*=", cell.source, flags=re.M)
     assert list(papermill.inspect_notebook(str(path))) == assigned
-    assert {"dataset", "profile", "results_dir", "seed"} <= set(assigned)
+    assert "settings" in assigned  # every setting comes in the one settings dict (helpers.config)
+    assert {"dataset", "profile", "results_dir"} <= set(assigned) or name == "compare_datasets"
 
 
 @pytest.mark.smoke
@@ -447,17 +541,21 @@ def test_notebooks_run(tmp_path):
     folder = make_results(tmp_path / "phantom", models=("stylegan",), seed=6)  # diffusion missing on purpose
     papermill.execute_notebook(
         str(root / "notebooks/06_figures.ipynb"), str(tmp_path / "06.ipynb"), kernel_name="python3",
-        parameters={"results_dir": str(folder), "n_top": 2, "n_typical": 1, "n_montage": 4, "pdf": False},
+        parameters={"results_dir": str(folder),
+                    "settings": {"n_top": 2, "n_typical": 1, "n_montage": 4, "pdf": False}},
         cwd=str(root), progress_bar=False)
     written = {p.name for p in (folder / "figures").iterdir()}
     assert {"max_correlation.png", "top_matches_stylegan.png", "memorization_stylegan.csv",
             "memorization_stylegan.md", "memorization_control.md", "samples.png", "training_stylegan.png",
-            "params.yaml"} <= written
+            "params.yaml", "measures.csv"} <= written
+    for measure in ("t1", "t2", "all"):  # every measure; the headline (t1) also under the plain names
+        assert {f"max_correlation_{measure}.png", f"top_matches_stylegan_{measure}.png",
+                f"memorization_stylegan_{measure}.md", f"most_copied_stylegan_{measure}.md"} <= written
     assert not any("diffusion" in name for name in written)
     out = tmp_path / "compare"
     papermill.execute_notebook(
         str(root / "notebooks/compare_datasets.ipynb"), str(tmp_path / "cmp.ipynb"), kernel_name="python3",
-        parameters={"results_root": str(tmp_path), "out_dir": str(out), "pdf": False}, cwd=str(root),
+        parameters={"results_root": str(tmp_path), "out_dir": str(out), "settings": {"pdf": False}}, cwd=str(root),
         progress_bar=False)
     assert (out / "compare_datasets.csv").is_file() and (out / "compare_baseline_p99.png").is_file()
 

@@ -34,6 +34,18 @@ How it stays exact while running at float32 GEMM speed
    tied within ~1e-12 (exact duplicates) can leave the tie rule unresolved,
    which is counted in ``stats["unresolved_rows"]`` and warned about.
 
+Several measures in one pass (:func:`match_groups`)
+----------------------------------------------------
+The authors correlated one modality at a time. ``match_groups`` takes
+channel groups (``{"t1": "T1", "flair": "FLAIR", "all": None}``) and streams
+the training set once: every chunk is read and moved to the device once,
+centred per group, and each group's product and top-k are computed from it.
+Correlating C modalities separately thus costs the FLOPs of one joint pass
+(C products of length D/C instead of one of length D); a joint group on top
+costs one joint pass more. Every guarantee above holds per group: its own
+tolerance band (from its length), exact re-scoring, tie rule, constant flags
+and float64 fallback.
+
 Constant images (zero variance, e.g. blank slices) have no defined
 correlation: synthetic ones get no match (index -1, NaN) and are flagged,
 training ones are never matched; both are counted.
@@ -52,7 +64,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,7 +217,19 @@ class ImageSet:
         """File names for a folder, else ``None``."""
         return None if self.files is None else [f.name for f in self.files]
 
+    @property
+    def n_channels(self) -> int:
+        """Channels after selection."""
+        return int(self.shape[0])
+
+    @property
+    def selected_names(self) -> list[str]:
+        """Names of the selected channels (``"0"``, ``"1"``, ... when unnamed)."""
+        idx = range(self.image_shape[0]) if self.channels is None else self.channels
+        return [self.channel_names[i] if self.channel_names else str(i) for i in idx]
+
     def _select(self, block: np.ndarray) -> np.ndarray:
+        """``(n, C_selected, H*W)``: a view where the rows are contiguous."""
         n = block.shape[0]
         if block.ndim == 3:
             block = block[:, None]
@@ -213,24 +237,33 @@ class ImageSet:
             block = block[:, None, None]
         if self.channels is not None:
             block = block[:, self.channels]
-        return block.reshape(n, -1)  # a view when the rows are contiguous
+        return block.reshape(n, block.shape[1], -1)
 
-    def read(self, lo: int, hi: int) -> np.ndarray:
-        """Rows ``lo:hi`` as ``(hi-lo, D)`` in the stored dtype (a view where possible)."""
+    def read_channels(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi`` as ``(hi-lo, C, H*W)`` in the stored dtype (a view where possible)."""
         if self.files is not None:
             return self._select(np.stack([self._load(i) for i in range(lo, hi)]))
         return self._select(self._array[lo:hi])
 
-    def take(self, indices) -> np.ndarray:
-        """Rows at ``indices`` (any order, repeats allowed) as ``(m, D)``."""
+    def take_channels(self, indices) -> np.ndarray:
+        """Rows at ``indices`` (any order, repeats allowed) as ``(m, C, H*W)``."""
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size == 0:
-            return np.empty((0, self.dim), self.dtype)
-        if self.files is not None:
-            uniq, inverse = np.unique(indices, return_inverse=True)
-            return self._select(np.stack([self._load(i) for i in uniq]))[inverse]
+            return np.empty((0, self.n_channels, self.dim // self.n_channels), self.dtype)
         uniq, inverse = np.unique(indices, return_inverse=True)  # sorted reads from a memmap
+        if self.files is not None:
+            return self._select(np.stack([self._load(i) for i in uniq]))[inverse]
         return self._select(np.asarray(self._array[uniq]))[inverse]
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi`` as ``(hi-lo, D)`` in the stored dtype (a view where possible)."""
+        block = self.read_channels(lo, hi)
+        return block.reshape(block.shape[0], -1)
+
+    def take(self, indices) -> np.ndarray:
+        """Rows at ``indices`` (any order, repeats allowed) as ``(m, D)``."""
+        block = self.take_channels(indices)
+        return block.reshape(block.shape[0], -1)
 
     def _load(self, i: int) -> np.ndarray:
         return _read_image(self.files[i], self.image_shape, self.grayscale)
@@ -473,6 +506,24 @@ def _prepare(backend: Backend, raw_host: np.ndarray, start: int, work_dtype, buf
                   bool(exact_int), dim, bool(constant.any()))
 
 
+def _pair_dots_numpy(a, ra, b, rb) -> np.ndarray:
+    """``a[ra[t]] . b[rb[t]]`` for integer-valued float32 rows with |values|
+    <= 255, pair by pair on views of the rows (gathering copies costs more
+    memory traffic than the dots): float32 dots over blocks of 256 values
+    (exact, whatever the summation order) added in float64."""
+    q, r = divmod(a.shape[1], _EXACT_BLOCK)
+    m = q * _EXACT_BLOCK
+    out = np.empty(len(ra), dtype=np.float64)
+    vecdot = np.vecdot
+    for t, (i, j) in enumerate(zip(ra.tolist(), rb.tolist())):
+        x, y = a[i], b[j]
+        s = vecdot(x[:m].reshape(q, _EXACT_BLOCK), y[:m].reshape(q, _EXACT_BLOCK)).sum(dtype=np.float64) if q else 0.0
+        if r:
+            s += float(vecdot(x[m:], y[m:]))
+        out[t] = s
+    return out
+
+
 def _exact_pairs(xp, A: _Block, ra, B: _Block, rb):
     """Exact Pearson correlation of rows ``ra`` of A with rows ``rb`` of B.
 
@@ -481,8 +532,7 @@ def _exact_pairs(xp, A: _Block, ra, B: _Block, rb):
     dim = A.dim
     if A.exact_int and B.exact_int:
         if xp is np:  # pair by pair on views: no gathered copies of the rows
-            p = np.fromiter((_blocked_dot(np, A.centred[i:i + 1], B.centred[j:j + 1])[0]
-                             for i, j in zip(ra.tolist(), rb.tolist())), dtype=np.float64, count=len(ra))
+            p = _pair_dots_numpy(A.centred, ra, B.centred, rb)
         else:
             p = _blocked_dot(xp, xp.take(A.centred, ra, axis=0), xp.take(B.centred, rb, axis=0))
     else:
@@ -559,10 +609,12 @@ def plan_sizes(n_synthetic: int, n_train: int, dim: int, memory_budget: int, ite
                chunk_bytes: int | None = CHUNK_BYTES) -> dict:
     """Block/chunk sizes from the memory budget.
 
-    The resident synthetic block (centred values, plus raw values for non-uint8
-    input) and the chunk product fill the budget; one training chunk
-    (``chunk_size`` rows, raw + centred) comes on top. GEMMs of at least a few
-    hundred rows on each side keep BLAS near its peak.
+    ``dim``: values per image over all groups of one engine call (a joint
+    group and its per-channel groups count twice). The resident synthetic
+    block (centred values, plus raw values for non-uint8 input) and the
+    chunk product fill the budget; one training chunk (``chunk_size`` rows,
+    raw + centred) comes on top. GEMMs of at least a few hundred rows on
+    each side keep BLAS near its peak.
     """
     row_bytes = dim * (itemsize + raw_itemsize)
     if chunk_size is None:
@@ -621,35 +673,63 @@ class _TopK:
         self.idx[self.val == -xp.inf] = -1
 
 
-def _match_block(backend: Backend, A: _Block, chunks, k: int, delta: float, max_candidates: int, gbuf,
-                 progress, stats: dict):
-    """All training chunks against one resident synthetic block.
+@dataclass
+class _Group:
+    """One measure of an engine call: the channels (indices into the sets'
+    selected channels; ``None`` = all of them) flattened into one vector."""
 
-    Per chunk: one GEMM of centred values; approximate correlations
-    (G - s1 s1'/D) / (||x|| ||y||); the highest ones per row by repeated
-    argmax (lowest index first on ties) while they can still reach the
-    row's top-k; those re-scored exactly and merged into the running exact
-    top-k. Returns (values, indices, overflow) for the block's rows."""
-    xp = backend.xp
-    n, dim = A.n, A.dim
-    top = _TopK(xp, n, k)
-    overflow = xp.zeros(n, dtype=bool)
-    rows = xp.arange(n)
-    batch = max(1, (32 * 1024**2) // (dim * A.centred.itemsize))
-    a_s1 = (A.s1 / dim).astype(A.centred.dtype)
-    for B in chunks:
-        nb = B.n
+    name: str
+    channels: list[int] | None
+    dim: int
+    delta: float = 0.0
+
+    def rows(self, raw3):
+        """``(n, C, P)`` -> this group's ``(n, D_g)`` (a view where possible)."""
+        n = raw3.shape[0]
+        ch = self.channels
+        if ch is None:
+            return raw3.reshape(n, -1)
+        if len(ch) == 1:
+            return raw3[:, ch[0]]
+        if ch == list(range(ch[0], ch[0] + len(ch))):
+            return raw3[:, ch[0]:ch[0] + len(ch)].reshape(n, -1)
+        return raw3[:, ch].reshape(n, -1)
+
+
+class _Matcher:
+    """The running exact top-k of one group for one resident synthetic block.
+
+    Per training chunk (:meth:`update`): one GEMM of centred values;
+    approximate correlations (G - s1 s1'/D) / (||x|| ||y||); the highest ones
+    per row by repeated argmax (lowest index first on ties) while they can
+    still reach the row's top-k; those re-scored exactly and merged into the
+    running exact top-k."""
+
+    def __init__(self, backend: Backend, A: _Block, rows: np.ndarray, k: int, delta: float, max_candidates: int,
+                 stats: dict):
+        xp = backend.xp
+        self.backend, self.xp, self.A, self.rows, self.k = backend, xp, A, rows, k
+        self.delta, self.max_candidates, self.stats = delta, max_candidates, stats
+        self.top = _TopK(xp, A.n, k)
+        self.overflow = xp.zeros(A.n, dtype=bool)
+        self.batch = max(1, (32 * 1024**2) // (A.dim * A.centred.itemsize))
+        self.a_s1 = (A.s1 / A.dim).astype(A.centred.dtype)
+
+    def update(self, B: _Block, gbuf) -> None:
+        xp, A, k, delta = self.xp, self.A, self.k, self.delta
+        n, nb = A.n, B.n
+        rows = xp.arange(n)
         g = gbuf[: n * nb].reshape(n, nb)
         xp.matmul(A.centred, B.centred.T, out=g)
         if A.exact_int:  # integer centres: remove D (m - c)(m' - c')
-            g -= a_s1[:, None] * B.s1.astype(g.dtype)[None, :]
+            g -= self.a_s1[:, None] * B.s1.astype(g.dtype)[None, :]
         g *= A.inv_norm[:, None]
         g *= B.inv_norm[None, :]
         if B.any_constant:
             g[:, B.constant] = -xp.inf
         picks_j, picks_v = [], []
         thr = None
-        for it in range(max_candidates):
+        for it in range(self.max_candidates):
             j = g.argmax(axis=1)
             v = g[rows, j]
             if it >= k and not bool(((v >= thr) & (v > -xp.inf)).any()):
@@ -661,10 +741,10 @@ def _match_block(backend: Backend, A: _Block, chunks, k: int, delta: float, max_
                 # a pair can enter the top-k only if its exact value reaches the
                 # running k-th (approx >= kth - delta) and the chunk's own k-th
                 # (approx >= chunk k-th approx - 2 delta)
-                thr = xp.maximum(top.kth - delta, v.astype(xp.float64) - 2 * delta)
+                thr = xp.maximum(self.top.kth - delta, v.astype(xp.float64) - 2 * delta)
         else:
             nxt = g.max(axis=1)
-            overflow |= (nxt >= thr) & (nxt > -xp.inf)
+            self.overflow |= (nxt >= thr) & (nxt > -xp.inf)
         J = xp.stack(picks_j, axis=1)
         V = xp.stack(picks_v, axis=1).astype(xp.float64)
         r_idx, p_idx = xp.nonzero((V >= thr[:, None]) & (V > -xp.inf))
@@ -673,31 +753,155 @@ def _match_block(backend: Backend, A: _Block, chunks, k: int, delta: float, max_
         if n_pairs:
             cols = J[r_idx, p_idx]
             exact = xp.empty(n_pairs, dtype=xp.float64)
-            for lo in range(0, n_pairs, batch):
-                exact[lo:lo + batch] = _exact_pairs(xp, A, r_idx[lo:lo + batch], B, cols[lo:lo + batch])
+            for lo in range(0, n_pairs, self.batch):
+                exact[lo:lo + self.batch] = _exact_pairs(xp, A, r_idx[lo:lo + self.batch], B,
+                                                         cols[lo:lo + self.batch])
             E[r_idx, p_idx] = exact
-            stats["rescored_pairs"] += n_pairs
+            self.stats["rescored_pairs"] += n_pairs
         order = xp.argsort(J, axis=1)
-        top.merge(xp.take_along_axis(E, order, axis=1), xp.take_along_axis(J, order, axis=1) + B.start)
-        if progress is not None:
-            progress.update(n * nb)
-    return top.val, top.idx, overflow
+        self.top.merge(xp.take_along_axis(E, order, axis=1), xp.take_along_axis(J, order, axis=1) + B.start)
+
+    def result(self):
+        """(values, indices, overflow) of the block's rows, on the host."""
+        to_host = self.backend.to_host
+        return to_host(self.top.val), to_host(self.top.idx), to_host(self.overflow)
 
 
-def _training_chunks(backend, training: ImageSet, chunk_size: int, work_dtype, cache: list | None):
-    """Prepared training chunks, streamed (and kept in ``cache`` when given)."""
+def _training_chunks(backend, training: ImageSet, groups: Sequence[_Group], chunk_size: int, work_dtype,
+                     cache: list | None):
+    """Prepared training chunks (``{group name: _Block}``), streamed: each
+    chunk is read (and moved to the device) once for all groups, and kept in
+    ``cache`` when given."""
     if cache:
         yield from cache
         return
-    buffer = None if cache is not None else backend.xp.empty((chunk_size, training.dim), dtype=work_dtype)
+    xp = backend.xp
+    buffers = None if cache is not None else {
+        g.name: xp.empty((chunk_size, g.dim), dtype=work_dtype) for g in groups}
     for lo in range(0, training.n, chunk_size):
         hi = min(lo + chunk_size, training.n)
-        raw = training.read(lo, hi)
-        training.check_finite(raw, lo)
-        block = _prepare(backend, raw, lo, work_dtype, buffer)
+        raw3 = training.read_channels(lo, hi)
+        training.check_finite(raw3.reshape(hi - lo, -1), lo)
+        raw = xp.asarray(raw3)
+        blocks = {g.name: _prepare(backend, g.rows(raw), lo, work_dtype, None if buffers is None else buffers[g.name])
+                  for g in groups}
         if cache is not None:
-            cache.append(block)
-        yield block
+            cache.append(blocks)
+        yield blocks
+
+
+@dataclass
+class _GroupOutput:
+    """What one group of an engine call fills in (host arrays)."""
+
+    index: np.ndarray
+    correlation: np.ndarray
+    constant: np.ndarray
+    train_constant: np.ndarray
+    stats: dict
+
+
+def _resolve_groups(groups, syn: ImageSet, tra: ImageSet) -> list[_Group]:
+    """``{name: channel selection}`` -> :class:`_Group` list (selections as in
+    :func:`open_images`, relative to the sets' selected channels)."""
+    if groups is None:
+        groups = {"all": None}
+    if not isinstance(groups, Mapping) or not groups:
+        raise ValueError(f"groups must be a non-empty mapping of name -> channels, not {groups!r}")
+    named = syn if syn.channel_names else tra
+    names = named.selected_names if named.channel_names else None
+    n_ch = syn.n_channels
+    per_channel = syn.dim // n_ch
+    out = []
+    for name, selection in groups.items():
+        if isinstance(selection, (list, tuple)) and len(selection) == 0:
+            raise ValueError(f"group {name!r} selects no channel")
+        idx = _parse_channels(selection, n_ch, names)
+        out.append(_Group(str(name), idx, per_channel * (n_ch if idx is None else len(idx))))
+    return out
+
+
+def match_groups(synthetic, training, groups: Mapping[str, Any] | None = None, *, k: int = 1,
+                 backend: str | Backend = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                 chunk_size: int | None = None, block_size: int | None = None, tolerance_factor: float = 32.0,
+                 max_candidates: int = 16, precision: str = "float32", progress: bool = True,
+                 desc: str | None = None) -> dict[str, MatchResult]:
+    """For every synthetic image, its ``k`` best training images by Pearson
+    correlation, for several channel groups ("measures") in one pass.
+
+    ``groups``: ``{name: channels}``, where ``channels`` is ``None``/``"all"``
+    (all channels as one vector), a channel index/name, or a list of them;
+    ``None`` means ``{"all": None}``. E.g. ``{"t1": "T1", "flair": "FLAIR",
+    "all": None}`` correlates each modality alone and all jointly.
+
+    The training set is streamed once: each chunk is read and moved to the
+    device once, centred per group, and every group's product is computed
+    from it, so one modality at a time costs the FLOPs of one joint pass of
+    the same images (the groups' lengths add up to D). Each group keeps its
+    own exact top-k, tolerance band, constant-image flags and float64
+    fallback, with every guarantee of :func:`top_matches`.
+
+    ``synthetic``/``training``: as in :func:`top_matches` (an
+    :class:`ImageSet` keeps its channel selection; the groups then index
+    its selected channels). Returns ``{name: MatchResult}`` in the order of
+    ``groups``; ``seconds`` is the whole call's time (shared by the groups).
+    """
+    t0 = time.perf_counter()
+    if k < 1:
+        raise ValueError(f"k must be >= 1, not {k}")
+    max_candidates = max(max_candidates, k + 1)
+    syn = open_images(synthetic, label="synthetic")
+    tra = open_images(training, label="training")
+    if syn.shape != tra.shape:
+        raise ValueError(
+            f"synthetic images ({syn.label}) are {'×'.join(map(str, syn.shape))} but training images "
+            f"({tra.label}) are {'×'.join(map(str, tra.shape))} after channel selection"
+        )
+    spec = _resolve_groups(groups, syn, tra)
+    be = backend if isinstance(backend, Backend) else get_backend(backend)
+    work = np.dtype(np.float64 if precision == "float64" else np.float32)
+    out = {g.name: _GroupOutput(np.full((syn.n, k), -1, dtype=np.int64), np.full((syn.n, k), np.nan),
+                                np.zeros(syn.n, dtype=bool), np.zeros(tra.n, dtype=bool),
+                                {"rescored_pairs": 0, "fallback_rows": 0, "unresolved_rows": 0})
+           for g in spec}
+    pairs = syn.n * tra.n
+
+    from .common import progress as progress_bar
+
+    bar = progress_bar(total=pairs * len(spec), unit="pair", unit_scale=True,
+                       desc=f"{desc or 'correlation'} [{be.name}]", disable=not progress)
+    try:
+        overflow = _run_pass(be, syn, tra, np.arange(syn.n), spec, k, work, memory_budget, chunk_size,
+                             block_size, tolerance_factor, max_candidates, out, bar)
+        for g in spec:
+            rows = overflow[g.name]
+            if not rows.size:
+                continue
+            out[g.name].stats["fallback_rows"] = int(rows.size)
+            bar.total += int(rows.size) * tra.n
+            still = _run_pass(be, syn, tra, rows, [g], k, np.dtype(np.float64), memory_budget, chunk_size,
+                              None, tolerance_factor, 8 * max_candidates, out, bar)[g.name]
+            out[g.name].stats["unresolved_rows"] = int(still.size)
+            if still.size:
+                warnings.warn(
+                    f"{g.name}: {still.size} synthetic image(s) have more than {8 * max_candidates} training "
+                    "images tied within ~1e-12 (duplicates); their ties may not all go to the lowest index",
+                    stacklevel=2,
+                )
+    finally:
+        bar.close()
+        be.free()
+    seconds = time.perf_counter() - t0
+    exact = syn.dtype == np.uint8 and tra.dtype == np.uint8
+    results = {}
+    for g in spec:
+        o = out[g.name]
+        o.stats.update(n_synthetic_constant=int(o.constant.sum()), n_train_constant=int(o.train_constant.sum()),
+                       tolerance=_tolerance(exact, g.dim, work, tolerance_factor), precision=str(work),
+                       groups=len(spec))
+        results[g.name] = MatchResult(o.index, o.correlation, o.constant, o.train_constant, be.name, be.note, pairs,
+                                      seconds, o.stats)
+    return results
 
 
 def top_matches(synthetic, training, *, k: int = 1, channels=None, backend: str | Backend = "auto",
@@ -712,119 +916,83 @@ def top_matches(synthetic, training, *, k: int = 1, channels=None, backend: str 
     vector), an index/name, or a list. ``memory_budget`` (bytes) sizes the
     resident synthetic block and the training chunks. ``precision="float64"``
     runs the candidate product in float64 (slower, for checking).
-    Every reported correlation is exact (float64).
+    Every reported correlation is exact (float64). Several channel
+    selections at once: :func:`match_groups`.
     """
-    t0 = time.perf_counter()
-    if k < 1:
-        raise ValueError(f"k must be >= 1, not {k}")
-    if max_candidates < k + 1:
-        max_candidates = k + 1
     syn = open_images(synthetic, channels, label="synthetic")
     tra = open_images(training, channels, label="training")
-    if syn.shape != tra.shape:
-        raise ValueError(
-            f"synthetic images ({syn.label}) are {'×'.join(map(str, syn.shape))} but training images "
-            f"({tra.label}) are {'×'.join(map(str, tra.shape))} after channel selection"
-        )
-    be = backend if isinstance(backend, Backend) else get_backend(backend)
+    return match_groups(syn, tra, {"selection": None}, k=k, backend=backend, memory_budget=memory_budget,
+                        chunk_size=chunk_size, block_size=block_size, tolerance_factor=tolerance_factor,
+                        max_candidates=max_candidates, precision=precision, progress=progress,
+                        desc=desc)["selection"]
+
+
+def _run_pass(be, syn, tra, rows_wanted, groups, k, work, memory_budget, chunk_size, block_size, tolerance_factor,
+              max_candidates, out, bar) -> dict[str, np.ndarray]:
+    """One pass of the engine over the synthetic rows ``rows_wanted`` for
+    ``groups``; fills ``out`` and returns, per group, the rows whose
+    candidate band overflowed."""
     xp = be.xp
-    dim = syn.dim
-    work = np.dtype(np.float64 if precision == "float64" else np.float32)
-    stats = {"rescored_pairs": 0, "fallback_rows": 0, "unresolved_rows": 0}
-    index = np.full((syn.n, k), -1, dtype=np.int64)
-    corr = np.full((syn.n, k), np.nan, dtype=np.float64)
-    syn_constant = np.zeros(syn.n, dtype=bool)
-    train_constant = np.zeros(tra.n, dtype=bool)
-    pairs = syn.n * tra.n
-
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
-    bar = tqdm(total=pairs, unit="pair", unit_scale=True, desc=f"{desc or 'correlation'} [{be.name}]",
-               disable=not progress, mininterval=1.0)
-    try:
-        overflow_rows = _run_pass(be, syn, tra, np.arange(syn.n), k, work, memory_budget, chunk_size,
-                                  block_size, tolerance_factor, max_candidates, index, corr,
-                                  syn_constant, train_constant, bar, stats)
-        if overflow_rows.size:
-            stats["fallback_rows"] = int(overflow_rows.size)
-            bar.total += int(overflow_rows.size) * tra.n
-            still = _run_pass(be, syn, tra, overflow_rows, k, np.dtype(np.float64), memory_budget, chunk_size,
-                              None, tolerance_factor, 8 * max_candidates, index, corr,
-                              syn_constant, train_constant, bar, stats)
-            stats["unresolved_rows"] = int(still.size)
-            if still.size:
-                warnings.warn(
-                    f"{still.size} synthetic image(s) have more than {8 * max_candidates} training images "
-                    "tied within ~1e-12 (duplicates); their ties may not all go to the lowest index",
-                    stacklevel=2,
-                )
-    finally:
-        bar.close()
-        be.free()
-    stats["n_synthetic_constant"] = int(syn_constant.sum())
-    stats["n_train_constant"] = int(train_constant.sum())
-    stats["tolerance"] = _tolerance(syn, tra, work, tolerance_factor)
-    stats["precision"] = str(work)
-    return MatchResult(index, corr, syn_constant, train_constant, be.name, be.note, pairs,
-                       time.perf_counter() - t0, stats)
-
-
-def _run_pass(be, syn, tra, rows_wanted, k, work, memory_budget, chunk_size, block_size, tolerance_factor,
-              max_candidates, index, corr, syn_constant, train_constant, bar, stats):
-    """One pass of the engine over the synthetic rows ``rows_wanted``;
-    returns the rows whose candidate band overflowed."""
-    xp = be.xp
-    dim = syn.dim
-    delta = _tolerance(syn, tra, work, tolerance_factor)
+    exact = syn.dtype == np.uint8 and tra.dtype == np.uint8
+    for g in groups:
+        g.delta = _tolerance(exact, g.dim, work, tolerance_factor)
     raw_itemsize = 0 if syn.dtype == np.uint8 else syn.dtype.itemsize
-    plan = plan_sizes(len(rows_wanted), tra.n, dim, memory_budget, work.itemsize, raw_itemsize,
-                      chunk_size, block_size, None if be.is_gpu else CHUNK_BYTES)
-    stats.setdefault("plan", plan)
+    plan = plan_sizes(len(rows_wanted), tra.n, sum(g.dim for g in groups), memory_budget, work.itemsize,
+                      raw_itemsize, chunk_size, block_size, None if be.is_gpu else CHUNK_BYTES)
+    for g in groups:
+        out[g.name].stats.setdefault("plan", plan)
     cache = [] if plan["cache_train"] else None
     contiguous = rows_wanted.size and np.array_equal(rows_wanted, np.arange(rows_wanted[0], rows_wanted[-1] + 1))
     gbuf = xp.empty(plan["block_size"] * plan["chunk_size"], dtype=work)
-    overflow_rows = []
-    first_block = True
+    overflow = {g.name: [] for g in groups}
+    train_tracked = False
     for lo in range(0, len(rows_wanted), plan["block_size"]):
         rows = rows_wanted[lo:lo + plan["block_size"]]
-        raw = syn.read(int(rows[0]), int(rows[-1]) + 1) if contiguous else syn.take(rows)
-        syn.check_finite(raw, int(rows[0]))
-        A = _prepare(be, raw, 0, work)
-        const = be.to_host(A.constant)
-        syn_constant[rows] = const
-        valid = np.flatnonzero(~const)
-        if const.any():  # constant synthetic images take no part in matching
-            A = A.subset(be.xp.asarray(valid))
-            bar.update(int(const.sum()) * tra.n)
-        if valid.size == 0:
+        raw3 = syn.read_channels(int(rows[0]), int(rows[-1]) + 1) if contiguous else syn.take_channels(rows)
+        syn.check_finite(raw3.reshape(len(rows), -1), int(rows[0]))
+        raw = xp.asarray(raw3)  # one transfer for all groups
+        matchers = {}
+        for g in groups:
+            A = _prepare(be, g.rows(raw), 0, work)
+            const = be.to_host(A.constant)
+            out[g.name].constant[rows] = const
+            valid = np.flatnonzero(~const)
+            if const.any():  # constant synthetic images take no part in matching
+                A = A.subset(xp.asarray(valid))
+                bar.update(int(const.sum()) * tra.n)
+            if valid.size:
+                matchers[g.name] = _Matcher(be, A, rows[valid], k, g.delta, max_candidates, out[g.name].stats)
+        del raw, raw3
+        if not matchers and train_tracked:
             continue
-        chunks = _training_chunks(be, tra, plan["chunk_size"], work, cache)
-        if first_block:
-            chunks = _track_train_constant(be, chunks, train_constant)
-            first_block = False
-        val, idx, over = _match_block(be, A, chunks, k, delta, max_candidates, gbuf, bar, stats)
-        val, idx, over = be.to_host(val), be.to_host(idx), be.to_host(over)
-        target = rows[valid]
-        index[target] = idx
-        corr[target] = np.where(idx >= 0, val, np.nan)
-        overflow_rows.append(target[over])
-        del A
-    return np.concatenate(overflow_rows) if overflow_rows else np.empty(0, dtype=np.int64)
+        for chunk in _training_chunks(be, tra, groups, plan["chunk_size"], work, cache):
+            for name, matcher in matchers.items():
+                B = chunk[name]
+                matcher.update(B, gbuf)
+                bar.update(matcher.A.n * B.n)
+            if not train_tracked:
+                for name, B in chunk.items():
+                    out[name].train_constant[B.start:B.start + B.n] = be.to_host(B.constant)
+        train_tracked = True
+        for name, matcher in matchers.items():
+            val, idx, over = matcher.result()
+            o = out[name]
+            o.index[matcher.rows] = idx
+            o.correlation[matcher.rows] = np.where(idx >= 0, val, np.nan)
+            overflow[name].append(matcher.rows[over])
+        del matchers
+    return {name: np.concatenate(parts) if parts else np.empty(0, dtype=np.int64) for name, parts in overflow.items()}
 
 
-def _tolerance(syn: ImageSet, tra: ImageSet, work, tolerance_factor: float) -> float:
-    """The band ``delta`` around the float32 (or float64) candidate values.
-    Measured candidate errors, in units of 2**-24 * sqrt(D): <= 0.1 for uint8
-    (integer-valued products), <= 11 for float input (near-constant images at
-    32²); non-uint8 input therefore gets a 4x wider band."""
-    exact = syn.dtype == np.uint8 and tra.dtype == np.uint8 and syn.dim <= MAX_EXACT_DIM
-    return tolerance_factor * (1 if exact else 4) * _UNIT[np.dtype(work)] * math.sqrt(syn.dim)
+def _tolerance(exact_uint8: bool, dim: int, work, tolerance_factor: float) -> float:
+    """The band ``delta`` around the float32 (or float64) candidate values of
+    ``dim``-long vectors. Measured candidate errors, in units of 2**-24 *
+    sqrt(D): <= 0.1 for uint8 (integer-valued products), <= 11 for float
+    input (near-constant images at 32²); non-uint8 input therefore gets a 4x
+    wider band."""
+    exact = exact_uint8 and dim <= MAX_EXACT_DIM
+    return tolerance_factor * (1 if exact else 4) * _UNIT[np.dtype(work)] * math.sqrt(dim)
 
-
-def _track_train_constant(be, chunks, train_constant):
-    for B in chunks:
-        train_constant[B.start:B.start + B.n] = be.to_host(B.constant)
-        yield B
 
 
 # ==========================================================================

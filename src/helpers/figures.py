@@ -8,6 +8,17 @@ Layout read (all under ``results_dir = results/<dataset>/``, see STUDY.md §3):
 small loader that names the missing file and the step that writes it, so a
 reader knows what to run; a model whose results are absent is reported, not
 fatal (:func:`model_status`).
+
+Measures. Step 05 correlates each modality alone (the paper's measure), all
+channels as one vector (ours) and the label map apart (see
+:mod:`helpers.correlate`), one folder per measure under ``correlation/``.
+Every loader, table and figure of one measure takes ``measure=``; ``None``
+means the *headline* measure named in ``correlation/summary.json``. The
+finding sentence, the README figure (``max_correlation.png``), the size plot
+and the cross-dataset comparison use the headline by default, and
+:func:`measures` lists the measures headline first. Result folders of the
+older single-measure layout (files directly under ``correlation/``) read as
+one measure, ``all``.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .common import read_json, write_csv, write_text
-from .correlate import reported_interval
+from .correlate import JOINT, is_label_channel, measure_summary, reported_interval
 
 #: The two generators of the study, in the order figures show them.
 MODELS: tuple[str, ...] = ("stylegan", "diffusion")
@@ -125,10 +136,63 @@ def load_loss_log(results_dir, model: str) -> pd.DataFrame:
     return _read_csv(results_dir, f"{model}/loss_log.csv", ("step",))
 
 
-def load_matches(results_dir, model: str) -> pd.DataFrame:
+def load_summary(results_dir) -> dict:
+    """``correlation/summary.json`` (all measures; :func:`helpers.correlate.measure_summary`
+    gives one measure's flat view)."""
+    path = result_file(results_dir, "correlation/summary.json")
+    summary = read_json(path)
+    layout = ("headline", "measures", "by_measure") if "by_measure" in summary else ("thresholds", "baseline", "models")
+    for key in layout:
+        if key not in summary:
+            raise ValueError(f"{path}: no '{key}' entry; re-run notebooks/05_correlate.ipynb")
+    for name in summary.get("measures", []):
+        for key in ("thresholds", "baseline", "models"):
+            if key not in summary["by_measure"].get(name, {}):
+                raise ValueError(f"{path}: measure '{name}' has no '{key}' entry; re-run notebooks/05_correlate.ipynb")
+    return summary
+
+
+def measures(results_dir) -> list[str]:
+    """Step 05's measures, headline first (``["all"]`` for the older layout)."""
+    summary = load_summary(results_dir)
+    return list(summary["measures"]) if "measures" in summary else [JOINT]
+
+
+def headline(results_dir) -> str:
+    """The headline measure of step 05 (``all`` for the older layout)."""
+    return measures(results_dir)[0]
+
+
+def measure_info(results_dir, measure: str | None = None) -> dict:
+    """One measure of summary.json, flat (``measure``, ``channels``, ``kind``,
+    ``description``, ``thresholds``, ``models``, ...); None: the headline."""
+    return measure_summary(load_summary(results_dir), measure)
+
+
+def measure_folder(results_dir, measure: str | None = None) -> str:
+    """``correlation/<measure>`` (relative to results_dir). ``None``: the
+    headline of summary.json. The older single-measure layout: ``correlation``."""
+    if measure is not None:
+        name = str(measure).lower()
+        if (Path(results_dir) / "correlation" / name).is_dir() or not _old_layout(results_dir):
+            return f"correlation/{name}"
+        if name != JOINT:
+            raise ValueError(f"{Path(results_dir) / 'correlation'}: results of the older single-measure layout "
+                             f"have one measure, '{JOINT}', not {measure!r}")
+        return "correlation"
+    summary = load_summary(results_dir)
+    return f"correlation/{summary['headline']}" if "by_measure" in summary else "correlation"
+
+
+def _old_layout(results_dir) -> bool:
+    path = Path(results_dir) / "correlation/summary.json"
+    return path.is_file() and "by_measure" not in read_json(path)
+
+
+def load_matches(results_dir, model: str, measure: str | None = None) -> pd.DataFrame:
     """Best training match of every synthetic image (``constant`` as bool)."""
     frame = _read_csv(
-        results_dir, f"correlation/matches_{model}.csv",
+        results_dir, f"{measure_folder(results_dir, measure)}/matches_{model}.csv",
         ("synthetic_index", "train_index", "correlation", "subject", "slice", "constant"),
     )
     frame["constant"] = _as_bool(frame["constant"])
@@ -136,74 +200,81 @@ def load_matches(results_dir, model: str) -> pd.DataFrame:
     return frame
 
 
-def load_topk(results_dir, model: str) -> pd.DataFrame:
-    return _read_csv(results_dir, f"correlation/topk_{model}.csv",
+def load_topk(results_dir, model: str, measure: str | None = None) -> pd.DataFrame:
+    return _read_csv(results_dir, f"{measure_folder(results_dir, measure)}/topk_{model}.csv",
                      ("synthetic_index", "rank", "train_index", "correlation"))
 
 
-def load_baseline(results_dir) -> pd.DataFrame:
+def load_baseline(results_dir, measure: str | None = None) -> pd.DataFrame:
     """Best training match of every held-out real test image."""
-    frame = _read_csv(results_dir, "correlation/baseline.csv", ("test_index", "train_index", "correlation", "constant"))
+    frame = _read_csv(results_dir, f"{measure_folder(results_dir, measure)}/baseline.csv",
+                      ("test_index", "train_index", "correlation", "constant"))
     frame["constant"] = _as_bool(frame["constant"])
     return frame
 
 
-def load_thresholds(results_dir) -> dict[str, float]:
-    frame = _read_csv(results_dir, "correlation/thresholds.csv", ("name", "value"))
+def load_control(results_dir, measure: str | None = None) -> pd.DataFrame:
+    """The planted-copy positive control's matches."""
+    frame = _read_csv(results_dir, f"{measure_folder(results_dir, measure)}/control_matches.csv",
+                      ("control_index", "control_kind", "train_index", "correlation", "constant", "found"))
+    frame["constant"] = _as_bool(frame["constant"])
+    return frame
+
+
+def load_thresholds(results_dir, measure: str | None = None) -> dict[str, float]:
+    frame = _read_csv(results_dir, f"{measure_folder(results_dir, measure)}/thresholds.csv", ("name", "value"))
     return {str(n): float(v) for n, v in zip(frame["name"], frame["value"])}
 
 
-def load_exceedances(results_dir) -> pd.DataFrame:
+def load_exceedances(results_dir, measure: str | None = None) -> pd.DataFrame:
     return _read_csv(
-        results_dir, "correlation/exceedances.csv",
+        results_dir, f"{measure_folder(results_dir, measure)}/exceedances.csv",
         ("model", "threshold_name", "threshold", "n_images", "n_above", "fraction", "ci_low", "ci_high"),
     )
 
 
-def load_leakage(results_dir) -> pd.DataFrame:
+def load_leakage(results_dir, measure: str | None = None) -> pd.DataFrame:
     return _read_csv(
-        results_dir, "correlation/leakage.csv",
+        results_dir, f"{measure_folder(results_dir, measure)}/leakage.csv",
         ("model", "threshold_name", "threshold", "n_subjects_leaked", "n_train_subjects", "fraction_subjects"),
     )
 
 
-def load_most_matched(results_dir, model: str) -> pd.DataFrame:
-    return _read_csv(results_dir, f"correlation/most_matched_{model}.csv",
+def load_most_matched(results_dir, model: str, measure: str | None = None) -> pd.DataFrame:
+    return _read_csv(results_dir, f"{measure_folder(results_dir, measure)}/most_matched_{model}.csv",
                      ("train_index", "subject", "slice", "n_matched", "max_correlation"))
 
 
-def load_summary(results_dir) -> dict:
-    summary = read_json(result_file(results_dir, "correlation/summary.json"))
-    for key in ("thresholds", "baseline", "models"):
-        if key not in summary:
-            raise ValueError(f"{Path(results_dir) / 'correlation/summary.json'}: no '{key}' entry; "
-                             "re-run notebooks/05_correlate.ipynb")
-    return summary
-
-
-def model_files(model: str) -> dict[str, str]:
-    """The result files of one generator, by what they hold."""
+def model_files(model: str, folder: str = "correlation") -> dict[str, str]:
+    """The result files of one generator, by what they hold (step 05's under ``folder``)."""
     return {
         "training log": f"{model}/loss_log.csv",
         "samples": f"samples/{model}.npy",
         "seeds": f"samples/{model}_seeds.csv",
-        "best matches": f"correlation/matches_{model}.csv",
-        "top-k matches": f"correlation/topk_{model}.csv",
-        "most-matched training images": f"correlation/most_matched_{model}.csv",
+        "best matches": f"{folder}/matches_{model}.csv",
+        "top-k matches": f"{folder}/topk_{model}.csv",
+        "most-matched training images": f"{folder}/most_matched_{model}.csv",
     }
 
 
-def model_status(results_dir, models: Sequence[str] = MODELS) -> tuple[list[str], pd.DataFrame]:
+def model_status(results_dir, models: Sequence[str] = MODELS,
+                 measure: str | None = None) -> tuple[list[str], pd.DataFrame]:
     """Which models have results, and a table of every expected file (present
     or not, and which step writes it). A model counts as present when its
-    best-match table exists, since most figures start from it."""
+    best-match table of ``measure`` (None: the headline) exists, since most
+    figures start from it. Without step 05's summary the headline's folder
+    is unknown and no model counts as present."""
+    try:
+        folder = measure_folder(results_dir, measure)
+    except ResultMissing:
+        folder = "correlation/<measure>"
     rows = []
     for model in models:
-        for what, rel in model_files(model).items():
+        for what, rel in model_files(model, folder).items():
             rows.append({"model": model, "file": rel, "holds": what, "present": (Path(results_dir) / rel).is_file(),
                          "written by": producer(rel)})
     status = pd.DataFrame(rows, columns=["model", "file", "holds", "present", "written by"])
-    present = [m for m in models if (Path(results_dir) / f"correlation/matches_{m}.csv").is_file()]
+    present = [m for m in models if (Path(results_dir) / f"{folder}/matches_{m}.csv").is_file()]
     return present, status
 
 
@@ -227,13 +298,35 @@ def missing_text(status: pd.DataFrame) -> str:
 
 
 def channel_index(channels: Sequence[str], channel: str | None) -> int:
-    """Index of ``channel`` in the data's channel names ('' or None: the first)."""
+    """Index of ``channel`` (any case) in the data's channel names ('' or None: the first)."""
     if not channel:
         return 0
     names = [str(c) for c in channels]
-    if channel not in names:
+    lower = [n.lower() for n in names]
+    if str(channel).lower() not in lower:
         raise ValueError(f"figure_channel {channel!r} is not one of the data's channels: {', '.join(names)}")
-    return names.index(channel)
+    return lower.index(str(channel).lower())
+
+
+def shown_channel(results_dir, channel: str | None = None, measure: str | None = None) -> int:
+    """The channel an image figure shows: ``channel`` when given, else the
+    measure's own channel (a one-channel measure; None: the headline), else
+    the first image channel of a joint measure, else the first channel."""
+    names = [str(c) for c in load_meta(results_dir).get("channels", [])]
+    if channel:
+        return channel_index(names, channel)
+    if not (Path(results_dir) / "correlation/summary.json").is_file():
+        return 0
+    info = measure_info(results_dir, measure)
+    chans = [str(c) for c in info.get("channels", [])]
+    if info.get("kind") == "joint":  # the older layout's channels and a joint measure: the first image channel
+        chans = [c for c in chans if not is_label_channel(c)] or chans
+    return channel_index(names, chans[0]) if chans and names else 0
+
+
+def measure_label(info: Mapping) -> str:
+    """``T1 alone (the paper's measure ...)``: what a measure correlates."""
+    return str(info.get("description") or f"channels {', '.join(map(str, info.get('channels', [])))}")
 
 
 def threshold_label(name: str, value: float) -> str:
@@ -244,11 +337,17 @@ def threshold_label(name: str, value: float) -> str:
     return f"{name} ({value:.3f})"
 
 
-def thresholds_table(results_dir) -> pd.DataFrame:
-    """thresholds.csv with what each threshold means."""
-    values = load_thresholds(results_dir)
+def thresholds_table(results_dir, measure: str | None = None) -> pd.DataFrame:
+    """thresholds.csv of one measure (None: the headline) with what each threshold means."""
+    values = load_thresholds(results_dir, measure)
     return pd.DataFrame({"threshold_name": list(values), "r": list(values.values()),
                          "meaning": [threshold_label(n, v) for n, v in values.items()]})
+
+
+def thresholds_by_measure(results_dir) -> pd.DataFrame:
+    """Every measure's thresholds, one row per measure (headline first)."""
+    rows = [{"measure": m, **load_thresholds(results_dir, m)} for m in measures(results_dir)]
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------
@@ -290,16 +389,37 @@ def save_table(frame: pd.DataFrame, out_dir: str | os.PathLike, name: str) -> li
     return [write_csv(out_dir / f"{name}.csv", frame), write_text(out_dir / f"{name}.md", markdown_table(frame))]
 
 
-def memorization_table(results_dir, model: str, threshold_names: Sequence[str] = THRESHOLD_NAMES) -> pd.DataFrame:
+def measure_names(name: str, measure: str, headline_measure: str | None) -> list[str]:
+    """File stems of a per-measure output: ``<name>_<measure>``, and for the
+    headline measure also ``<name>`` (the name the README and older runs use)."""
+    return [f"{name}_{measure}"] + ([name] if measure == headline_measure else [])
+
+
+def save_measure_table(frame: pd.DataFrame, out_dir, name: str, measure: str,
+                       headline_measure: str | None) -> list[Path]:
+    """:func:`save_table` under :func:`measure_names`."""
+    return [p for stem in measure_names(name, measure, headline_measure) for p in save_table(frame, out_dir, stem)]
+
+
+def save_measure_figure(fig, out_dir, name: str, measure: str, headline_measure: str | None,
+                        pdf: bool = True) -> list[Path]:
+    """:func:`save_figure` under :func:`measure_names`."""
+    return [p for stem in measure_names(name, measure, headline_measure) for p in save_figure(fig, out_dir, stem, pdf)]
+
+
+def memorization_table(results_dir, model: str, threshold_names: Sequence[str] = THRESHOLD_NAMES,
+                       measure: str | None = None) -> pd.DataFrame:
     """One row per threshold for ``model``: images above it (count, %, the
-    bootstrap 95 % interval from step 05) and training subjects leaked.
-    Values are copied from exceedances.csv / leakage.csv, only rescaled to %."""
-    exc = load_exceedances(results_dir)
+    bootstrap 95 % interval from step 05) and training subjects leaked, on
+    ``measure`` (None: the headline). Values are copied from
+    exceedances.csv / leakage.csv, only rescaled to %."""
+    folder = measure_folder(results_dir, measure)
+    exc = load_exceedances(results_dir, measure)
     exc = exc[exc["model"] == model]
     if exc.empty:
-        raise ValueError(f"{Path(results_dir) / 'correlation/exceedances.csv'}: no rows for model '{model}'")
-    leak_path = Path(results_dir) / "correlation/leakage.csv"
-    leak = load_leakage(results_dir) if leak_path.is_file() else pd.DataFrame(
+        raise ValueError(f"{Path(results_dir) / folder / 'exceedances.csv'}: no rows for model '{model}'")
+    leak_path = Path(results_dir) / folder / "leakage.csv"
+    leak = load_leakage(results_dir, measure) if leak_path.is_file() else pd.DataFrame(
         columns=["model", "threshold_name", "n_subjects_leaked", "n_train_subjects", "fraction_subjects"])
     leak = leak[leak["model"] == model][["threshold_name", "n_subjects_leaked", "n_train_subjects", "fraction_subjects"]]
     table = exc.merge(leak, on="threshold_name", how="left")
@@ -328,12 +448,20 @@ def memorization_table(results_dir, model: str, threshold_names: Sequence[str] =
     return out.reset_index(drop=True)
 
 
-def table_groups(results_dir, models: Sequence[str]) -> list[str]:
+def table_groups(results_dir, models: Sequence[str], measure: str | None = None) -> list[str]:
     """The groups of exceedances.csv to tabulate: the requested generators
     present there, then the real held-out baseline, then the positive
     control (each only if it has rows)."""
-    present = set(load_exceedances(results_dir)["model"].astype(str))
+    present = set(load_exceedances(results_dir, measure)["model"].astype(str))
     return [m for m in (*models, BASELINE, CONTROL) if m in present]
+
+
+def memorization_tables(results_dir, models: Sequence[str],
+                        threshold_names: Sequence[str] = THRESHOLD_NAMES) -> list[tuple[str, str, pd.DataFrame]]:
+    """``(measure, group, table)`` for every measure (headline first) and
+    group of :func:`table_groups`: every memorization table of step 05."""
+    return [(m, g, memorization_table(results_dir, g, threshold_names, m))
+            for m in measures(results_dir) for g in table_groups(results_dir, models, m)]
 
 
 def table_title(model: str) -> str:
@@ -346,9 +474,9 @@ def table_title(model: str) -> str:
     return f"{display_name(model)} synthetic images"
 
 
-def most_copied_table(results_dir, model: str, n: int = 10) -> pd.DataFrame:
+def most_copied_table(results_dir, model: str, n: int = 10, measure: str | None = None) -> pd.DataFrame:
     """The training images matched by the most synthetic images."""
-    frame = load_most_matched(results_dir, model)
+    frame = load_most_matched(results_dir, model, measure)
     frame = frame.sort_values(["n_matched", "max_correlation"], ascending=False, kind="stable")
     return frame.head(n).reset_index(drop=True)
 
@@ -383,11 +511,13 @@ def _exceedance_sentence(name: str, info: Mapping, exc: Mapping, label: str) -> 
 
 
 def finding_text(summary: Mapping, threshold_name: str = "baseline_p99", n_train_subjects: int | None = None,
-                 expected_models: Sequence[str] = MODELS) -> str:
-    """A short Markdown paragraph stating the finding at ``threshold_name``,
-    built only from ``summary`` (correlation/summary.json), so it cannot go
-    stale: counts, percentages, intervals, leaked subjects, and whether the
-    two generators' 95 % intervals overlap."""
+                 expected_models: Sequence[str] = MODELS, measure: str | None = None) -> str:
+    """A short Markdown paragraph stating the finding at ``threshold_name``
+    on ``measure`` (None: the headline), built only from ``summary``
+    (correlation/summary.json), so it cannot go stale: counts, percentages,
+    intervals, leaked subjects, and whether the two generators' 95 %
+    intervals overlap."""
+    summary = measure_summary(summary, measure)
     thresholds = summary.get("thresholds", {})
     if threshold_name not in thresholds:
         raise ValueError(f"summary.json has no threshold '{threshold_name}' (has {', '.join(thresholds)})")
@@ -395,10 +525,11 @@ def finding_text(summary: Mapping, threshold_name: str = "baseline_p99", n_train
     label = threshold_label(threshold_name, value)
     models = summary.get("models", {})
     generators = [m for m in models if m not in (CONTROL, BASELINE)]
-    base = summary.get("baseline", {})
+    base = summary.get("baseline") or {}
     parts = [f"**{summary.get('dataset', '?')}** ({summary.get('n_train', '?')} training images; "
-             f"correlation on channels {', '.join(map(str, summary.get('channels', [])))}). "
-             f"Threshold: {label}; the held-out real baseline used {base.get('n', '?')} test images."]
+             f"correlation on channels {', '.join(map(str, summary.get('channels', [])))}: "
+             f"{measure_label(summary)}). "
+             f"Threshold: {label}; the held-out real baseline used {(base or {}).get('n', '?')} test images."]
     rates = {}
     for model in generators:
         info = models[model]
@@ -435,34 +566,73 @@ def finding_text(summary: Mapping, threshold_name: str = "baseline_p99", n_train
     return " ".join(parts)
 
 
+def measures_table(summary: Mapping, threshold_name: str = "baseline_p99") -> pd.DataFrame:
+    """Every measure (headline first) at ``threshold_name``: per generator,
+    the held-out baseline and the control, images above it (count, %,
+    reported 95 % interval in %) and the median and highest best correlation,
+    so the channel choice can be judged at a glance."""
+    names = summary["measures"] if "measures" in summary else [JOINT]
+    rows = []
+    for name in names:
+        info = measure_summary(summary, name)
+        value = (info.get("thresholds") or {}).get(threshold_name)
+        groups = dict(info.get("models") or {})
+        if info.get("baseline"):
+            groups[BASELINE] = info["baseline"]
+        if info.get(CONTROL):
+            groups[CONTROL] = info[CONTROL]
+        for model, g in groups.items():
+            exc = (g.get("exceedances") or {}).get(threshold_name)
+            q = g.get("quantiles") or {}
+            lo, hi = reported_interval(exc) if exc else (np.nan, np.nan)
+            rows.append({"measure": name, "kind": info.get("kind"), "headline": bool(info.get("headline")),
+                         "group": model, "threshold": value, "n": g.get("n"), "constant": g.get("constant"),
+                         "n_above": exc["n_above"] if exc else None,
+                         "percent": 100 * exc["fraction"] if exc else np.nan,
+                         "ci_low_percent": 100 * lo, "ci_high_percent": 100 * hi,
+                         "median_r": q.get("p50"), "max_r": q.get("max")})
+    frame = pd.DataFrame(rows, columns=["measure", "kind", "headline", "group", "threshold", "n", "constant", "n_above",
+                                        "percent", "ci_low_percent", "ci_high_percent", "median_r", "max_r"])
+    return frame.astype({"n": "Int64", "constant": "Int64", "n_above": "Int64"})
+
+
 # --------------------------------------------------------------------------
 # Figure 1: distributions of the maximum correlation
 # --------------------------------------------------------------------------
 
-def max_correlations(results_dir, models: Sequence[str]) -> pd.DataFrame:
+def max_correlations(results_dir, models: Sequence[str], measure: str | None = None,
+                     control: bool = False) -> pd.DataFrame:
     """Long table (group, model, correlation) of every non-constant image's
-    best correlation: the models' samples and the held-out real baseline."""
+    best correlation on ``measure`` (None: the headline): the models'
+    samples and the held-out real baseline (and the planted-copy control
+    when ``control`` and step 05 made one)."""
     frames = []
     for model in models:
-        m = load_matches(results_dir, model)
+        m = load_matches(results_dir, model, measure)
         m = m[~m["constant"] & m["correlation"].notna()]
         frames.append(pd.DataFrame({"model": model, "correlation": m["correlation"].astype(float)}))
-    b = load_baseline(results_dir)
+    b = load_baseline(results_dir, measure)
     b = b[~b["constant"] & b["correlation"].notna()]
     frames.append(pd.DataFrame({"model": BASELINE, "correlation": b["correlation"].astype(float)}))
+    if control and (Path(results_dir) / measure_folder(results_dir, measure) / "control_matches.csv").is_file():
+        c = load_control(results_dir, measure)
+        c = c[~c["constant"] & c["correlation"].notna()]
+        frames.append(pd.DataFrame({"model": CONTROL, "correlation": c["correlation"].astype(float)}))
     long = pd.concat(frames, ignore_index=True)
     long["group"] = long["model"].map(display_name)
     return long
 
 
-def plot_max_correlation(results_dir, models: Sequence[str] = MODELS, bins: int = 40):
+def plot_max_correlation(results_dir, models: Sequence[str] = MODELS, bins: int = 40, measure: str | None = None):
     """Histogram (density) and ECDF of the maximum correlation with the
-    training set, per model and for the held-out real baseline, with the
-    fixed and baseline-calibrated thresholds marked."""
+    training set on ``measure`` (None: the headline, the README figure), per
+    model and for the held-out real baseline, with the fixed and
+    baseline-calibrated thresholds marked."""
     import seaborn as sns
 
-    long = max_correlations(results_dir, models)
-    thresholds = load_thresholds(results_dir)
+    long = max_correlations(results_dir, models, measure)
+    thresholds = load_thresholds(results_dir, measure)
+    info = measure_info(results_dir, measure)
     palette = {display_name(m): COLOURS.get(m, "k") for m in long["model"].unique()}
     lo = min(float(long["correlation"].min()), min(thresholds.values(), default=1.0)) if len(long) else 0.0
     lo = max(-1.0, math.floor(lo * 20) / 20)
@@ -498,6 +668,38 @@ def plot_max_correlation(results_dir, models: Sequence[str] = MODELS, bins: int 
     counts = long.groupby("group", sort=False).size()
     axes[0].set_title("histogram (" + ", ".join(f"{g}: n={n}" for g, n in counts.items()) + ")", fontsize=8)
     axes[1].set_title("empirical CDF", fontsize=8)
+    fig.suptitle(f"measure '{info['measure']}': {measure_label(info)}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_max_correlation_by_measure(results_dir, models: Sequence[str] = MODELS, bins: int = 40, cols: int = 3):
+    """One histogram panel per measure (headline first) of the maximum
+    correlation of each generator's images, the held-out real baseline and
+    the planted-copy control (dashed), with that measure's thresholds."""
+    names = measures(results_dir)
+    cols = max(1, min(cols, len(names)))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, name in zip(axes.ravel(), names):
+        info = measure_info(results_dir, name)
+        long = max_correlations(results_dir, models, name, control=True)
+        thresholds = load_thresholds(results_dir, name)
+        lo = max(-1.0, math.floor(min([*long["correlation"], *thresholds.values(), 1.0]) * 10) / 10)
+        for model, part in long.groupby("model", sort=False):
+            ax.hist(part["correlation"], bins=bins, range=(lo, 1.0), histtype="step", density=True,
+                    color=COLOURS.get(model), ls="--" if model == CONTROL else "-",
+                    label=f"{display_name(model)} (n={len(part)})")
+        for tname, value in thresholds.items():
+            ax.axvline(value, lw=0.8, color="tab:red" if tname.startswith("baseline") else "0.5",
+                       ls="--" if tname.startswith("baseline") else ":")
+        head = " — headline" if info.get("headline") else ""
+        ax.set_title(f"{name}{head} ({info.get('kind')})", fontsize=8)
+        ax.set_xlabel("maximum Pearson r with any training image", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6)
+    for ax in axes.ravel()[len(names):]:
+        ax.set_axis_off()
     fig.tight_layout()
     return fig
 
@@ -567,22 +769,24 @@ def select_matches(matches: pd.DataFrame, n_top: int, n_typical: int) -> pd.Data
 
 
 def plot_top_matches(results_dir, model: str, n_top: int = 4, n_typical: int = 2, channel: str | None = None,
-                     bins: int = 64):
+                     bins: int = 64, measure: str | None = None):
     """The authors' figure, with context: per row training | synthetic |
     pixel-intensity 2-D histogram | previous | next slice of the same
     training subject (BraTS; rows with slice −1, chest x-rays, show the
     2nd- and 3rd-best training matches instead). Top rows are the best
-    matches, the last rows typical (median-correlation) ones."""
+    matches of ``measure`` (None: the headline), the last rows typical
+    (median-correlation) ones. Shown: ``channel``, or ('' / None) the
+    measure's own channel (see :func:`shown_channel`)."""
     meta = load_meta(results_dir)
-    ch = channel_index(meta.get("channels", []), channel)
+    ch = shown_channel(results_dir, channel, measure)
     ch_name = str(meta["channels"][ch]) if meta.get("channels") else f"ch{ch}"
     train = load_images(results_dir, "train")
     index = load_index(results_dir, "train")
     samples = load_samples(results_dir, model)
-    matches = load_matches(results_dir, model)
+    matches = load_matches(results_dir, model, measure)
     rows = select_matches(matches, n_top, n_typical)
-    topk_path = Path(results_dir) / f"correlation/topk_{model}.csv"
-    topk = load_topk(results_dir, model) if topk_path.is_file() else None
+    topk_path = Path(results_dir) / measure_folder(results_dir, measure) / f"topk_{model}.csv"
+    topk = load_topk(results_dir, model, measure) if topk_path.is_file() else None
     lookup = _neighbour_lookup(index)
 
     n_rows = max(len(rows), 1)
@@ -624,10 +828,11 @@ def plot_top_matches(results_dir, model: str, n_top: int = 4, n_typical: int = 2
         kind = f"rank {int(row['rank'])}" if row["kind"] == "top" else f"typical\n(rank {int(row['rank'])})"
         where = f"z={z}" if z >= 0 else "x-ray"
         ax[0].set_ylabel(f"{kind}\n{subject}\n{where}", fontsize=7)
-    used = ", ".join(map(str, load_summary(results_dir).get("channels", []))) if (
-        Path(results_dir) / "correlation/summary.json").is_file() else "see step 05"
-    fig.suptitle(f"{display_name(model)}: top {min(n_top, len(rows))} and typical matches; shown: channel "
-                 f"'{ch_name}'; r = correlation on channels [{used}], r(ch) = on '{ch_name}' alone", fontsize=8)
+    info = measure_info(results_dir, measure)
+    used = ", ".join(map(str, info.get("channels", [])))
+    fig.suptitle(f"{display_name(model)}, measure '{info['measure']}': top {min(n_top, len(rows))} and typical "
+                 f"matches; shown: channel '{ch_name}'; r = correlation on channels [{used}], r(ch) = on "
+                 f"'{ch_name}' alone", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -649,9 +854,10 @@ def _grid(subfig, images: np.ndarray, indices: Sequence[int], ch: int, title: st
 def plot_sample_grids(results_dir, models: Sequence[str] = MODELS, n: int = 16, channel: str | None = None,
                       seed: int = 0):
     """Random training images beside random samples of each model (one
-    channel), so a reader can judge realism and variety at a glance."""
+    channel: ``channel``, or the headline measure's), so a reader can judge
+    realism and variety at a glance."""
     meta = load_meta(results_dir)
-    ch = channel_index(meta.get("channels", []), channel)
+    ch = shown_channel(results_dir, channel)
     sources = [("training (random)", load_images(results_dir, "train"))]
     sources += [(f"{display_name(m)} samples (random)", load_samples(results_dir, m)) for m in models]
     rng = np.random.default_rng(seed)
@@ -705,7 +911,17 @@ def _n_train_subjects(folder: Path) -> int | None:
     return int(match["k"]) if match else None
 
 
-def size_series(results_dir) -> pd.DataFrame:
+def _summary_view(folder: Path, measure: str | None) -> dict | None:
+    """One measure of a folder's summary.json (None: its headline); None
+    when that folder did not compute the measure."""
+    summary = load_summary(folder)
+    try:
+        return measure_summary(summary, measure)
+    except ValueError:
+        return None
+
+
+def size_series(results_dir, measure: str | None = None) -> pd.DataFrame:
     """Memorization rates of the same dataset trained on different numbers
     of training subjects.
 
@@ -716,8 +932,10 @@ def size_series(results_dir) -> pd.DataFrame:
     ``data/meta.json``'s ``n_train_subjects`` when present, else the number
     of distinct subjects in ``data/train.csv``, else ``K``. Every such folder
     with a ``correlation/summary.json`` contributes one row per model and
-    threshold (columns: folder, n_train_subjects, n_train, model,
-    threshold_name, n, n_above, fraction, ci_low, ci_high).
+    threshold (columns: folder, n_train_subjects, n_train, measure, model,
+    threshold_name, n, n_above, fraction, ci_low, ci_high, wilson_low,
+    wilson_high) on ``measure`` (None: each folder's headline; folders
+    without that measure are left out).
     """
     results_dir = Path(results_dir)
     match = _SIZE_SUFFIX.match(results_dir.name)
@@ -728,16 +946,19 @@ def size_series(results_dir) -> pd.DataFrame:
     for folder in folders:
         if not (folder / "correlation/summary.json").is_file():
             continue
-        summary = load_summary(folder)
+        summary = _summary_view(folder, measure)
+        if summary is None:
+            continue
         size = _n_train_subjects(folder)
         for model, info in summary["models"].items():
             for name, exc in (info.get("exceedances") or {}).items():
                 rows.append({"folder": folder.name, "n_train_subjects": size, "n_train": summary.get("n_train"),
-                             "model": model, "threshold_name": name, "n": info.get("n"), "n_above": exc["n_above"],
-                             "fraction": exc["fraction"], "ci_low": exc["ci_low"], "ci_high": exc["ci_high"],
-                             "wilson_low": exc.get("wilson_low", np.nan), "wilson_high": exc.get("wilson_high", np.nan)})
-    return pd.DataFrame(rows, columns=["folder", "n_train_subjects", "n_train", "model", "threshold_name", "n",
-                                       "n_above", "fraction", "ci_low", "ci_high", "wilson_low", "wilson_high"])
+                             "measure": summary["measure"], "model": model, "threshold_name": name, "n": info.get("n"),
+                             "n_above": exc["n_above"], "fraction": exc["fraction"], "ci_low": exc["ci_low"],
+                             "ci_high": exc["ci_high"], "wilson_low": exc.get("wilson_low", np.nan),
+                             "wilson_high": exc.get("wilson_high", np.nan)})
+    return pd.DataFrame(rows, columns=["folder", "n_train_subjects", "n_train", "measure", "model", "threshold_name",
+                                       "n", "n_above", "fraction", "ci_low", "ci_high", "wilson_low", "wilson_high"])
 
 
 def size_note(series: pd.DataFrame) -> str | None:
@@ -776,7 +997,8 @@ def plot_memorization_vs_size(series: pd.DataFrame, threshold_name: str = "basel
     ax.set_xlabel("training subjects")
     ax.set_ylabel(f"% images above {threshold_name}")
     ax.legend(fontsize=8)
-    ax.set_title("memorization vs training-set size (95 % CI)", fontsize=9)
+    used = ", ".join(dict.fromkeys(data["measure"].astype(str))) if "measure" in data else JOINT
+    ax.set_title(f"memorization vs training-set size (measure {used}; 95 % CI)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -789,51 +1011,83 @@ def _kind(model: str) -> str:
     return {BASELINE: "baseline", CONTROL: "control"}.get(model, "generator")
 
 
-def collect_summaries(results_root) -> pd.DataFrame:
+_COMPARE_COLUMNS = ["dataset", "measure", "headline", "model", "kind", "threshold_name", "threshold", "n", "n_above",
+                    "fraction", "ci_low", "ci_high", "wilson_low", "wilson_high", "subjects_leaked", "p99", "max"]
+
+
+def collect_summaries(results_root, measure: str | None = None, all_measures: bool = False) -> pd.DataFrame:
     """Every ``<results_root>/<name>/correlation/summary.json`` as a long
-    table: one row per (folder, model, threshold), with ``kind`` generator /
-    baseline / control. The held-out baseline's own exceedances come from
+    table: one row per (folder, measure, model, threshold), with ``kind``
+    generator / baseline / control. By default each folder's headline
+    measure (``measure``: that one instead, folders without it left out;
+    ``all_measures``: every measure, ``headline`` marking each folder's
+    headline). The older layout's held-out baseline exceedances come from
     that folder's exceedances.csv (``real_test`` rows) when present."""
     rows = []
     for path in sorted(Path(results_root).glob("*/correlation/summary.json")):
         folder = path.parent.parent
         summary = load_summary(folder)
-        groups = {m: info for m, info in summary["models"].items()}
-        if summary.get(CONTROL):  # step 05 keeps the positive control apart from the models
-            groups[CONTROL] = summary[CONTROL]
-        exc_path = folder / "correlation/exceedances.csv"
-        if BASELINE not in groups and exc_path.is_file():
-            exc = load_exceedances(folder)
-            exc = exc[exc["model"] == BASELINE]
-            if len(exc):
-                groups[BASELINE] = {
-                    "n": int(exc["n_images"].iloc[0]), "constant": summary["baseline"].get("constant", 0),
-                    "quantiles": summary["baseline"].get("quantiles", {}),
-                    "exceedances": {r.threshold_name: {"n_above": r.n_above, "fraction": r.fraction,
-                                                       "ci_low": r.ci_low, "ci_high": r.ci_high,
-                                                       "wilson_low": getattr(r, "wilson_low", np.nan),
-                                                       "wilson_high": getattr(r, "wilson_high", np.nan)}
-                                    for r in exc.itertuples()}}
-        for model, info in groups.items():
-            q = info.get("quantiles") or {}
-            for name, e in (info.get("exceedances") or {}).items():
-                rows.append({"dataset": folder.name, "model": model, "kind": _kind(model),
-                             "threshold_name": name, "threshold": summary["thresholds"].get(name),
-                             "n": info.get("n"), "n_above": e["n_above"], "fraction": e["fraction"],
-                             "ci_low": e["ci_low"], "ci_high": e["ci_high"],
-                             "wilson_low": e.get("wilson_low", np.nan), "wilson_high": e.get("wilson_high", np.nan),
-                             "subjects_leaked": (info.get("subjects_leaked") or {}).get(name),
-                             "p99": q.get("p99"), "max": q.get("max")})
-    return pd.DataFrame(rows, columns=["dataset", "model", "kind", "threshold_name", "threshold", "n", "n_above",
-                                       "fraction", "ci_low", "ci_high", "wilson_low", "wilson_high",
-                                       "subjects_leaked", "p99", "max"])
+        names = (summary.get("measures") or [JOINT]) if all_measures else [measure]
+        for name in names:
+            view = _summary_view(folder, name)
+            if view is not None:
+                rows += _summary_rows(folder, view)
+    return pd.DataFrame(rows, columns=_COMPARE_COLUMNS)
 
 
-def compare_table(frame: pd.DataFrame, threshold_names: Sequence[str]) -> pd.DataFrame:
-    """Wide table, one row per (dataset, model): n, p99, max and, per
-    threshold, images above (count, %, 95 % CI in %)."""
+def _summary_rows(folder: Path, summary: Mapping) -> list[dict]:
+    """The rows of :func:`collect_summaries` for one measure of one folder."""
+    groups = {m: info for m, info in summary["models"].items()}
+    if summary.get(CONTROL):  # step 05 keeps the positive control apart from the models
+        groups[CONTROL] = summary[CONTROL]
+    if summary.get("baseline") and summary["baseline"].get("exceedances"):
+        groups[BASELINE] = summary["baseline"]
+    exc_path = folder / "correlation/exceedances.csv"  # the older layout
+    if BASELINE not in groups and exc_path.is_file() and summary.get("baseline"):
+        exc = load_exceedances(folder, JOINT)
+        exc = exc[exc["model"] == BASELINE]
+        if len(exc):
+            groups[BASELINE] = {
+                "n": int(exc["n_images"].iloc[0]), "constant": summary["baseline"].get("constant", 0),
+                "quantiles": summary["baseline"].get("quantiles", {}),
+                "exceedances": {r.threshold_name: {"n_above": r.n_above, "fraction": r.fraction,
+                                                   "ci_low": r.ci_low, "ci_high": r.ci_high,
+                                                   "wilson_low": getattr(r, "wilson_low", np.nan),
+                                                   "wilson_high": getattr(r, "wilson_high", np.nan)}
+                                for r in exc.itertuples()}}
+    rows = []
+    for model, info in groups.items():
+        q = info.get("quantiles") or {}
+        for name, e in (info.get("exceedances") or {}).items():
+            rows.append({"dataset": folder.name, "measure": summary["measure"], "headline": bool(summary["headline"]),
+                         "model": model, "kind": _kind(model),
+                         "threshold_name": name, "threshold": summary["thresholds"].get(name),
+                         "n": info.get("n"), "n_above": e["n_above"], "fraction": e["fraction"],
+                         "ci_low": e["ci_low"], "ci_high": e["ci_high"],
+                         "wilson_low": e.get("wilson_low", np.nan), "wilson_high": e.get("wilson_high", np.nan),
+                         "subjects_leaked": (info.get("subjects_leaked") or {}).get(name),
+                         "p99": q.get("p99"), "max": q.get("max")})
+    return rows
+
+
+def one_measure(frame: pd.DataFrame, measure: str | None = None) -> pd.DataFrame:
+    """The rows of one measure per dataset: ``measure``, or (None) each
+    dataset's headline (frames without a ``measure`` column are returned as they are)."""
+    if "measure" not in frame:
+        return frame
+    if measure is None:
+        return frame[frame["headline"].astype(bool)] if "headline" in frame else frame
+    return frame[frame["measure"] == str(measure).lower()]
+
+
+def compare_table(frame: pd.DataFrame, threshold_names: Sequence[str], measure: str | None = None) -> pd.DataFrame:
+    """Wide table, one row per (dataset, model) on one measure per dataset
+    (None: its headline): the measure, n, p99, max and, per threshold,
+    images above (count, %, 95 % CI in %)."""
+    frame = one_measure(frame, measure)
     keys = ["dataset", "kind", "model"]
-    base = frame.drop_duplicates(keys)[keys + ["n", "p99", "max"]].reset_index(drop=True)
+    extra = ["measure"] if "measure" in frame else []
+    base = frame.drop_duplicates(keys)[keys + extra + ["n", "p99", "max"]].reset_index(drop=True)
     for name in threshold_names:
         part = frame[frame["threshold_name"] == name].set_index(keys)
         lo, hi = interval_columns(part)
@@ -846,11 +1100,13 @@ def compare_table(frame: pd.DataFrame, threshold_names: Sequence[str]) -> pd.Dat
                             kind="stable").reset_index(drop=True)
 
 
-def plot_compare(frame: pd.DataFrame, threshold_name: str = "baseline_p99"):
+def plot_compare(frame: pd.DataFrame, threshold_name: str = "baseline_p99", measure: str | None = None):
     """Grouped bars: % synthetic images above ``threshold_name`` per
-    dataset (x) and model (colour), 95 % CI as error bars; the held-out
-    real baseline in grey for reference. The positive control is left out
-    (it is not a generator; it is in the table)."""
+    dataset (x; its measure, by default the headline, under its name) and
+    model (colour), 95 % CI as error bars; the held-out real baseline in
+    grey for reference. The positive control is left out (it is not a
+    generator; it is in the table)."""
+    frame = one_measure(frame, measure)
     data = frame[(frame["threshold_name"] == threshold_name) & (frame["kind"] != "control")]
     datasets = list(dict.fromkeys(data["dataset"]))
     groups = [m for m in (*MODELS, BASELINE) if m in set(data["model"])]
@@ -865,8 +1121,11 @@ def plot_compare(frame: pd.DataFrame, threshold_name: str = "baseline_p99"):
         x = np.arange(len(datasets)) + (g - (len(groups) - 1) / 2) * width
         ax.bar(x, y, width, yerr=np.nan_to_num(err), capsize=3, label=display_name(model),
                color=COLOURS.get(model), hatch="//" if model == BASELINE else None, edgecolor="white")
-    values = data.drop_duplicates("dataset").set_index("dataset")["threshold"].reindex(datasets)
-    ax.set_xticks(np.arange(len(datasets)), [f"{d}\n(r > {v:.3f})" if pd.notna(v) else d for d, v in values.items()])
+    first = data.drop_duplicates("dataset").set_index("dataset")
+    values = first["threshold"].reindex(datasets)
+    used = first["measure"].reindex(datasets) if "measure" in first else pd.Series("", index=datasets)
+    ax.set_xticks(np.arange(len(datasets)), [f"{d}\n{used[d]}" + (f" (r > {v:.3f})" if pd.notna(v) else "")
+                                             for d, v in values.items()])
     ax.set_ylabel(f"% images above {threshold_name}")
     ax.set_title(f"images above {threshold_name} (95 % CI)", fontsize=9)
     ax.legend(fontsize=8)
@@ -874,8 +1133,10 @@ def plot_compare(frame: pd.DataFrame, threshold_name: str = "baseline_p99"):
     return fig
 
 
-def compare_text(frame: pd.DataFrame, threshold_name: str = "baseline_p99") -> str:
-    """Markdown sentences, one per dataset, computed from the table."""
+def compare_text(frame: pd.DataFrame, threshold_name: str = "baseline_p99", measure: str | None = None) -> str:
+    """Markdown sentences, one per dataset (on its headline measure unless
+    ``measure`` is given), computed from the table."""
+    frame = one_measure(frame, measure)
     data = frame[frame["threshold_name"] == threshold_name]
     if data.empty:
         return f"No dataset has results at threshold {threshold_name}."
@@ -892,7 +1153,8 @@ def compare_text(frame: pd.DataFrame, threshold_name: str = "baseline_p99") -> s
         if len(gens) >= 2:
             verdict = (f"; {display_name(gens.iloc[0].model)} higher, intervals do not overlap" if lo[0] > hi[1]
                        else "; intervals overlap")
-        lines.append(f"- **{dataset}**: " + (", ".join(parts) or "no generator results") + verdict + ".")
+        used = f" ({group['measure'].iloc[0]})" if "measure" in group else ""
+        lines.append(f"- **{dataset}**{used}: " + (", ".join(parts) or "no generator results") + verdict + ".")
     return f"Images above {threshold_name}:\n\n" + "\n".join(lines)
 
 
