@@ -1016,7 +1016,8 @@ _COMPARE_COLUMNS = ["dataset", "measure", "headline", "model", "kind", "threshol
 
 
 def collect_summaries(results_root, measure: str | None = None, all_measures: bool = False) -> pd.DataFrame:
-    """Every ``<results_root>/<name>/correlation/summary.json`` as a long
+    """Every ``<results_root>/<name>/correlation/summary.json`` (and every
+    size run of a sweep, ``<name>/sizes/<run>/``, labelled ``<name>/<run>``) as a long
     table: one row per (folder, measure, model, threshold), with ``kind``
     generator / baseline / control. By default each folder's headline
     measure (``measure``: that one instead, folders without it left out;
@@ -1024,14 +1025,17 @@ def collect_summaries(results_root, measure: str | None = None, all_measures: bo
     headline). The older layout's held-out baseline exceedances come from
     that folder's exceedances.csv (``real_test`` rows) when present."""
     rows = []
-    for path in sorted(Path(results_root).glob("*/correlation/summary.json")):
+    root = Path(results_root)
+    paths = sorted(root.glob("*/correlation/summary.json")) + sorted(root.glob("*/sizes/*/correlation/summary.json"))
+    for path in paths:
         folder = path.parent.parent
+        label = "/".join(folder.relative_to(root).parts).replace("/sizes/", "/")  # a sweep's run: dataset/n00016
         summary = load_summary(folder)
         names = (summary.get("measures") or [JOINT]) if all_measures else [measure]
         for name in names:
             view = _summary_view(folder, name)
             if view is not None:
-                rows += _summary_rows(folder, view)
+                rows += [{**row, "dataset": label} for row in _summary_rows(folder, view)]
     return pd.DataFrame(rows, columns=_COMPARE_COLUMNS)
 
 

@@ -117,3 +117,40 @@ def comparison_text(criteria: pd.DataFrame, criterion: str | None = None) -> str
                    f"({100 * d['ci_low']:.0f}–{100 * d['ci_high']:.0f}), StyleGAN {100 * s['fraction']:.0f} % "
                    f"({100 * s['ci_low']:.0f}–{100 * s['ci_high']:.0f}): {verdict}.")
     return f"By `{criterion}`:\n" + "\n".join(out) if out else ""
+
+
+def collect_sweeps(results_root: str | os.PathLike) -> pd.DataFrame:
+    """The criteria tables of every ``<results_root>/<name>/sweep/``, with a
+    ``dataset`` column (for ``./runall.sh compare``)."""
+    frames = []
+    for path in sorted(Path(results_root).glob("*/sweep/criteria.csv")):
+        frames.append(pd.read_csv(path).assign(dataset=path.parent.parent.name))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def plot_compare_sweeps(frame: pd.DataFrame, criterion: str = sweep.L2_CRITERION):
+    """One panel per dataset's sweep (whole-subject subsets), the same
+    criterion in each (for correlation criteria: each dataset's headline)."""
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(frame["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.8 * len(datasets), 4.0), sharey=True, squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        part = frame[(frame["dataset"] == dataset) & (frame["rule"] == "whole_subjects")]
+        shown = criterion if criterion in set(part["criterion"]) else \
+            sweep.correlation_criterion(str(part["headline"].iloc[0]), criterion)
+        rows = part[part["criterion"] == shown]
+        for j, group in enumerate(g for g in GROUPS if g in set(rows["group"])):
+            g = rows[rows["group"] == group].sort_values("size")
+            label, colour, marker = GROUPS[group]
+            y = g["fraction"].to_numpy(float)
+            err = np.vstack([y - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - y])
+            ax.errorbar(g["size"].to_numpy(float) * 10 ** (0.05 * (j - 1.5)), 100 * y, yerr=100 * err,
+                        color=colour, marker=marker, ms=5, capsize=3, lw=1.2, label=label)
+        ax.set_xscale("log")
+        ax.axhline(100 * sweep.CAPACITY_FRACTION, color="k", lw=0.6, ls=":")
+        ax.set(title=f"{dataset}: {shown}", xlabel="training images", ylim=(-5, 105))
+    axes[0][0].set_ylabel("% of images memorized")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,51 @@
+"""Figures and sentences of the size sweep, from hand-made criteria tables."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pandas as pd  # noqa: E402
+
+from helpers import common, memorization, sweep, sweep_figures  # noqa: E402
+
+L2 = sweep.L2_CRITERION
+
+
+def criteria() -> pd.DataFrame:
+    k = {"stylegan": [8, 2, 0, 0], "diffusion": [32, 31, 4, 0], "optimal_denoiser": [32] * 4, sweep.REAL: [0] * 4}
+    frames = []
+    for j, size in enumerate((4, 16, 64, 256)):
+        flags = {g: {c: [1.0] * k[g][j] + [0.0] * (32 - k[g][j])
+                     for c in (L2, "t1ce: r > fixed_0.95", "t1ce: r > baseline_p99")} for g in k}
+        table = memorization.criteria_table(flags, size, n_subjects=max(1, size // 9))
+        frames.append(table.assign(headline="t1ce", rule="whole_subjects"))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_capacity_and_comparison_sentences_follow_the_numbers():
+    table = criteria()
+    caps = [memorization.memorization_capacity(table, L2, g, 0.9) for g in ("stylegan", "diffusion", "optimal_denoiser")]
+    assert [c.capacity for c in caps] == [None, 16, 256]
+    capacity = pd.DataFrame([{"group": c.group, "criterion": c.criterion, "message": c.message} for c in caps])
+    text = sweep_figures.capacity_text(capacity, table)
+    assert "diffusion (l2: d1 < d2/3): at least 90 % memorized up to 16 training images, not at 64" in text
+    words = sweep_figures.comparison_text(table)
+    assert "16 training images: diffusion 97 %" in words and "diffusion memorizes more" in words
+    assert "256 training images: diffusion 0 %" in words and "no difference the intervals can show" in words
+
+
+def test_sweep_figure_and_table(tmp_path):
+    table = criteria()
+    fig = sweep_figures.plot_sweep(table)
+    assert [ax.get_title() for ax in fig.axes] == ["t1ce: r > fixed_0.95", "t1ce: r > baseline_p99", L2]
+    rows = sweep_figures.sweep_table(table)
+    assert list(rows.columns[-3:]) == sweep_figures.headline_criteria(table)
+    assert rows.iloc[0]["group"] == "stylegan" and rows.iloc[0][L2].startswith("8/32 (25 %")
+    for name in ("demo", "chest"):
+        common.write_csv(tmp_path / name / "sweep" / "criteria.csv", table)
+    both = sweep_figures.collect_sweeps(tmp_path)
+    assert set(both["dataset"]) == {"demo", "chest"}
+    fig = sweep_figures.plot_compare_sweeps(both, "baseline_p99")
+    assert [ax.get_title() for ax in fig.axes] == ["chest: t1ce: r > baseline_p99", "demo: t1ce: r > baseline_p99"]
