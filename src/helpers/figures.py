@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .common import read_json, write_csv, write_text
-from .correlate import JOINT, is_label_channel, measure_summary, reported_interval
+from .correlate import JOINT, is_label_channel, measure_summary, neighbour_slices, reported_interval
 
 #: The two generators of the study, in the order figures show them.
 MODELS: tuple[str, ...] = ("stylegan", "diffusion")
@@ -708,10 +708,6 @@ def plot_max_correlation_by_measure(results_dir, models: Sequence[str] = MODELS,
 # Figure 2: top (and typical) matches with context
 # --------------------------------------------------------------------------
 
-def _neighbour_lookup(train_index: pd.DataFrame) -> dict[tuple[str, int], int]:
-    return {(s, int(z)): i for i, (s, z) in enumerate(zip(train_index["subject"], train_index["slice"]))}
-
-
 def _show(ax, image, title: str | None = None, note: str | None = None) -> None:
     """An image panel with ``note`` under it (or a grey panel saying ``note``)."""
     ax.set_xticks([])
@@ -787,7 +783,7 @@ def plot_top_matches(results_dir, model: str, n_top: int = 4, n_typical: int = 2
     rows = select_matches(matches, n_top, n_typical)
     topk_path = Path(results_dir) / measure_folder(results_dir, measure) / f"topk_{model}.csv"
     topk = load_topk(results_dir, model, measure) if topk_path.is_file() else None
-    lookup = _neighbour_lookup(index)
+    neighbours = dict(zip((-1, 1), neighbour_slices(index)))  # the nearest kept slice below / above
 
     n_rows = max(len(rows), 1)
     fig, axes = plt.subplots(n_rows, 5, figsize=(9.5, 1.95 * n_rows), squeeze=False)
@@ -808,11 +804,11 @@ def plot_top_matches(results_dir, model: str, n_top: int = 4, n_typical: int = 2
             ax[2].set_title("pixel intensities", fontsize=7)
         if z >= 0:
             for col, dz, key, head in ((3, -1, "prev_correlation", "previous slice"), (4, 1, "next_correlation", "next slice")):
-                j = lookup.get((subject, z + dz))
+                j = int(neighbours[dz][tr_i])
                 rr = row.get(key)
-                note = f"z={z + dz}" + (f", r={rr:.3f}" if rr is not None and pd.notna(rr) else "")
-                _show(ax[col], None if j is None else train[j, ch], head if first else None,
-                      note=note if j is not None else f"no slice z={z + dz}\nin training set")
+                note = (f"z={int(index['slice'].iloc[j])}" + (f", r={rr:.3f}" if rr is not None and pd.notna(rr) else "")
+                        if j >= 0 else f"no {'lower' if dz < 0 else 'higher'} slice of\n{subject} in training set")
+                _show(ax[col], train[j, ch] if j >= 0 else None, head if first else None, note=note)
         else:
             others = (topk[(topk["synthetic_index"] == syn_i) & (topk["rank"] > 1)].sort_values("rank")
                       if topk is not None else pd.DataFrame(columns=["rank", "train_index", "correlation"]))
