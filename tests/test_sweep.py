@@ -119,3 +119,14 @@ def _fail_on_two(x):
 def test_a_failed_run_is_raised_after_the_others_finished():
     with pytest.raises(ValueError, match="run 2 broke"):
         sweep.run_side_by_side(_fail_on_two, [(1,), (2,), (3,)], workers=2)
+
+
+def test_capacity_table_keeps_its_columns_when_no_rule_has_two_sizes(tmp_path, monkeypatch):
+    from helpers import memorization
+
+    table = memorization.criteria_table({"diffusion": {"l2": [1.0, 0.0]}}, size=16, n_subjects=1)
+    table = table.assign(headline="t1ce", rule="whole_subjects")
+    monkeypatch.setattr(sweep, "run_dirs", lambda results_dir: {"n00016": tmp_path})
+    monkeypatch.setattr(sweep, "run_criteria", lambda path, models: (table, pd.DataFrame({"rule": ["whole_subjects"]})))
+    out = sweep.memorization_tables(tmp_path, ["diffusion"])
+    assert out["capacity"].empty and {"rule", "group", "criterion", "status", "capacity", "above"} <= set(out["capacity"])

@@ -359,7 +359,8 @@ def memorization_tables(results_dir: str | os.PathLike, models: Sequence[str]) -
         rows.append({"rule": rule, "group": group, "criterion": criterion, "target": cap.target, "status": cap.status,
                      "capacity": cap.capacity, "below": cap.below, "above": cap.above,
                      "monotone": cap.monotone, "message": cap.message})
-    capacity = pd.DataFrame(rows)
+    capacity = pd.DataFrame(rows, columns=["rule", "group", "criterion", "target", "status", "capacity",
+                                           "below", "above", "monotone", "message"])  # empty: no rule has 2 sizes
     out = results_dir / "sweep"
     for name, frame in (("criteria", criteria), ("coverage", coverage), ("capacity", capacity)):
         common.write_csv(out / f"{name}.csv", frame)
