@@ -119,3 +119,16 @@ def test_failed_step_keeps_partial_notebook_and_says_why(tmp_path):
     failed = nbformat.read(out / "01_prepare_data.failed.ipynb", as_version=4)
     assert any("a = 2" in c.source for c in failed.cells)  # the injected parameters are kept
     assert not (out / "01_prepare_data.ipynb").exists()
+
+
+def test_executed_notebooks_name_no_machine_folder(tmp_path):
+    nb = write_notebook(tmp_path / "nb" / "01_prepare_data.ipynb", "a = 1")
+    doc = nbformat.read(nb, as_version=4)
+    doc.cells.append(nbformat.v4.new_code_cell(f"print({str(tmp_path / 'data' / 'phantom')!r})"))
+    nbformat.write(doc, nb)
+    out = tmp_path / "out"
+    pipeline.execute_step(pipeline.Step("01_prepare_data", nb), {"a": 2}, out, tmp_path, pipeline.ensure_kernel())
+    for name in ("01_prepare_data.ipynb", "01_prepare_data.html"):
+        text = (out / name).read_text()
+        assert str(tmp_path) not in text, name
+    assert "data/phantom" in (out / "01_prepare_data.ipynb").read_text()

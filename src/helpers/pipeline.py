@@ -12,6 +12,7 @@ keeps its partial notebook as ``NN_name.failed.ipynb`` and stops the run.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -155,6 +156,16 @@ def render_html(notebook: Path, html: Path) -> None:
     common.write_text(html, body)
 
 
+def strip_machine_paths(notebook: Path, root: Path) -> None:
+    """Write the checkout's folder out of an executed notebook (papermill's
+    input/output paths, printed paths, warnings from packages in .venv), so
+    a committed report names paths relative to the checkout, not a machine's."""
+    text = notebook.read_text()
+    for prefix in {str(root) + "/", str(Path(root).resolve()) + "/"}:
+        text = text.replace(json.dumps(prefix)[1:-1], "")
+    common.write_text(notebook, text)
+
+
 def _failure_reason(err: BaseException) -> str:
     """The error as one line: every line of a multi-line message is kept
     (nibabel names the file on the first line and the problem on the last)."""
@@ -196,6 +207,7 @@ def execute_step(step: Step, params: dict, out_dir: Path, root: Path, kernel: st
         logger.removeHandler(handler)
         handler.close()
     seconds = time.perf_counter() - start
+    strip_machine_paths(tmp, root)
     os.replace(tmp, final)
     failed.unlink(missing_ok=True)
     render_html(final, final.with_suffix(".html"))
