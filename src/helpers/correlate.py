@@ -448,14 +448,12 @@ def bootstrap_fraction(n_above: int, n: int, n_boot: int, rng: np.random.Generat
     return float(lo), float(hi)
 
 
-def wilson_interval(n_above: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson 95 % interval: unlike the bootstrap it is not [0, 0] at 0/n."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = n_above / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+def wilson_interval(n_above: int, n: int) -> tuple[float, float]:
+    """Wilson 95 % interval (scipy's, through :func:`helpers.memorization.wilson_interval`):
+    unlike the bootstrap it is not [0, 0] at 0/n; (NaN, NaN) at n = 0."""
+    from .memorization import wilson_interval as scipy_wilson
+
+    return scipy_wilson(n_above, n)
 
 
 def reported_interval(exc: Mapping) -> tuple[float, float]:

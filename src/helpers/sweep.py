@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from . import common
+from .data import load_split
 
 SIZES_FILE = "sizes.json"
 DATA_FILES = ("test.npy", "test.csv")  # shared by every size: the held-out subjects
@@ -103,7 +104,7 @@ def write_size_folders(results_dir: str | os.PathLike, sizes: Iterable[int],
     subset (arrays copied: a few MB at the sweep's sizes) and the shared
     held-out set; ``data/sizes.json`` lists them. Returns the table of runs."""
     results_dir = Path(results_dir)
-    train, table = _load("train", results_dir)
+    train, table = load_split(results_dir, "train")
     meta = common.read_json(results_dir / "data" / "meta.json")
     rows = []
     for rule in rules:
@@ -136,15 +137,6 @@ def prepare(results_dir: str | os.PathLike, sizes: Iterable[int] | None,
         (Path(results_dir) / "data" / SIZES_FILE).unlink(missing_ok=True)
         return None
     return write_size_folders(results_dir, sizes, rules)
-
-
-def _load(role: str, results_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
-    folder = results_dir / "data"
-    images = np.load(folder / f"{role}.npy", mmap_mode="r")
-    table = pd.read_csv(folder / f"{role}.csv", keep_default_na=False)
-    if len(images) != len(table):
-        raise ValueError(f"{folder}: {role}.npy has {len(images)} images but {role}.csv {len(table)} rows")
-    return images, table
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -304,7 +296,7 @@ def run_criteria(run_dir: str | os.PathLike, models: Sequence[str]) -> tuple[pd.
     summary = common.read_json(run_dir / "correlation" / "summary.json")
     measures = [m for m in summary["measures"] if not summary["by_measure"][m].get("label_map")]
     headline = summary["headline"]
-    train, table = _load("train", run_dir)
+    train, table = load_split(run_dir, "train")
     meta = common.read_json(run_dir / "data" / "meta.json")
     sets = {m: s for m in models if (s := _samples(run_dir, m)) is not None}
     sets[REAL] = np.load(run_dir / "data" / "test.npy", mmap_mode="r")
