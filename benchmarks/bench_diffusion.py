@@ -34,8 +34,8 @@ import time
 
 import torch
 
-from helpers.config import resolve
 from helpers import common, diffusion
+from helpers.config import resolve
 
 
 def sync(device: str) -> None:

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.config import resolve
 from helpers import common
 from helpers import stylegan as sg
+from helpers.config import resolve
 
 SIZES = {"smoke": 32, "cpu": 64, "gpu": 256, "paper": 256}
 

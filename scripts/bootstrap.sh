@@ -15,14 +15,14 @@ _want_hash() {  # what the installed environment must match
   echo "extras=$_extras"
 }
 
-_find_python() {
-  for candidate in python3.11 python3 python; do
+_find_python() {  # the newest supported Python on PATH (3.11, 3.12 or 3.13)
+  for candidate in python3.13 python3.12 python3.11 python3 python; do
     if command -v "$candidate" >/dev/null 2>&1 &&
-       "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+       "$candidate" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null; then
       echo "$candidate"; return 0
     fi
   done
-  echo "error: Python 3.11 is needed (python3.11 or python3 on PATH); conda users: conda env create -f environment.yml" >&2
+  echo "error: Python 3.11, 3.12 or 3.13 is needed (python3.13/3.12/3.11 or python3 on PATH); conda users: conda env create -f environment.yml" >&2
   return 1
 }
 

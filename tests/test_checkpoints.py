@@ -37,9 +37,9 @@ def test_rng_state_restores_every_generator():
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
 
 
-def test_keep_last_and_latest(tmp_path):
+def test_keep_checkpoints_and_latest(tmp_path):
     for step in (10, 20, 30, 40):
-        checkpoints.save_checkpoint(tmp_path, step, {"w": torch.full((2,), float(step))}, keep_last=2)
+        checkpoints.save_checkpoint(tmp_path, step, {"w": torch.full((2,), float(step))}, keep_checkpoints=2)
     assert [s for s, _ in checkpoints.list_checkpoints(tmp_path)] == [30, 40]
     step, state = checkpoints.load_latest_checkpoint(tmp_path)
     assert step == 40 and state["w"][0].item() == 40.0

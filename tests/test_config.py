@@ -172,3 +172,16 @@ def test_resume_identity_ignores_bookkeeping():
     d = config.build("train_diffusion", {})
     assert d.identity() == dataclasses.replace(d, max_steps=5, preview_images=1, num_threads=2).identity()
     assert d.identity() != dataclasses.replace(d, prediction_type="v_prediction").identity()
+
+
+def test_a_notebook_opened_by_hand_resolves_what_runall_injects(tmp_path, monkeypatch):
+    """JupyterLab starts the kernel in notebooks/: the defaults must still
+    name the runner's profile and results folder, relative to the checkout."""
+    root = common.repo_root()
+    monkeypatch.chdir(root / "notebooks")
+    monkeypatch.delenv("STUDY_RESULTS", raising=False)
+    assert config.runall_defaults("phantom_cxr") == ("phantom_cxr", config.default_profile(), "results/phantom_cxr")
+    assert Path.cwd() == root
+    monkeypatch.setenv("STUDY_RESULTS", str(tmp_path))
+    assert config.runall_defaults("phantom", "smoke", None) == ("phantom", "smoke", str(tmp_path / "phantom"))
+    assert config.runall_defaults("phantom", "cpu", "elsewhere/x") == ("phantom", "cpu", "elsewhere/x")

@@ -235,12 +235,13 @@ def test_study_tables(tmp_path):
     groups = {"stylegan": ("model", correlate.valid_correlations(table)),
               "real_test": ("baseline", correlate.valid_correlations(baseline)),
               "control": ("control", correlate.valid_correlations(control_tab))}
-    ex = correlate.exceedance_table(groups, thresholds, n_boot=500, seed=0)
-    assert list(ex.columns[:8]) == ["model", "threshold_name", "threshold", "n_images", "n_above", "fraction",
-                                    "ci_low", "ci_high"]
+    ex = correlate.exceedance_table(groups, thresholds)
+    assert list(ex.columns) == ["model", "threshold_name", "threshold", "n_images", "n_above", "fraction",
+                                "wilson_low", "wilson_high", "kind"]
     assert set(ex.loc[ex["model"] == "real_test", "threshold_name"]) == {"fixed_0.90", "fixed_0.95", "fixed_0.99"}
     sg = ex[(ex["model"] == "stylegan") & (ex["threshold_name"] == "fixed_0.99")].iloc[0]
-    assert sg.n_images == 8 and sg.n_above == 1 and sg.ci_low <= sg.fraction <= sg.ci_high
+    assert sg.n_images == 8 and sg.n_above == 1 and sg.wilson_low <= sg.fraction <= sg.wilson_high
+    assert (sg.wilson_low, sg.wilson_high) == pytest.approx(correlate.wilson_interval(1, 8))
 
     leak = correlate.leakage_table({"stylegan": ("model", table), "real_test": ("baseline", baseline)},
                                    thresholds, data.n_train_subjects)
@@ -316,7 +317,7 @@ def test_headline_errors_name_the_allowed_channels():
 
 def _cfg(**kw):
     values = dict(models=["stylegan", "diffusion"], channels=None, joint=True, headline_channel=None, top_k=3,
-                  backend="numpy", memory_budget_gb=0.25, n_control=8, control_noise_sd=8.0, n_bootstrap=200, seed=0)
+                  backend="numpy", memory_budget_gb=0.25, n_control=8, control_noise_sd=8.0, seed=0)
     values.update(kw)
     return SimpleNamespace(**values)
 
@@ -483,10 +484,6 @@ def test_audit_command_channels_each_and_all(tmp_path, mode, capsys):
     assert correlate.channels_arg(["each", "t1"]) == (["t1"], True, False)
 
 
-def test_bootstrap_interval():
-    rng = np.random.default_rng(0)
-    lo, hi = correlate.bootstrap_fraction(30, 200, 4000, rng)
-    assert lo < 0.15 < hi and 0.09 < lo and hi < 0.21
-    assert correlate.bootstrap_fraction(0, 50, 100, rng) == (0.0, 0.0)
+def test_wilson_interval_is_not_empty_at_zero():
     wlo, whi = correlate.wilson_interval(0, 50)
     assert wlo == 0.0 and 0.05 < whi < 0.09

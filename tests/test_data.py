@@ -3,7 +3,6 @@ written by the tests themselves, in the real on-disk layouts."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 from pathlib import Path
@@ -180,7 +179,7 @@ def test_pad_center_and_resize():
 
 @pytest.mark.parametrize("year,ext", [(2020, ".nii"), (2021, ".nii.gz"), (2021, ".nii")])
 def test_prepare_both_layouts(tmp_path, year, ext):
-    raw = brats_cohort(tmp_path / "raw", n=5, year=year, ext=ext)
+    brats_cohort(tmp_path / "raw", n=5, year=year, ext=ext)
     before = listing(tmp_path / "raw")
     meta = prepare(tmp_path / "raw", tmp_path / "results", seed=3)
     assert listing(tmp_path / "raw") == before                          # raw data untouched
@@ -286,7 +285,7 @@ def write_order(path: Path, subjects=ORDER, n_test: int = 2) -> Path:
 
 def test_shipped_authors_lists_parse():
     folder = data.authors_split_dir()
-    assert folder == Path(data.__file__).resolve().parents[2] / "configs" / "authors_split"
+    assert folder == Path(data.__file__).resolve().parents[3] / "configs" / "authors_split"
     readme = (folder / "README.md").read_text()
     assert "muhamadusman/Assist" in readme and "MIT" in readme and "Muhammad Usman Akbar" in readme
     for layout, n, pattern in [("brats2020", 369, r"BraTS20_Training_\d{3}"), ("brats2021", 1251, r"BraTS2021_\d{5}")]:
@@ -561,6 +560,31 @@ def test_parse_cxr_patient():
         data.parse_cxr_patient("scan_7.jpeg")
 
 
+@pytest.mark.parametrize("name, patient", [
+    ("person1_bacteria_1.jpeg", "person1"),
+    ("person1_virus_6.jpeg", "person1"),
+    ("person1946_bacteria_4874.jpeg", "person1946"),
+    ("IM-0115-0001.jpeg", "IM-0115"),
+    ("NORMAL2-IM-0012-0001.jpeg", "NORMAL2-IM-0012"),
+    ("train/NORMAL/IM-0001-0001.jpeg", "IM-0001"),
+    ("im-0115-0001.JPG", "im-0115"),                  # any case, any image extension
+    ("person7_virus_12.png", "person7"),
+])
+def test_one_cxr_patient_parser(name, patient):
+    """The reader and the phantom generator share one parser of Kermany names."""
+    from helpers import phantom
+
+    assert phantom.cxr_patient_id is data.parse_cxr_patient
+    assert data.parse_cxr_patient(name) == patient
+
+
+@pytest.mark.parametrize("name", ["scan_7.jpeg", "IM-0115.jpeg", "person3.jpeg", "xperson3_virus_1.jpeg"])
+def test_cxr_patient_parser_names_the_file(name):
+    with pytest.raises(data.DataError, match=name.replace(".", r"\.")) as err:
+        data.parse_cxr_patient(f"/raw/train/NORMAL/{name}")
+    assert err.value.path == f"/raw/train/NORMAL/{name}" and "expected person<N>_bacteria_<k>.jpeg" in err.value.reason
+
+
 def test_load_cxr_image_rgb_and_crop(tmp_path):
     pixels = np.zeros((20, 40, 3), dtype=np.uint8)
     pixels[:, 10:30] = (255, 0, 0)                         # the centre square is pure red
@@ -672,3 +696,11 @@ def test_end_to_end_on_xray_phantom(tmp_path):
     assert set(tables["train"].subject).isdisjoint(tables["test"].subject)
     counts = data.split_counts(tmp_path / "results")
     assert set(counts.label) == {"NORMAL", "PNEUMONIA"} and counts.images.sum() == 16
+
+
+def test_image_size_above_pad_to_is_refused_with_every_channel_choice(tmp_path):
+    brats_cohort(tmp_path / "raw", n=3)
+    for channels in (None, ["T1", "T2"]):
+        with pytest.raises(ValueError, match=f"image_size={PAD + 1} is larger than pad_to={PAD}"):
+            prepare(tmp_path / "raw", tmp_path / "results", image_size=PAD + 1, channels=channels)
+    assert not (tmp_path / "results").exists()

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from helpers import common, correlate, figures  # noqa: E402
+from helpers import common, correlate, figures, memorization  # noqa: E402
 
 THRESHOLDS = ("fixed_0.90", "fixed_0.95", "fixed_0.99", "baseline_p95", "baseline_p99")
 
@@ -38,9 +38,9 @@ def _best(queries: np.ndarray, train: np.ndarray, k: int = 3):
 
 def _exceed(corr_max: np.ndarray, constant: np.ndarray, value: float, rng) -> dict:
     above = np.where(constant, False, corr_max > value)
-    boot = rng.choice(above, size=(200, len(above))).mean(1)
+    lo, hi = memorization.wilson_interval(int(above.sum()), len(above))
     return {"n_images": len(above), "n_above": int(above.sum()), "fraction": float(above.mean()),
-            "ci_low": float(np.quantile(boot, 0.025)), "ci_high": float(np.quantile(boot, 0.975))}
+            "wilson_low": lo, "wilson_high": hi}
 
 
 def make_results(folder, models=("stylegan", "diffusion"), xray=False, n_subjects=6, n_slices=5, channels=("t1", "t2"),
@@ -67,8 +67,9 @@ def make_results(folder, models=("stylegan", "diffusion"), xray=False, n_subject
     train_csv, test_csv = index(n_subjects * per, "S"), index(n_test_subjects * per, "T")
     n_train_subjects = train_csv["subject"].nunique()
     train, test = images(len(train_csv)), images(len(test_csv))
+    (folder / "data").mkdir(parents=True, exist_ok=True)
     for name, arr, csv in (("train", train, train_csv), ("test", test, test_csv)):
-        common.save_npy(folder / f"data/{name}.npy", arr)
+        np.save(folder / f"data/{name}.npy", arr)
         common.write_csv(folder / f"data/{name}.csv", csv)
     common.write_json(folder / "data/meta.json", {"dataset": folder.name, "channels": list(channels),
                                                   "image_size": size, "n_train": len(train), "n_test": len(test)})
@@ -84,7 +85,8 @@ def make_results(folder, models=("stylegan", "diffusion"), xray=False, n_subject
         synth[-1] = 7  # a constant image
         synthetic[model] = synth
         if model != "control":
-            common.save_npy(folder / f"samples/{model}.npy", synth)
+            (folder / "samples").mkdir(exist_ok=True)
+            np.save(folder / f"samples/{model}.npy", synth)
             common.write_csv(folder / f"samples/{model}_seeds.csv",
                              pd.DataFrame({"index": np.arange(n_samples), "seed": np.arange(2, 2 + n_samples)}))
 
@@ -162,7 +164,7 @@ def _write_measure(folder, name, index_, channels, head, train, test, train_csv,
         for tname, value in thresholds.items():
             e = _exceed(np.nan_to_num(best), const, value, rng)
             exc_rows.append({"model": model, "threshold_name": tname, "threshold": value, **e})
-            info["exceedances"][tname] = {k: e[k] for k in ("n_above", "fraction", "ci_low", "ci_high")}
+            info["exceedances"][tname] = {k: e[k] for k in ("n_above", "fraction", "wilson_low", "wilson_high")}
             leaked = len(set(subj[(~const) & (np.nan_to_num(best) > value)]))
             info["subjects_leaked"][tname] = leaked
             leak_rows.append({"model": model, "threshold_name": tname, "threshold": value, "n_subjects_leaked": leaked,
@@ -175,7 +177,7 @@ def _write_measure(folder, name, index_, channels, head, train, test, train_csv,
     for tname, value in thresholds.items():
         e = _exceed(b_best, b_const, value, rng)
         exc_rows.append({"model": "real_test", "threshold_name": tname, "threshold": value, **e})
-        base_info["exceedances"][tname] = {k: e[k] for k in ("n_above", "fraction", "ci_low", "ci_high")}
+        base_info["exceedances"][tname] = {k: e[k] for k in ("n_above", "fraction", "wilson_low", "wilson_high")}
     common.write_csv(corr_dir / "exceedances.csv", pd.DataFrame(exc_rows))
     common.write_csv(corr_dir / "leakage.csv", pd.DataFrame(leak_rows))
     kind = "joint" if len(index_) > 1 else ("label_map" if name == "seg" else "modality")
@@ -328,8 +330,9 @@ def test_memorization_table_matches_csv(results, tmp_path):
         ref = exc[exc["model"] == model].set_index("threshold_name").loc[list(THRESHOLDS)]
         assert np.array_equal(table["n_above"], ref["n_above"])
         assert np.allclose(table["percent"], 100 * ref["fraction"])
-        assert np.allclose(table["ci_low_percent"], 100 * ref["ci_low"])
-        assert np.allclose(table["ci_high_percent"], 100 * ref["ci_high"])
+        assert np.allclose(table["wilson_low_percent"], 100 * ref["wilson_low"])
+        assert np.allclose(table["wilson_high_percent"], 100 * ref["wilson_high"])
+        assert "ci_low_percent" not in table  # no percentile bootstrap any more
         if model == "real_test":
             assert "n_subjects_leaked" not in table
         else:
@@ -376,7 +379,7 @@ def test_finding_text_uses_summary_numbers(results):
         info = headline["models"][model]
         e = info["exceedances"]["baseline_p99"]
         assert (f"Of {info['n']} {name} synthetic images, {e['n_above']} ({100 * e['fraction']:.1f} %, "
-                f"95 % CI {100 * e['ci_low']:.1f} %–{100 * e['ci_high']:.1f} %)") in text
+                f"95 % CI {100 * e['wilson_low']:.1f} %–{100 * e['wilson_high']:.1f} %)") in text
         assert f"{info['subjects_leaked']['baseline_p99']} of 6 training subjects" in text
         assert f"r = {info['quantiles']['max']:.3f}" in text
     assert "Positive control" in text and "not a generator" in text
@@ -385,7 +388,8 @@ def test_finding_text_uses_summary_numbers(results):
 def _tiny_summary(a, b):
     def model(k, lo, hi):
         return {"n": 100, "constant": 0, "quantiles": {"max": 0.9},
-                "exceedances": {"baseline_p99": {"n_above": k, "fraction": k / 100, "ci_low": lo, "ci_high": hi}}}
+                "exceedances": {"baseline_p99": {"n_above": k, "fraction": k / 100, "wilson_low": lo,
+                                                 "wilson_high": hi}}}
     return {"dataset": "x", "channels": ["t1"], "n_train": 10, "thresholds": {"baseline_p99": 0.8},
             "baseline": {"n": 5}, "models": {"stylegan": model(*a), "diffusion": model(*b)}}
 
@@ -545,10 +549,11 @@ def test_notebooks_run(tmp_path):
                     "settings": {"n_top": 2, "n_typical": 1, "n_montage": 4, "pdf": False}},
         cwd=str(root), progress_bar=False)
     written = {p.name for p in (folder / "figures").iterdir()}
-    assert {"max_correlation.png", "top_matches_stylegan.png", "memorization_stylegan.csv",
+    assert {"max_correlation_t1.png", "top_matches_stylegan_t1.png", "memorization_stylegan.csv",
             "memorization_stylegan.md", "memorization_control.md", "samples.png", "training_stylegan.png",
             "params.yaml", "measures.csv"} <= written
-    for measure in ("t1", "t2", "all"):  # every measure; the headline (t1) also under the plain names
+    assert "max_correlation.png" not in written  # a figure is written once; the headline's tables twice
+    for measure in ("t1", "t2", "all"):  # every measure; the headline (t1) tables also under the plain names
         assert {f"max_correlation_{measure}.png", f"top_matches_stylegan_{measure}.png",
                 f"memorization_stylegan_{measure}.md", f"most_copied_stylegan_{measure}.md"} <= written
     assert not any("diffusion" in name for name in written)
@@ -560,18 +565,15 @@ def test_notebooks_run(tmp_path):
     assert (out / "compare_datasets.csv").is_file() and (out / "compare_baseline_p99.png").is_file()
 
 
-def test_words_use_wilson_intervals_when_step_05_wrote_them():
-    # 0 of 64 above: the percentile bootstrap says 0–0 %, Wilson 0–5.7 %
-    summary = _tiny_summary((0, 0.0, 0.0), (5, 0.01, 0.09))
+def test_words_use_wilson_intervals():
+    # 0 of 64 above: Wilson's interval is 0–5.7 %, not the certainty 0–0 % a percentile bootstrap claims
+    lo, hi = memorization.wilson_interval(0, 64)
+    summary = _tiny_summary((0, lo, hi), (5, 0.0215, 0.1111))
     summary["models"]["stylegan"]["n"] = 64
-    summary["models"]["stylegan"]["exceedances"]["baseline_p99"].update(fraction=0.0, wilson_low=0.0, wilson_high=0.0568)
-    summary["models"]["diffusion"]["exceedances"]["baseline_p99"].update(wilson_low=0.0215, wilson_high=0.1111)
     text = figures.finding_text(summary)
     assert "Of 64 StyleGAN synthetic images, 0 (0.0 %, 95 % CI 0.0 %–5.7 %)" in text
-    # with the bootstrap intervals the two would be "separated"; with Wilson's they overlap
     assert "overlap: this run does not separate" in text
-    assert correlate.reported_interval({"ci_low": 0.0, "ci_high": 0.0}) == (0.0, 0.0)  # older summaries: bootstrap
-    frame = pd.DataFrame({"ci_low": [0.0, 0.1], "ci_high": [0.0, 0.3], "wilson_low": [0.0, np.nan],
-                          "wilson_high": [0.057, np.nan]})
+    assert correlate.reported_interval({"wilson_low": 0.0, "wilson_high": 0.057}) == (0.0, 0.057)
+    frame = pd.DataFrame({"wilson_low": [0.0, 0.1], "wilson_high": [0.057, 0.3]})
     lo, hi = figures.interval_columns(frame)
     assert lo.tolist() == [0.0, 0.1] and hi.tolist() == [0.057, 0.3]

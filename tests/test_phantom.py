@@ -104,7 +104,7 @@ def test_labels_nested_and_inside_brain(brats21):
 def test_tumours_vary_in_side_position_and_size():
     centres, sizes = [], []
     for i in range(8):
-        seg = phantom._brats_subject(i, 0, "2021", SMALL)["seg"]
+        seg = phantom.brain._brats_subject(i, 0, "2021", SMALL)["seg"]
         centres.append(np.argwhere(seg > 0).mean(0))
         sizes.append((seg > 0).sum())
     mid = (SMALL[0] - 1) / 2
@@ -185,8 +185,22 @@ def test_cxr_patient_ids():
     assert phantom.cxr_patient_id("x/NORMAL2-IM-1427-0001.jpeg") == "NORMAL2-IM-1427"
     assert phantom.cxr_patient_id("person1_bacteria_1.jpeg") == "person1"
     assert phantom.cxr_patient_id("person1_virus_6.jpeg") == "person1"
-    with pytest.raises(ValueError, match="not a Kermany"):
+    with pytest.raises(ValueError, match="cannot tell the patient"):
         phantom.cxr_patient_id("scan_7.jpeg")
+
+
+def test_cxr_patient_parser_is_the_readers_and_reads_every_phantom_name():
+    """One parser for generator and reader: every name the phantom can write
+    gives back the patient it was written for."""
+    from helpers import data
+
+    assert phantom.cxr_patient_id is data.parse_cxr_patient
+    for cls in phantom.CXR_CLASSES:
+        for seed in range(3):
+            patients = phantom.chest._cxr_patients(np.random.default_rng(seed), cls, 200)
+            for images in patients:
+                for image in images:
+                    assert data.parse_cxr_patient(image.name) == image.patient, image.name
 
 
 def test_cxr_patients_stay_in_one_split(cxr):
@@ -194,11 +208,11 @@ def test_cxr_patients_stay_in_one_split(cxr):
     for f in _cxr_files(cxr):
         splits_of[phantom.cxr_patient_id(f)].add(f.parent.parent.name)
     assert all(len(s) == 1 for s in splits_of.values())
-    patients = phantom._cxr_patients(np.random.default_rng(0), "PNEUMONIA", 60)
+    patients = phantom.chest._cxr_patients(np.random.default_rng(0), "PNEUMONIA", 60)
     assert sum(len(p) for p in patients) == 60
     assert max(len(p) for p in patients) > 1, "some patients have several images"
-    assert all(len({phantom.cxr_patient_id(i.name) for i in p}) == 1 for p in patients)
-    splits = phantom._assign_splits(np.random.default_rng(0), patients, [0.8, 0.2])
+    assert all({phantom.cxr_patient_id(i.name) for i in p} == {p[0].patient} for p in patients)
+    splits = phantom.chest._assign_splits(np.random.default_rng(0), patients, [0.8, 0.2])
     sizes = [sum(len(p) for p in s) for s in splits]
     assert sizes[0] > sizes[1] > 0
 
@@ -218,7 +232,7 @@ def test_cxr_modes_and_sizes(cxr):
 
 def test_cxr_images_look_like_chests():
     rng = np.random.default_rng(3)
-    img = np.asarray(phantom._cxr_image(rng, "normal", (800, 800)), np.float32)
+    img = np.asarray(phantom.chest._cxr_image(rng, "normal", (800, 800)), np.float32)
     h, w = img.shape
     lungs = img[int(0.35 * h):int(0.55 * h), int(0.2 * w):int(0.35 * w)].mean()
     spine = img[int(0.35 * h):int(0.55 * h), int(0.47 * w):int(0.53 * w)].mean()
@@ -257,7 +271,7 @@ def test_ensure_phantom_caches_and_regenerates(tmp_path, capsys, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("regenerated")
 
-    monkeypatch.setattr(phantom, "_brats_subject", fail)
+    monkeypatch.setattr(phantom.brain, "_brats_subject", fail)
     start = time.perf_counter()
     assert phantom.ensure_phantom("brats2021", cache_root=tmp_path, n_subjects=1, shape=SMALL) == path
     assert time.perf_counter() - start < 1.0
@@ -287,14 +301,14 @@ def test_ensure_phantom_layouts_and_relative_root(tmp_path, monkeypatch):
 
 
 def test_ensure_phantom_is_atomic(tmp_path, monkeypatch):
-    real = phantom._brats_subject
+    real = phantom.brain._brats_subject
 
     def crash(index, *args):
         if index == 1:
             raise RuntimeError("disk full")
         return real(index, *args)
 
-    monkeypatch.setattr(phantom, "_brats_subject", crash)
+    monkeypatch.setattr(phantom.brain, "_brats_subject", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         phantom.ensure_phantom("brats2021", cache_root=tmp_path, n_subjects=2, shape=SMALL,
                                progress=False)

@@ -106,6 +106,9 @@ def test_repo_notebooks_follow_the_conventions():
         declared = papermill.inspect_notebook(str(path))
         if path.stem[:2].isdigit():
             assert list(declared) == list(pipeline.NOTEBOOK_PARAMETERS), (path.name, list(declared))
+            # opened by hand in JupyterLab it resolves what ./runall.sh would inject
+            assert "config.runall_defaults(dataset, profile, results_dir)" in path.read_text(), path.name
+            assert declared["profile"]["default"] == "None" and declared["results_dir"]["default"] == "None"
 
 
 def test_failed_step_keeps_partial_notebook_and_says_why(tmp_path):

@@ -14,7 +14,10 @@ import torch.nn.functional as F
 
 from helpers import checkpoints, common, config
 from helpers import stylegan as sg
-from helpers.stylegan_augment import TRANSFORMS, AdaptiveAugment, parse_transforms
+from helpers.stylegan.augment import TRANSFORMS, AdaptiveAugment, parse_transforms
+from helpers.stylegan.layers import _fir_kernel
+from helpers.stylegan.trainer import ema_beta, real_batch, update_ema
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -97,7 +100,7 @@ def test_modulated_conv_with_demodulation_keeps_unit_variance():
     x = torch.randn(32, 64, 24, 24)
     weight = torch.randn(48, 64, 3, 3) * 5.0  # any scale: demodulation removes it
     styles = torch.rand(32, 64) * 3 + 0.1
-    f = sg._fir_kernel()
+    f = _fir_kernel()
     y = sg.modulated_conv2d(x, weight, styles, f, demodulate=True)[:, :, 1:-1, 1:-1]  # interior: no zero padding
     std_per_channel = y.std(dim=(0, 2, 3))
     assert abs(float(y.std()) - 1.0) < 0.05
@@ -111,7 +114,7 @@ def test_fir_resampling_matches_its_definition():
     ×½ down: pad 1, filter, every second pixel (StyleGAN2's upfirdn2d)."""
     torch.manual_seed(1)
     x = torch.randn(2, 3, 8, 8)
-    f = sg._fir_kernel()
+    f = _fir_kernel()
     w = f[None, None].repeat(3, 1, 1, 1)
     z = torch.zeros(2, 3, 16, 16)
     z[:, :, ::2, ::2] = x
@@ -209,10 +212,24 @@ def test_one_step_changes_weights_and_gives_finite_losses(tmp_path):
 def test_training_data_batches_depend_only_on_seed_and_step(tmp_path):
     results = make_results(tmp_path, n=10)
     a, b = sg.TrainingImages(results, seed=0), sg.TrainingImages(results, seed=0)
-    assert np.array_equal(a.batch(7, 4, mirror=True), b.batch(7, 4, mirror=True))
+    assert np.array_equal(real_batch(a, 7, 4, mirror=True), real_batch(b, 7, 4, mirror=True))
     # one epoch shows every image exactly once (without mirroring)
-    seen = np.concatenate([a.batch(s, 5, mirror=False) for s in range(2)])
+    seen = np.concatenate([real_batch(a, s, 5, mirror=False) for s in range(2)])
     assert sorted(map(bytes, seen)) == sorted(map(bytes, a.images[:]))
+
+
+def test_ema_has_the_configured_half_life_and_copies_buffers():
+    # half-life 1 kimg: after 1000 images of batch 10 the old average weighs ½
+    beta = ema_beta(10, 10**6, half_life_kimg=1.0, rampup=None)
+    assert beta**100 == pytest.approx(0.5)
+    assert ema_beta(10, 0, half_life_kimg=1.0, rampup=0.05) == 0.0  # ramp-up: the first update copies
+    G, G_ema = sg.Generator(16, 1, **TINY), sg.Generator(16, 1, **TINY)
+    with torch.no_grad():
+        G.mapping.w_avg.fill_(3.0)
+    before = G_ema.mapping.layers[0].weight.detach().clone()
+    update_ema(G_ema, G, beta)
+    assert torch.equal(G_ema.mapping.layers[0].weight, torch.lerp(G.mapping.layers[0].weight, before, beta))
+    assert torch.equal(G_ema.mapping.w_avg, G.mapping.w_avg)  # buffers are copied, not averaged
 
 
 def _final_state(results):
@@ -283,7 +300,7 @@ def test_bad_training_data_is_reported(tmp_path):
         sg.TrainingImages(tmp_path, seed=0)
     results = make_results(tmp_path)
     common.write_json(results / "data" / "meta.json", {"channels": ["a"], "image_size": 16})
-    with pytest.raises(ValueError, match="disagrees"):
+    with pytest.raises(ValueError, match="disagree"):
         sg.TrainingImages(results, seed=0)
 
 

@@ -83,7 +83,7 @@ def test_size_folders_hold_the_subset_and_the_shared_held_out_set(tmp_path):
     assert list(runs) == ["n00003", "n00008"]
     full = np.load(results / "data" / "train.npy")
     test = np.load(results / "data" / "test.npy")
-    for label, folder in runs.items():
+    for folder in runs.values():
         train = np.load(folder / "data" / "train.npy")
         index = pd.read_csv(folder / "data" / "train.csv")
         assert np.array_equal(train, full[index["full_index"]]) and index["index"].tolist() == list(range(len(train)))

@@ -100,7 +100,7 @@ def load_state(path: str | Path, device: str | torch.device = "cpu") -> Any:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         tensors = load_file(str(path), device=str(device))
-    except Exception as err:  # noqa: BLE001 - re-raised with the file's name
+    except Exception as err:  # re-raised with the file's name
         raise ValueError(f"{path}: not a readable safetensors checkpoint ({err})") from err
     if "skeleton" not in metadata:
         raise ValueError(f"{path}: safetensors file has no 'skeleton' metadata; not written by save_state")
@@ -152,11 +152,11 @@ def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_checkpoint(folder: str | Path, step: int, state: Any, keep_last: int = 3) -> Path:
+def save_checkpoint(folder: str | Path, step: int, state: Any, keep_checkpoints: int = 3) -> Path:
     """Write ``state`` as checkpoint ``step`` and delete all but the newest
-    ``keep_last`` checkpoints in ``folder``."""
+    ``keep_checkpoints`` checkpoints in ``folder``."""
     path = save_state(checkpoint_path(folder, step), state)
-    for _, old in list_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
+    for _, old in list_checkpoints(folder)[:-keep_checkpoints] if keep_checkpoints > 0 else []:
         old.unlink(missing_ok=True)
     return path
 

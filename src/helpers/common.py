@@ -8,22 +8,21 @@ preparation and the correlation audit start quickly.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import os
 import platform
-import random
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+from tqdm.std import tqdm as StdTqdm
 
 #: The six steps of the pipeline contract (the README's pipeline table), in order.
 STEPS: tuple[str, ...] = (
@@ -61,6 +60,15 @@ def results_dir(dataset: str, root: str | os.PathLike | None = None) -> Path:
     if root is None:
         root = os.environ.get("STUDY_RESULTS") or repo_root() / "results"
     return Path(root) / dataset
+
+
+def work_from_checkout() -> Path:
+    """Make the checkout's root the working directory, as ``./runall.sh``
+    does, so a notebook opened in JupyterLab (whose kernel starts in
+    ``notebooks/``) reads and writes the same relative paths."""
+    root = repo_root()
+    os.chdir(root)
+    return root
 
 
 def display_path(path: str | os.PathLike) -> str:
@@ -125,12 +133,6 @@ def write_csv(path: str | os.PathLike, frame) -> Path:
     return Path(path)
 
 
-def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
-    with atomic_path(path) as tmp:
-        np.save(tmp, np.ascontiguousarray(array))
-    return Path(path)
-
-
 def to_builtin(obj: Any) -> Any:
     """Turn NumPy scalars/arrays, paths and tuples into plain JSON/YAML types."""
     if isinstance(obj, Mapping):
@@ -164,31 +166,46 @@ def stable_hash(obj: Any) -> str:
 # Progress
 # --------------------------------------------------------------------------
 
-def progress(iterable=None, **kwargs):
-    """A text progress bar (``tqdm.std``) for the terminal and for executed
-    notebooks alike: no widget (so no "IProgress not found" warning), and
-    outside a terminal (papermill) it redraws at most every 30 s, so a
-    reader's notebook holds a few lines, not one per update."""
-    from tqdm.std import tqdm
+class TextBar(StdTqdm):
+    """``tqdm.std.tqdm`` with the study's defaults: outside a terminal
+    (papermill) a bar appears only for work that lasts over 10 s and redraws
+    at most every 30 s, so a reader's notebook holds a line or two per long
+    step, not one per update."""
 
-    interactive = sys.stderr.isatty()
-    kwargs.setdefault("mininterval", 1.0 if interactive else 30.0)
-    kwargs.setdefault("dynamic_ncols", interactive)
-    return tqdm(iterable, **kwargs)
+    def __init__(self, *args, **kwargs):
+        interactive = sys.stderr.isatty()
+        kwargs.setdefault("mininterval", 1.0 if interactive else 30.0)
+        kwargs.setdefault("dynamic_ncols", interactive)
+        if not interactive:
+            kwargs.setdefault("delay", 10.0)
+        super().__init__(*args, **kwargs)
+
+
+def progress(iterable=None, **kwargs):
+    """A text progress bar for the terminal and for executed notebooks alike
+    (no widget, so no "IProgress not found" warning); see ``TextBar``."""
+    return TextBar(iterable, **kwargs)
+
+
+def use_text_progress_bars() -> None:
+    """Make ``tqdm.auto`` (what diffusers and accelerate import) the study's
+    text bar: in a kernel without ipywidgets it would warn "IProgress not
+    found", which the reader of an executed notebook cannot act on, and
+    print a line per update. Called when helpers is imported, before any
+    library imports ``tqdm.auto``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import tqdm.auto
+        import tqdm.autonotebook
+    tqdm.auto.tqdm = tqdm.autonotebook.tqdm = TextBar
+    tqdm.auto.trange = tqdm.autonotebook.trange = lambda *args, **kwargs: TextBar(range(*args), **kwargs)
 
 
 # --------------------------------------------------------------------------
 # Seeds
 # --------------------------------------------------------------------------
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and (if it is imported) torch."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.manual_seed(seed)
-
 
 def image_seeds(n: int, first_seed: int) -> np.ndarray:
     """One seed per synthetic image: image ``i`` has seed ``first_seed + i``
@@ -208,7 +225,7 @@ def step_section(step: str) -> str:
 def provenance() -> dict:
     """What produced a result: versions, commit, host, time."""
     info = {
-        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "numpy": np.__version__,

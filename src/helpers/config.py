@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -37,7 +38,7 @@ import yaml
 from pydantic import ConfigDict, ValidationError
 from pydantic.dataclasses import dataclass
 
-from .common import repo_root
+from .common import repo_root, work_from_checkout
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 MODELS = ("stylegan", "diffusion")
@@ -271,7 +272,6 @@ class CorrelateSettings(StepSettings):
     memory_budget_gb: float = 2.0             # engine: resident synthetic block + chunk products
     n_control: int = 64                       # planted-copy positive control
     control_noise_sd: float = 8.0             # grey levels of noise in the planted "noise" copies
-    n_bootstrap: int = 2000
 
 
 @dataclass(config=_STRICT)
@@ -505,3 +505,26 @@ def step_settings(section: str, dataset: str, profile: str, settings: Mapping | 
             return CompareSettings()
         return resolve(dataset, profile)[section]
     return build(section, dict(settings), {k: "the injected settings" for k in settings})
+
+
+def default_profile() -> str:
+    """The profile ``./runall.sh`` picks without ``--profile``: gpu where
+    CUDA is available, else cpu."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def runall_defaults(dataset: str, profile: str | None = None,
+                    results_dir: str | None = None) -> tuple[str, str, str]:
+    """For a notebook opened by hand (JupyterLab): what ``./runall.sh DATASET``
+    would inject — the default profile and ``results/<dataset>`` (or
+    ``$STUDY_RESULTS/<dataset>``) — and work from the checkout's root as
+    ``./runall.sh`` does, so the notebook reads and writes the same files.
+    Values already given (injected by the runner) are kept."""
+    work_from_checkout()
+    profile = profile or default_profile()
+    results_dir = results_dir or str(Path(os.environ.get("STUDY_RESULTS") or "results") / dataset)
+    return dataset, profile, results_dir

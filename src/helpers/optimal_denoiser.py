@@ -3,7 +3,7 @@ denoiser of the empirical training distribution (the positive control of
 the memorization criteria).
 
 For the N training images x_i (scaled to [-1, 1] exactly as
-:meth:`helpers.diffusion.TrainingImages.batch` scales them for training)
+:meth:`helpers.training.TrainingImages.scaled` scales them for training)
 and a noisy x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε, the minimiser of the diffusion
 loss over *all* functions is the posterior mean
 

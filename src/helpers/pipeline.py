@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from . import common, config
+from . import common, config, report
 
 KERNEL_NAME = "beware-study"
 SKIP_DIRS = {"notebooks", ".stamps"}
@@ -148,14 +146,6 @@ def ensure_kernel() -> str:
     return KERNEL_NAME
 
 
-def render_html(notebook: Path, html: Path) -> None:
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
-    common.write_text(html, body)
-
-
 def strip_machine_paths(notebook: Path, root: Path) -> None:
     """Write the checkout's folder out of an executed notebook (papermill's
     input/output paths, printed paths, warnings from packages in .venv), so
@@ -166,6 +156,23 @@ def strip_machine_paths(notebook: Path, root: Path) -> None:
     common.write_text(notebook, text)
 
 
+def _kernel_manager_class():
+    """Kernels that talk to papermill over local IPC sockets, not TCP: nothing
+    listens on a network port, and ipykernel has no reason to warn that the
+    traffic is unencrypted. Windows has no IPC sockets and keeps TCP."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    if os.name == "nt":
+        return AsyncKernelManager
+
+    class LocalSocketKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+
+    return LocalSocketKernelManager
+
+
 def _failure_reason(err: BaseException) -> str:
     """The error as one line: every line of a multi-line message is kept
     (nibabel names the file on the first line and the problem on the last)."""
@@ -174,7 +181,8 @@ def _failure_reason(err: BaseException) -> str:
     return f"{ename}: {evalue}".strip()
 
 
-def execute_step(step: Step, params: dict, out_dir: Path, root: Path, kernel: str) -> float:
+def execute_step(step: Step, params: dict, out_dir: Path, root: Path, kernel: str,
+                 index_href: str | None = "../index.html") -> float:
     """Run one notebook; returns seconds. Raises PipelineError on failure,
     keeping the partial notebook as ``NN_name.failed.ipynb``."""
     import papermill
@@ -195,8 +203,9 @@ def execute_step(step: Step, params: dict, out_dir: Path, root: Path, kernel: st
         papermill.execute_notebook(
             str(step.notebook), str(tmp), parameters=params, kernel_name=kernel, language="python",
             cwd=str(root), progress_bar=sys.stderr.isatty(), log_output=True,
+            kernel_manager_class=_kernel_manager_class(),
         )
-    except BaseException as err:  # noqa: BLE001 - also Ctrl-C: keep what ran
+    except BaseException as err:  # also Ctrl-C: keep what ran
         if tmp.exists():
             os.replace(tmp, failed)
         reason = "interrupted" if isinstance(err, KeyboardInterrupt) else _failure_reason(err)
@@ -210,7 +219,7 @@ def execute_step(step: Step, params: dict, out_dir: Path, root: Path, kernel: st
     strip_machine_paths(tmp, root)
     os.replace(tmp, final)
     failed.unlink(missing_ok=True)
-    render_html(final, final.with_suffix(".html"))
+    report.render_html(final, final.with_suffix(".html"), index_href, root)
     return seconds
 
 
@@ -224,14 +233,6 @@ def _select(steps: list[Step], start: str | None, only: str | None) -> list[Step
     if start is not None:
         return [s for s in steps if s.number >= start.zfill(2)]
     return steps
-
-
-def default_profile() -> str:
-    try:
-        import torch
-    except ImportError:
-        return "cpu"
-    return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 def _interrupt(signum, frame):  # a `kill` keeps the partial notebook like Ctrl-C does
@@ -252,10 +253,13 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset == "compare":
         return run_compare(root, results_root, overrides, args.show_params)
 
+    # the terminal shows what the notebooks write to stderr (progress bars,
+    # warnings); everything they print is in notebooks/NN_name.log and the
+    # executed notebook
     console = logging.StreamHandler(sys.stdout)
-    console.addFilter(lambda record: not record.getMessage().startswith(("Executing Cell", "Ending Cell")))
+    console.addFilter(lambda record: record.levelno >= logging.WARNING or not record.name.startswith("papermill"))
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[console])
-    profile = args.profile or default_profile()
+    profile = args.profile or config.default_profile()
     resolved = config.resolve(args.dataset, profile, overrides, raw_dir=args.data, root=root)
     if args.show_params:
         print(resolved.describe())
@@ -311,7 +315,8 @@ def run(args: argparse.Namespace) -> int:
     if run_log:
         total = sum(s for _, s in run_log)
         print("study: " + ", ".join(f"{n} {s:.0f} s" for n, s in run_log) + f"; total {total:.0f} s")
-    print(f"study: executed notebooks and HTML in {out_dir}")
+    index = report.write_index(results, f"Study results: {name} ({args.dataset}, profile {profile})")
+    print(f"study: executed notebooks and HTML in {common.display_path(out_dir)}; start at {common.display_path(index)}")
     return 0
 
 
@@ -338,7 +343,7 @@ def run_compare(root: Path, results_root: Path, overrides: Mapping | None = None
               "settings": config.as_dict(settings)}
     if set(declared) != set(params):
         raise PipelineError(f"{notebook}: its parameters cell must declare exactly {', '.join(params)}")
-    seconds = execute_step(Step(COMPARE_NOTEBOOK, notebook), params, out_dir, root, ensure_kernel())
+    seconds = execute_step(Step(COMPARE_NOTEBOOK, notebook), params, out_dir, root, ensure_kernel(), None)
     print(f"study: comparison done in {seconds:.0f} s: {out_dir}")
     return 0
 
@@ -361,11 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override one parameter, e.g. --set prepare_data.n_train_subjects=8")
     parser.add_argument("--show-params", action="store_true",
                         help="print every step's resolved settings and where each came from; run nothing")
+    parser.add_argument("--register-kernel", action="store_true",
+                        help="register this environment as the Jupyter kernel the notebooks name; run nothing")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.register_kernel:
+        print(f"study: Jupyter kernel '{ensure_kernel()}' runs the Python of {common.display_path(sys.prefix)}")
+        return 0
     try:
         return run(args)
     except (PipelineError, FileNotFoundError, ValueError) as err:

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .common import progress as progress_bar
 from .common import image_seeds, read_json, write_csv, write_json
+from .common import progress as progress_bar
 
 Generator = Callable[[Sequence[int]], np.ndarray]
 

@@ -58,7 +58,7 @@ class _IntegerTranslate(K.RandomAffine):
     """kornia's random translation rounded to whole pixels (ADA's 'xint'):
     an integer shift moves pixels without resampling, so it cannot blur."""
 
-    def compute_transformation(self, input, params, flags):  # noqa: A002 - kornia's signature
+    def compute_transformation(self, input, params, flags):  # kornia's signature
         params = dict(params, translations=params["translations"].round())
         return super().compute_transformation(input, params, flags)
 

@@ -1,0 +1,244 @@
+"""One audit path for step 05 (:func:`audit_study`) and the command
+(:func:`helpers.correlate.cli.audit`): baseline and thresholds, the positive
+control, every synthetic set's matches, exceedances, leakage and
+summary.json, with one engine pass per image set for all measures."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import correlation
+from ..common import read_json, write_csv, write_json
+from ..config import MODELS
+from .control import control_summary, control_table, make_control, scored_control
+from .measures import Measure, study_measures
+from .result import StudyAudit
+from .study_data import StudyData, load_study_data
+from .tables import (
+    BASELINE_NAME,
+    CONTROL_NAME,
+    MATCH_COLUMNS,
+    add_adjacent_slices,
+    baseline_table,
+    comparison_groups,
+    compute_thresholds,
+    exceedance_table,
+    group_summary,
+    leakage_table,
+    match_table,
+    most_matched,
+    thresholds_table,
+    topk_table,
+    valid_correlations,
+)
+
+
+def run_engine(synthetic, training, groups: Mapping[str, Any] | None = None, *, k: int = 1,
+               backend: str = "auto", memory_budget_gb: float = 2.0, progress: bool = True,
+               desc: str | None = None) -> dict[str, correlation.MatchResult]:
+    """:func:`helpers.correlation.match_groups` (every measure in one pass)
+    with a memory budget in GiB."""
+    return correlation.match_groups(synthetic, training, groups, k=k, backend=backend,
+                                    memory_budget=int(memory_budget_gb * 1024**3), progress=progress, desc=desc)
+
+
+class RunLog:
+    """Correlations, engine seconds and backend over all engine runs of a step.
+    ``image_pairs``: synthetic × training images; ``pairs``: correlations
+    computed (image pairs × measures, all in one pass per run)."""
+
+    def __init__(self):
+        self.pairs = 0
+        self.image_pairs = 0
+        self.seconds = 0.0
+        self.backend = None
+        self.note = None
+        self.runs: dict[str, dict] = {}
+
+    def add(self, name: str, results: Mapping[str, correlation.MatchResult]) -> dict[str, correlation.MatchResult]:
+        first = next(iter(results.values()))
+        pairs = first.pairs * len(results)
+        self.pairs += pairs
+        self.image_pairs += first.pairs
+        self.seconds += first.seconds  # one call for every measure
+        self.backend, self.note = first.backend, first.backend_note
+        self.runs[name] = {
+            "image_pairs": first.pairs, "measures": list(results), "pairs": pairs,
+            "seconds": round(first.seconds, 3), "pairs_per_second": pairs / first.seconds if first.seconds else None,
+            "by_measure": {m: {k: v for k, v in r.stats.items() if k not in ("plan", "groups")}
+                           for m, r in results.items()},
+            "plan": first.stats.get("plan")}
+        return dict(results)
+
+    def as_dict(self) -> dict:
+        return {"backend": self.backend, "backend_note": self.note, "pairs": self.pairs,
+                "image_pairs": self.image_pairs, "seconds": round(self.seconds, 3),
+                "pairs_per_second": self.pairs / self.seconds if self.seconds else None, "runs": self.runs}
+
+
+
+#: the per-measure files (and per-model patterns) an audit writes; stale ones are removed
+_MEASURE_FILES = ("baseline.csv", "thresholds.csv", "exceedances.csv", "leakage.csv", "control_matches.csv")
+_MODEL_PATTERNS = ("matches_*.csv", "topk_*.csv", "most_matched_*.csv")
+
+
+def _setting(cfg, name: str, default):
+    value = getattr(cfg, name, default)
+    return default if value is None and default is not None else value
+
+
+def _previous_folders(out: Path) -> list[Path]:
+    """The folders an earlier audit in ``out`` wrote tables to, from its
+    summary.json: one per measure, or ``out`` itself (the older layout)."""
+    path = out / "summary.json"
+    if not path.is_file():
+        return []
+    try:
+        previous = read_json(path)
+    except ValueError:
+        return []
+    if "by_measure" not in previous:
+        return [out]
+    return [out / str(m) for m in previous.get("measures", []) if str(m) and "/" not in str(m)]
+
+
+def _remove_stale(out: Path, previous: Sequence[Path], measures: Sequence[str], written: Sequence[Path]) -> None:
+    """Remove the tables of an earlier audit (``previous`` folders) that this
+    run did not rewrite — the older layout, measures or models no longer
+    computed — so the folder holds what summary.json lists. Only this
+    step's file names are touched, and a folder is removed only when empty."""
+    keep = {Path(p).resolve() for p in written}
+    for folder in dict.fromkeys([*previous, *(out / m for m in measures)]):
+        if not folder.is_dir():
+            continue
+        stale = [folder / f for f in _MEASURE_FILES] + [p for pat in _MODEL_PATTERNS for p in folder.glob(pat)]
+        for path in stale:
+            if path.is_file() and path.resolve() not in keep:
+                path.unlink()
+        if folder != out and folder.name not in measures and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: str | Path, cfg,
+              progress: bool = True, extra: Mapping | None = None) -> StudyAudit:
+    """The audit of ``data`` for ``measures``: baseline and thresholds,
+    planted-copy control, every synthetic set's matches (with adjacent
+    slices where slices are known), exceedances with Wilson intervals,
+    leakage and most-matched tables where subjects are known, and
+    summary.json; one engine pass per image set for all measures. ``cfg``:
+    top_k, backend, memory_budget_gb, n_control, control_noise_sd, seed
+    (attributes)."""
+    out = Path(out)
+    t0 = time.perf_counter()
+    top_k = int(_setting(cfg, "top_k", 5))
+    engine = dict(backend=_setting(cfg, "backend", "auto"), progress=progress,
+                  memory_budget_gb=float(_setting(cfg, "memory_budget_gb", 2.0)))
+    n_control, seed = int(_setting(cfg, "n_control", 0)), int(_setting(cfg, "seed", 0))
+    groups = {m.name: list(m.index) for m in measures}
+    names = [m.name for m in measures]
+    log = RunLog()
+    audit = StudyAudit(out, {}, list(measures), headline)
+    previous = _previous_folders(out)
+    w = audit.written
+    meta, test_meta = data.train_meta, data.test_meta
+    subjects = meta is not None and "subject" in meta
+    train_names = data.train.names
+
+    # 1. the real-vs-real baseline and the thresholds
+    res = log.add("baseline", run_engine(data.test, data.train, groups, desc="test vs train", **engine)) \
+        if data.test is not None else {}
+    for m in measures:
+        base = None
+        if data.test is not None:
+            base = baseline_table(res[m.name], test_meta, meta, data.test.names, train_names)
+            w.append(write_csv(out / m.name / "baseline.csv", base))
+        audit.baseline[m.name] = base
+        audit.thresholds[m.name] = compute_thresholds(None if base is None else valid_correlations(base))
+        w.append(write_csv(out / m.name / "thresholds.csv", thresholds_table(audit.thresholds[m.name])))
+
+    # 2. the planted-copy positive control (every image measure must find it)
+    audit.control = {m.name: None for m in measures}
+    if n_control > 0:
+        require = [list(m.index) for m in measures if not m.label_map] or None
+        images, control = make_control(data.train, n_control, seed=seed,
+                                       noise_sd=float(_setting(cfg, "control_noise_sd", 8.0)), require=require)
+        control_set = data.images(images, CONTROL_NAME)
+        res = log.add(CONTROL_NAME, run_engine(control_set, data.train, groups, desc="control vs train", **engine))
+        for m in measures:
+            table = control_table(res[m.name], control, control_set, data.train, meta, list(m.index))
+            audit.control[m.name] = table
+            w.append(write_csv(out / m.name / "control_matches.csv", table))
+
+    # 3. every synthetic set against the training set
+    audit.matches = {m.name: {} for m in measures}
+    for model, (images, seeds) in data.synthetic.items():
+        images = data.images(images, model)
+        res = log.add(model, run_engine(images, data.train, groups, k=top_k, desc=f"{model} vs train", **engine))
+        for m in measures:
+            table = match_table(res[m.name], meta, seeds, images.names, train_names)
+            if subjects and "slice" in meta:
+                table = add_adjacent_slices(table, images, data.train, meta, list(m.index))
+            table = table[[c for c in MATCH_COLUMNS if c in table] + [c for c in table if c not in MATCH_COLUMNS]]
+            audit.matches[m.name][model] = table
+            w.append(write_csv(out / m.name / f"matches_{model}.csv", table))
+            w.append(write_csv(out / m.name / f"topk_{model}.csv", topk_table(res[m.name])))
+
+    # 4. exceedances, leakage, most-matched and the summary, per measure
+    by_measure = {}
+    for m in measures:
+        control = scored_control(audit.control[m.name])
+        groups_m = comparison_groups(audit.matches[m.name], audit.baseline[m.name], control)
+        exc = exceedance_table(groups_m, audit.thresholds[m.name])
+        audit.exceedances[m.name] = exc
+        w.append(write_csv(out / m.name / "exceedances.csv", exc))
+        leak = None
+        if subjects:
+            leak = leakage_table(groups_m, audit.thresholds[m.name], data.n_train_subjects)
+            audit.leakage[m.name] = leak
+            w.append(write_csv(out / m.name / "leakage.csv", leak))
+            for model, table in audit.matches[m.name].items():
+                w.append(write_csv(out / m.name / f"most_matched_{model}.csv", most_matched(table)))
+        by_measure[m.name] = {
+            **m.info(headline),
+            "train_constant": max((r["by_measure"][m.name].get("n_train_constant", 0) for r in log.runs.values()),
+                                  default=0),
+            "thresholds": dict(audit.thresholds[m.name]),
+            "baseline": None if audit.baseline[m.name] is None
+            else group_summary(audit.baseline[m.name], exc, BASELINE_NAME, leak),
+            "models": {model: group_summary(t, exc, model, leak) for model, t in audit.matches[m.name].items()},
+            # the positive control: same shape as a model entry, plus found rates; never under "models"
+            "control": None if control is None else {**group_summary(control, exc, CONTROL_NAME, leak),
+                                                     **control_summary(audit.control[m.name])},
+        }
+    audit.summary = {
+        "dataset": data.dataset, "channels": list(data.channel_names), "n_train": data.train.n,
+        "n_test": 0 if data.test is None else data.test.n, "n_train_subjects": data.n_train_subjects,
+        "top_k": top_k, **dict(extra or {}),
+        "headline": headline, "measures": names, "by_measure": by_measure,
+        **log.as_dict(), "wall_seconds": round(time.perf_counter() - t0, 3),
+    }
+    w.append(write_json(out / "summary.json", audit.summary))
+    _remove_stale(out, previous, names, w)
+    return audit
+
+
+def audit_study(results_dir: str | Path, cfg, *, progress: bool = True) -> StudyAudit:
+    """Step 05: every measure of ``results_dir``'s samples against its
+    training set, written under ``results_dir/correlation/`` (see
+    :mod:`helpers.correlate` for the layout and
+    :func:`helpers.correlate.measures.measure_summary` for summary.json).
+
+    ``cfg`` (e.g. ``config.CorrelateSettings``): ``models``, ``channels``
+    (None = every channel), ``joint``, ``headline_channel``, ``top_k``,
+    ``backend``, ``memory_budget_gb``, ``n_control``, ``control_noise_sd``,
+    ``seed``. Models without samples are skipped (the baseline and
+    control still run)."""
+    data = load_study_data(results_dir, list(_setting(cfg, "models", MODELS)))
+    measures, headline = study_measures(data.channel_names, _setting(cfg, "channels", None),
+                                        each=bool(_setting(cfg, "each", True)),
+                                        joint=bool(_setting(cfg, "joint", True)),
+                                        headline=_setting(cfg, "headline_channel", None))
+    return run_audit(data, measures, headline, Path(results_dir) / "correlation", cfg, progress=progress)

@@ -1,0 +1,111 @@
+"""Plots and tables from result files (seaborn/matplotlib).
+
+It reads arrays and tables that other steps wrote; it never runs a model.
+
+Layout read (all under ``results_dir = results/<dataset>/``, see the
+README): ``data/`` (step 01), ``stylegan/loss_log.csv`` (02),
+``diffusion/loss_log.csv`` (03), ``samples/`` (04) and ``correlation/`` (05).
+
+Measures. Step 05 correlates each modality alone (the paper's measure), all
+channels as one vector (ours) and the label map apart (see
+:mod:`helpers.correlate`), one folder per measure under ``correlation/``.
+Every loader, table and figure of one measure takes ``measure=``; ``None``
+means the *headline* measure named in ``correlation/summary.json``. The
+finding sentence, the size plot
+and the cross-dataset comparison use the headline by default, and
+:func:`measures` lists the measures headline first. Result folders of the
+older single-measure layout (files directly under ``correlation/``) read as
+one measure, ``all``.
+
+Modules, one per kind of output: :mod:`.results` (loaders), :mod:`.style`
+(names, colours, labels), :mod:`.output` (saving, Markdown), :mod:`.tables`,
+:mod:`.text` (the finding sentence), :mod:`.distributions` (figure 1),
+:mod:`.top_matches` (figure 2), :mod:`.images` (sample grids, montages),
+:mod:`.curves` (training curves), :mod:`.sizes` (memorization vs size) and
+:mod:`.compare` (across datasets). Every name is re-exported here, so
+``from helpers import figures; figures.<name>`` reaches all of them.
+"""
+
+from .compare import collect_summaries, compare_table, compare_text, one_measure, plot_compare
+from .curves import LOSS_COLUMNS, plot_loss_log, plot_training_curves
+from .distributions import max_correlations, plot_max_correlation, plot_max_correlation_by_measure
+from .images import montage, plot_sample_grids
+from .output import (
+                     markdown_table,
+                     measure_names,
+                     outputs_markdown,
+                     params_markdown,
+                     save_figure,
+                     save_measure_figure,
+                     save_measure_table,
+                     save_table,
+)
+from .results import (
+                     ResultMissing,
+                     available,
+                     channel_index,
+                     headline,
+                     load_baseline,
+                     load_control,
+                     load_exceedances,
+                     load_images,
+                     load_index,
+                     load_leakage,
+                     load_loss_log,
+                     load_matches,
+                     load_meta,
+                     load_most_matched,
+                     load_samples,
+                     load_summary,
+                     load_thresholds,
+                     load_topk,
+                     measure_folder,
+                     measure_info,
+                     measures,
+                     missing_text,
+                     model_files,
+                     model_status,
+                     producer,
+                     result_file,
+                     shown_channel,
+)
+from .sizes import plot_memorization_vs_size, size_note, size_series
+from .style import (
+                     BASELINE,
+                     COLOURS,
+                     CONTROL,
+                     DISPLAY_NAMES,
+                     MODELS,
+                     THRESHOLD_NAMES,
+                     display_name,
+                     interval_columns,
+                     measure_label,
+                     threshold_label,
+)
+from .tables import (
+                     measures_table,
+                     memorization_table,
+                     memorization_tables,
+                     most_copied_table,
+                     table_groups,
+                     table_title,
+                     thresholds_by_measure,
+                     thresholds_table,
+)
+from .text import finding_text
+from .top_matches import intensity_histogram, plot_top_matches, select_matches
+
+__all__ = [
+    "BASELINE", "COLOURS", "CONTROL", "DISPLAY_NAMES", "LOSS_COLUMNS", "MODELS", "THRESHOLD_NAMES", "ResultMissing",
+    "available", "channel_index", "collect_summaries", "compare_table", "compare_text", "display_name",
+    "finding_text", "headline", "intensity_histogram", "interval_columns", "load_baseline", "load_control",
+    "load_exceedances", "load_images", "load_index", "load_leakage", "load_loss_log", "load_matches", "load_meta",
+    "load_most_matched", "load_samples", "load_summary", "load_thresholds", "load_topk", "markdown_table",
+    "max_correlations", "measure_folder", "measure_info", "measure_label", "measure_names", "measures",
+    "measures_table", "memorization_table", "memorization_tables", "missing_text", "model_files", "model_status",
+    "montage", "most_copied_table", "one_measure", "outputs_markdown", "params_markdown", "plot_compare",
+    "plot_loss_log", "plot_max_correlation", "plot_max_correlation_by_measure", "plot_memorization_vs_size",
+    "plot_sample_grids", "plot_top_matches", "plot_training_curves", "producer", "result_file", "save_figure",
+    "save_measure_figure", "save_measure_table", "save_table", "select_matches", "shown_channel", "size_note",
+    "size_series", "table_groups", "table_title", "threshold_label", "thresholds_by_measure", "thresholds_table",
+]

@@ -1,0 +1,169 @@
+"""The cross-dataset comparison (``./runall.sh compare``): every results
+folder's summary.json as one long table, a wide table, bars and sentences."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ..correlate import JOINT
+from .results import load_exceedances, load_summary
+from .sizes import _summary_view
+from .style import BASELINE, COLOURS, CONTROL, MODELS, _pct, display_name, interval_columns
+
+
+def _kind(model: str) -> str:
+    return {BASELINE: "baseline", CONTROL: "control"}.get(model, "generator")
+
+
+_COMPARE_COLUMNS = ["dataset", "measure", "headline", "model", "kind", "threshold_name", "threshold", "n", "n_above",
+                    "fraction", "wilson_low", "wilson_high", "subjects_leaked", "p99", "max"]
+
+
+def collect_summaries(results_root, measure: str | None = None, all_measures: bool = False) -> pd.DataFrame:
+    """Every ``<results_root>/<name>/correlation/summary.json`` (and every
+    size run of a sweep, ``<name>/sizes/<run>/``, labelled ``<name>/<run>``) as a long
+    table: one row per (folder, measure, model, threshold), with ``kind``
+    generator / baseline / control. By default each folder's headline
+    measure (``measure``: that one instead, folders without it left out;
+    ``all_measures``: every measure, ``headline`` marking each folder's
+    headline). The older layout's held-out baseline exceedances come from
+    that folder's exceedances.csv (``real_test`` rows) when present."""
+    rows = []
+    root = Path(results_root)
+    paths = sorted(root.glob("*/correlation/summary.json")) + sorted(root.glob("*/sizes/*/correlation/summary.json"))
+    for path in paths:
+        folder = path.parent.parent
+        label = "/".join(folder.relative_to(root).parts).replace("/sizes/", "/")  # a sweep's run: dataset/n00016
+        summary = load_summary(folder)
+        names = (summary.get("measures") or [JOINT]) if all_measures else [measure]
+        for name in names:
+            view = _summary_view(folder, name)
+            if view is not None:
+                rows += [{**row, "dataset": label} for row in _summary_rows(folder, view)]
+    return pd.DataFrame(rows, columns=_COMPARE_COLUMNS)
+
+
+def _summary_rows(folder: Path, summary: Mapping) -> list[dict]:
+    """The rows of :func:`collect_summaries` for one measure of one folder."""
+    groups = {m: info for m, info in summary["models"].items()}
+    if summary.get(CONTROL):  # step 05 keeps the positive control apart from the models
+        groups[CONTROL] = summary[CONTROL]
+    if summary.get("baseline") and summary["baseline"].get("exceedances"):
+        groups[BASELINE] = summary["baseline"]
+    exc_path = folder / "correlation/exceedances.csv"  # the older layout
+    if BASELINE not in groups and exc_path.is_file() and summary.get("baseline"):
+        exc = load_exceedances(folder, JOINT)
+        exc = exc[exc["model"] == BASELINE]
+        if len(exc):
+            groups[BASELINE] = {
+                "n": int(exc["n_images"].iloc[0]), "constant": summary["baseline"].get("constant", 0),
+                "quantiles": summary["baseline"].get("quantiles", {}),
+                "exceedances": {r.threshold_name: {"n_above": r.n_above, "fraction": r.fraction,
+                                                   "wilson_low": r.wilson_low, "wilson_high": r.wilson_high}
+                                for r in exc.itertuples()}}
+    rows = []
+    for model, info in groups.items():
+        q = info.get("quantiles") or {}
+        for name, e in (info.get("exceedances") or {}).items():
+            rows.append({"dataset": folder.name, "measure": summary["measure"], "headline": bool(summary["headline"]),
+                         "model": model, "kind": _kind(model),
+                         "threshold_name": name, "threshold": summary["thresholds"].get(name),
+                         "n": info.get("n"), "n_above": e["n_above"], "fraction": e["fraction"],
+                         "wilson_low": e["wilson_low"], "wilson_high": e["wilson_high"],
+                         "subjects_leaked": (info.get("subjects_leaked") or {}).get(name),
+                         "p99": q.get("p99"), "max": q.get("max")})
+    return rows
+
+
+def one_measure(frame: pd.DataFrame, measure: str | None = None) -> pd.DataFrame:
+    """The rows of one measure per dataset: ``measure``, or (None) each
+    dataset's headline (frames without a ``measure`` column are returned as they are)."""
+    if "measure" not in frame:
+        return frame
+    if measure is None:
+        return frame[frame["headline"].astype(bool)] if "headline" in frame else frame
+    return frame[frame["measure"] == str(measure).lower()]
+
+
+def compare_table(frame: pd.DataFrame, threshold_names: Sequence[str], measure: str | None = None) -> pd.DataFrame:
+    """Wide table, one row per (dataset, model) on one measure per dataset
+    (None: its headline): the measure, n, p99, max and, per threshold,
+    images above (count, %, 95 % CI in %)."""
+    frame = one_measure(frame, measure)
+    keys = ["dataset", "kind", "model"]
+    extra = ["measure"] if "measure" in frame else []
+    base = frame.drop_duplicates(keys)[keys + extra + ["n", "p99", "max"]].reset_index(drop=True)
+    for name in threshold_names:
+        part = frame[frame["threshold_name"] == name].set_index(keys)
+        lo, hi = interval_columns(part)
+        cols = pd.DataFrame({f"{name}_n_above": part["n_above"], f"{name}_percent": 100 * part["fraction"],
+                             f"{name}_ci_low_percent": 100 * lo,
+                             f"{name}_ci_high_percent": 100 * hi}, index=part.index).reset_index()
+        base = base.merge(cols, on=keys, how="left")
+    order = {"generator": 0, "baseline": 1, "control": 2}
+    return base.sort_values(["dataset", "kind", "model"], key=lambda s: s.map(order) if s.name == "kind" else s,
+                            kind="stable").reset_index(drop=True)
+
+
+def plot_compare(frame: pd.DataFrame, threshold_name: str = "baseline_p99", measure: str | None = None):
+    """Grouped bars: % synthetic images above ``threshold_name`` per
+    dataset (x; its measure, by default the headline, under its name) and
+    model (colour), 95 % CI as error bars; the held-out real baseline in
+    grey for reference. The positive control is left out (it is not a
+    generator; it is in the table)."""
+    frame = one_measure(frame, measure)
+    data = frame[(frame["threshold_name"] == threshold_name) & (frame["kind"] != "control")]
+    datasets = list(dict.fromkeys(data["dataset"]))
+    groups = [m for m in (*MODELS, BASELINE) if m in set(data["model"])]
+    groups += sorted(set(data["model"]) - set(groups))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(datasets) + 2), 3.6))
+    width = 0.8 / max(len(groups), 1)
+    for g, model in enumerate(groups):
+        part = data[data["model"] == model].set_index("dataset").reindex(datasets)
+        y = 100 * part["fraction"].to_numpy(float)
+        lo, hi = interval_columns(part)
+        err = np.vstack([y - 100 * lo, 100 * hi - y])
+        x = np.arange(len(datasets)) + (g - (len(groups) - 1) / 2) * width
+        ax.bar(x, y, width, yerr=np.nan_to_num(err), capsize=3, label=display_name(model),
+               color=COLOURS.get(model), hatch="//" if model == BASELINE else None, edgecolor="white")
+    first = data.drop_duplicates("dataset").set_index("dataset")
+    values = first["threshold"].reindex(datasets)
+    used = first["measure"].reindex(datasets) if "measure" in first else pd.Series("", index=datasets)
+    ax.set_xticks(np.arange(len(datasets)), [f"{d}\n{used[d]}" + (f" (r > {v:.3f})" if pd.notna(v) else "")
+                                             for d, v in values.items()])
+    ax.set_ylabel(f"% images above {threshold_name}")
+    ax.set_title(f"images above {threshold_name} (95 % CI)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def compare_text(frame: pd.DataFrame, threshold_name: str = "baseline_p99", measure: str | None = None) -> str:
+    """Markdown sentences, one per dataset (on its headline measure unless
+    ``measure`` is given), computed from the table."""
+    frame = one_measure(frame, measure)
+    data = frame[frame["threshold_name"] == threshold_name]
+    if data.empty:
+        return f"No dataset has results at threshold {threshold_name}."
+    lines = []
+    for dataset, group in data.groupby("dataset", sort=True):
+        gens = group[group["kind"] == "generator"].sort_values("fraction", ascending=False)
+        lo, hi = interval_columns(gens)
+        parts = [f"{display_name(r.model)} {r.n_above}/{r.n} ({_pct(r.fraction)}, CI {_pct(lo[i])}–{_pct(hi[i])})"
+                 for i, r in enumerate(gens.itertuples())]
+        base = group[group["kind"] == "baseline"]
+        if len(base):
+            parts.append(f"real held-out {_pct(base['fraction'].iloc[0])}")
+        verdict = ""
+        if len(gens) >= 2:
+            verdict = (f"; {display_name(gens.iloc[0].model)} higher, intervals do not overlap" if lo[0] > hi[1]
+                       else "; intervals overlap")
+        used = f" ({group['measure'].iloc[0]})" if "measure" in group else ""
+        lines.append(f"- **{dataset}**{used}: " + (", ".join(parts) or "no generator results") + verdict + ".")
+    return f"Images above {threshold_name}:\n\n" + "\n".join(lines)
+

@@ -1,0 +1,284 @@
+"""Loaders: one per result file, with errors that name the step to run.
+
+Every file goes through a small loader that names the missing file and the
+notebook that writes it, so a reader knows what to run; a model whose
+results are absent is reported, not fatal (:func:`model_status`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..common import read_json
+from ..correlate import JOINT, is_label_channel, measure_summary
+from .style import MODELS, display_name
+
+# Which notebook writes which top-level folder of results_dir.
+_PRODUCERS = {
+    "data": "01_prepare_data",
+    "stylegan": "02_train_stylegan",
+    "diffusion": "03_train_diffusion",
+    "samples": "04_sample",
+    "correlation": "05_correlate",
+}
+
+
+
+class ResultMissing(FileNotFoundError):
+    """A result file another step should have written is not there."""
+
+
+def producer(relpath: str | os.PathLike) -> str:
+    """The notebook that writes ``relpath`` (relative to results_dir)."""
+    top = Path(relpath).parts[0]
+    return _PRODUCERS.get(top, "an earlier step")
+
+
+def result_file(results_dir: str | os.PathLike, relpath: str) -> Path:
+    """``results_dir/relpath``, or :class:`ResultMissing` naming the step to run."""
+    path = Path(results_dir) / relpath
+    if not path.is_file():
+        step = producer(relpath)
+        raise ResultMissing(
+            f"{path}: missing; it is written by notebooks/{step}.ipynb "
+            f"(run that step first, e.g. ./runall.sh <dataset> --from {step[:2]})"
+        )
+    return path
+
+
+def _read_csv(results_dir, relpath: str, columns: Iterable[str]) -> pd.DataFrame:
+    path = result_file(results_dir, relpath)
+    frame = pd.read_csv(path, keep_default_na=True)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: expected columns {', '.join(missing)} (has {', '.join(frame.columns)}); "
+            f"re-run notebooks/{producer(relpath)}.ipynb"
+        )
+    return frame
+
+
+def _as_bool(series: pd.Series) -> pd.Series:
+    if series.dtype == bool:
+        return series
+    return series.astype(str).str.strip().str.lower().isin(("true", "1", "yes"))
+
+
+def load_meta(results_dir) -> dict:
+    return read_json(result_file(results_dir, "data/meta.json"))
+
+
+def load_index(results_dir, split: str = "train") -> pd.DataFrame:
+    """``data/<split>.csv``: one row per image, row i ↔ image i of the array."""
+    frame = _read_csv(results_dir, f"data/{split}.csv", ("subject", "slice"))
+    frame["subject"] = frame["subject"].astype(str)
+    return frame
+
+
+def load_images(results_dir, split: str = "train") -> np.ndarray:
+    """``data/<split>.npy`` memory-mapped (uint8 N×C×H×W)."""
+    return np.load(result_file(results_dir, f"data/{split}.npy"), mmap_mode="r")
+
+
+def load_samples(results_dir, model: str) -> np.ndarray:
+    """``samples/<model>.npy`` memory-mapped (uint8 N×C×H×W)."""
+    return np.load(result_file(results_dir, f"samples/{model}.npy"), mmap_mode="r")
+
+
+def load_loss_log(results_dir, model: str) -> pd.DataFrame:
+    return _read_csv(results_dir, f"{model}/loss_log.csv", ("step",))
+
+
+def load_summary(results_dir) -> dict:
+    """``correlation/summary.json`` (all measures; :func:`helpers.correlate.measure_summary`
+    gives one measure's flat view)."""
+    path = result_file(results_dir, "correlation/summary.json")
+    summary = read_json(path)
+    layout = ("headline", "measures", "by_measure") if "by_measure" in summary else ("thresholds", "baseline", "models")
+    for key in layout:
+        if key not in summary:
+            raise ValueError(f"{path}: no '{key}' entry; re-run notebooks/05_correlate.ipynb")
+    for name in summary.get("measures", []):
+        for key in ("thresholds", "baseline", "models"):
+            if key not in summary["by_measure"].get(name, {}):
+                raise ValueError(f"{path}: measure '{name}' has no '{key}' entry; re-run notebooks/05_correlate.ipynb")
+    return summary
+
+
+def measures(results_dir) -> list[str]:
+    """Step 05's measures, headline first (``["all"]`` for the older layout)."""
+    summary = load_summary(results_dir)
+    return list(summary["measures"]) if "measures" in summary else [JOINT]
+
+
+def headline(results_dir) -> str:
+    """The headline measure of step 05 (``all`` for the older layout)."""
+    return measures(results_dir)[0]
+
+
+def measure_info(results_dir, measure: str | None = None) -> dict:
+    """One measure of summary.json, flat (``measure``, ``channels``, ``kind``,
+    ``description``, ``thresholds``, ``models``, ...); None: the headline."""
+    return measure_summary(load_summary(results_dir), measure)
+
+
+def measure_folder(results_dir, measure: str | None = None) -> str:
+    """``correlation/<measure>`` (relative to results_dir). ``None``: the
+    headline of summary.json. The older single-measure layout: ``correlation``."""
+    if measure is not None:
+        name = str(measure).lower()
+        if (Path(results_dir) / "correlation" / name).is_dir() or not _old_layout(results_dir):
+            return f"correlation/{name}"
+        if name != JOINT:
+            raise ValueError(f"{Path(results_dir) / 'correlation'}: results of the older single-measure layout "
+                             f"have one measure, '{JOINT}', not {measure!r}")
+        return "correlation"
+    summary = load_summary(results_dir)
+    return f"correlation/{summary['headline']}" if "by_measure" in summary else "correlation"
+
+
+def _old_layout(results_dir) -> bool:
+    path = Path(results_dir) / "correlation/summary.json"
+    return path.is_file() and "by_measure" not in read_json(path)
+
+
+def load_matches(results_dir, model: str, measure: str | None = None) -> pd.DataFrame:
+    """Best training match of every synthetic image (``constant`` as bool)."""
+    frame = _read_csv(
+        results_dir, f"{measure_folder(results_dir, measure)}/matches_{model}.csv",
+        ("synthetic_index", "train_index", "correlation", "subject", "slice", "constant"),
+    )
+    frame["constant"] = _as_bool(frame["constant"])
+    frame["subject"] = frame["subject"].astype(str)
+    return frame
+
+
+def load_topk(results_dir, model: str, measure: str | None = None) -> pd.DataFrame:
+    return _read_csv(results_dir, f"{measure_folder(results_dir, measure)}/topk_{model}.csv",
+                     ("synthetic_index", "rank", "train_index", "correlation"))
+
+
+def load_baseline(results_dir, measure: str | None = None) -> pd.DataFrame:
+    """Best training match of every held-out real test image."""
+    frame = _read_csv(results_dir, f"{measure_folder(results_dir, measure)}/baseline.csv",
+                      ("test_index", "train_index", "correlation", "constant"))
+    frame["constant"] = _as_bool(frame["constant"])
+    return frame
+
+
+def load_control(results_dir, measure: str | None = None) -> pd.DataFrame:
+    """The planted-copy positive control's matches."""
+    frame = _read_csv(results_dir, f"{measure_folder(results_dir, measure)}/control_matches.csv",
+                      ("control_index", "control_kind", "train_index", "correlation", "constant", "found"))
+    frame["constant"] = _as_bool(frame["constant"])
+    return frame
+
+
+def load_thresholds(results_dir, measure: str | None = None) -> dict[str, float]:
+    frame = _read_csv(results_dir, f"{measure_folder(results_dir, measure)}/thresholds.csv", ("name", "value"))
+    return {str(n): float(v) for n, v in zip(frame["name"], frame["value"])}
+
+
+def load_exceedances(results_dir, measure: str | None = None) -> pd.DataFrame:
+    return _read_csv(
+        results_dir, f"{measure_folder(results_dir, measure)}/exceedances.csv",
+        ("model", "threshold_name", "threshold", "n_images", "n_above", "fraction", "wilson_low",
+         "wilson_high"),
+    )
+
+
+def load_leakage(results_dir, measure: str | None = None) -> pd.DataFrame:
+    return _read_csv(
+        results_dir, f"{measure_folder(results_dir, measure)}/leakage.csv",
+        ("model", "threshold_name", "threshold", "n_subjects_leaked", "n_train_subjects", "fraction_subjects"),
+    )
+
+
+def load_most_matched(results_dir, model: str, measure: str | None = None) -> pd.DataFrame:
+    return _read_csv(results_dir, f"{measure_folder(results_dir, measure)}/most_matched_{model}.csv",
+                     ("train_index", "subject", "slice", "n_matched", "max_correlation"))
+
+
+def model_files(model: str, folder: str = "correlation") -> dict[str, str]:
+    """The result files of one generator, by what they hold (step 05's under ``folder``)."""
+    return {
+        "training log": f"{model}/loss_log.csv",
+        "samples": f"samples/{model}.npy",
+        "seeds": f"samples/{model}_seeds.csv",
+        "best matches": f"{folder}/matches_{model}.csv",
+        "top-k matches": f"{folder}/topk_{model}.csv",
+        "most-matched training images": f"{folder}/most_matched_{model}.csv",
+    }
+
+
+def model_status(results_dir, models: Sequence[str] = MODELS,
+                 measure: str | None = None) -> tuple[list[str], pd.DataFrame]:
+    """Which models have results, and a table of every expected file (present
+    or not, and which step writes it). A model counts as present when its
+    best-match table of ``measure`` (None: the headline) exists, since most
+    figures start from it. Without step 05's summary the headline's folder
+    is unknown and no model counts as present."""
+    try:
+        folder = measure_folder(results_dir, measure)
+    except ResultMissing:
+        folder = "correlation/<measure>"
+    rows = []
+    for model in models:
+        for what, rel in model_files(model, folder).items():
+            rows.append({"model": model, "file": rel, "holds": what, "present": (Path(results_dir) / rel).is_file(),
+                         "written by": producer(rel)})
+    status = pd.DataFrame(rows, columns=["model", "file", "holds", "present", "written by"])
+    present = [m for m in models if (Path(results_dir) / f"{folder}/matches_{m}.csv").is_file()]
+    return present, status
+
+
+def available(status: pd.DataFrame, holds: str) -> list[str]:
+    """Models whose file of kind ``holds`` (e.g. "samples") is present."""
+    rows = status[(status["holds"] == holds) & status["present"]]
+    return list(dict.fromkeys(rows["model"]))
+
+
+def missing_text(status: pd.DataFrame) -> str:
+    """Markdown: what exists and what is missing, per model."""
+    lines = []
+    for model, group in status.groupby("model", sort=False):
+        absent = group[~group["present"]]
+        if absent.empty:
+            lines.append(f"- **{display_name(model)}**: all result files present.")
+        else:
+            files = ", ".join(f"`{f}` ({s})" for f, s in zip(absent["file"], absent["written by"]))
+            lines.append(f"- **{display_name(model)}**: missing {files}; figures for it are left out.")
+    return "\n".join(lines) if lines else "No models requested."
+
+
+def channel_index(channels: Sequence[str], channel: str | None) -> int:
+    """Index of ``channel`` (any case) in the data's channel names ('' or None: the first)."""
+    if not channel:
+        return 0
+    names = [str(c) for c in channels]
+    lower = [n.lower() for n in names]
+    if str(channel).lower() not in lower:
+        raise ValueError(f"figure_channel {channel!r} is not one of the data's channels: {', '.join(names)}")
+    return lower.index(str(channel).lower())
+
+
+def shown_channel(results_dir, channel: str | None = None, measure: str | None = None) -> int:
+    """The channel an image figure shows: ``channel`` when given, else the
+    measure's own channel (a one-channel measure; None: the headline), else
+    the first image channel of a joint measure, else the first channel."""
+    names = [str(c) for c in load_meta(results_dir).get("channels", [])]
+    if channel:
+        return channel_index(names, channel)
+    if not (Path(results_dir) / "correlation/summary.json").is_file():
+        return 0
+    info = measure_info(results_dir, measure)
+    chans = [str(c) for c in info.get("channels", [])]
+    if info.get("kind") == "joint":  # the older layout's channels and a joint measure: the first image channel
+        chans = [c for c in chans if not is_label_channel(c)] or chans
+    return channel_index(names, chans[0]) if chans and names else 0
+
