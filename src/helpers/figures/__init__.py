@@ -39,6 +39,7 @@ from .output import (
                      save_measure_figure,
                      save_measure_table,
                      save_table,
+                     settings_markdown,
 )
 from .results import (
                      ResultMissing,
@@ -106,6 +107,6 @@ __all__ = [
     "montage", "most_copied_table", "one_measure", "outputs_markdown", "params_markdown", "plot_compare",
     "plot_loss_log", "plot_max_correlation", "plot_max_correlation_by_measure", "plot_memorization_vs_size",
     "plot_sample_grids", "plot_top_matches", "plot_training_curves", "producer", "result_file", "save_figure",
-    "save_measure_figure", "save_measure_table", "save_table", "select_matches", "shown_channel", "size_note",
-    "size_series", "table_groups", "table_title", "threshold_label", "thresholds_by_measure", "thresholds_table",
+    "save_measure_figure", "save_measure_table", "save_table", "settings_markdown", "select_matches", "shown_channel",
+    "size_note", "size_series", "table_groups", "table_title", "threshold_label", "thresholds_by_measure", "thresholds_table",
 ]

@@ -110,6 +110,14 @@ def params_markdown(params: Mapping[str, Any]) -> str:
     return markdown_table(frame)
 
 
+def settings_markdown(settings: Mapping[str, Any], dataset: str | None = None, profile: str | None = None) -> str:
+    """A step's resolved settings as one folded table (shown once per report:
+    the parameters cells themselves are left out of the HTML)."""
+    run = ", ".join(f"{k} {v}" for k, v in (("dataset", dataset), ("profile", profile)) if v)
+    summary = f"<b>Settings of this step</b> ({run + '; ' if run else ''}{len(settings)} values; open to read)"
+    return f"<details><summary>{summary}</summary>\n\n{params_markdown(settings)}\n\n</details>"
+
+
 def outputs_markdown(paths: Iterable[str | os.PathLike]) -> str:
     """A Markdown list of files written (with sizes), for a notebook's last cell."""
     lines = []
