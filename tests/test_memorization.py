@@ -255,12 +255,3 @@ def test_capacity_errors_and_skips():
         mem.memorization_capacity(pd.concat([table, table]), "l2_ratio", "diffusion")
     unjudged = pd.concat([table, mem.criteria_table({"diffusion": {"l2_ratio": np.array([np.nan])}}, 1600)])
     assert mem.memorization_capacity(unjudged, "l2_ratio", "diffusion").sizes == [100, 200, 400, 800]
-
-
-def test_no_torch_import():
-    import subprocess
-    import sys
-
-    code = "import sys, helpers.memorization; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"

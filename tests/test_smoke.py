@@ -5,6 +5,7 @@ must skip every step as up to date."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 import numpy as np
@@ -72,3 +73,24 @@ def test_runall_smoke_profile_end_to_end(tmp_path):
     second = runall("phantom", "--profile", "smoke", results=tmp_path)
     assert second.returncode == 0, second.stderr[-4000:]
     assert second.stdout.count("up to date") == len(steps), second.stdout
+
+    # the same sampling and correlation over 2 torch.distributed processes (gloo):
+    # the same samples and the same tables as one process
+    two = tmp_path / "two"
+    shutil.copytree(results, two / "phantom")
+    for run in sweep.run_dirs(two / "phantom").values():  # made anew, not reused
+        for made in [*(run / "samples").glob("*.npy"), run / "correlation"]:
+            shutil.rmtree(made) if made.is_dir() else made.unlink()
+    third = runall("phantom", "--profile", "smoke", "--processes", "2", "--from", "04", "--force", results=two)
+    assert third.returncode == 0, f"--processes 2 failed:\n{third.stdout[-4000:]}\n{third.stderr[-4000:]}"
+    assert (two / "phantom" / "logs" / "sample").is_dir() and (two / "phantom" / "logs" / "correlate").is_dir()
+    for run in runs.values():
+        other = two / "phantom" / run.relative_to(results)
+        for model in ("stylegan", "diffusion", "optimal_denoiser"):
+            np.testing.assert_array_equal(np.load(run / "samples" / f"{model}.npy"),
+                                          np.load(other / "samples" / f"{model}.npy"), err_msg=f"{run.name} {model}")
+        for table in sorted((run / "correlation").rglob("*.csv")):
+            pd.testing.assert_frame_equal(pd.read_csv(table), pd.read_csv(other / table.relative_to(run)),
+                                          obj=str(table.relative_to(results)))
+    pd.testing.assert_frame_equal(pd.read_csv(results / "sweep" / "criteria.csv"),
+                                  pd.read_csv(two / "phantom" / "sweep" / "criteria.csv"))

@@ -49,3 +49,13 @@ def test_sweep_figure_and_table(tmp_path):
     assert set(both["dataset"]) == {"demo", "chest"}
     fig = sweep_figures.plot_compare_sweeps(both, "baseline_p99")
     assert [ax.get_title() for ax in fig.axes] == ["chest: t1ce: r > baseline_p99", "demo: t1ce: r > baseline_p99"]
+
+
+def test_comparison_with_two_subset_rules_at_one_size_names_each_rule():
+    """The 2D-from-3D arm: the same size under two subset rules."""
+    table = criteria()
+    both = pd.concat([table, table[table["size"] == 16].assign(rule="one_per_subject")], ignore_index=True)
+    words = sweep_figures.comparison_text(both)
+    assert "16 training images (whole_subjects): diffusion 97 %" in words
+    assert "16 training images (one_per_subject): diffusion 97 %" in words
+    assert "4 training images (whole_subjects)" in words

@@ -71,7 +71,7 @@ def notebook_parameters(step: Step, resolved: config.Resolved, results: Path, ro
     if missing or extra:
         raise PipelineError(
             f"{step.notebook}: its parameters cell must declare exactly {', '.join(NOTEBOOK_PARAMETERS)} "
-            f"(settings have their defaults in helpers/config.py); "
+            f"(settings have their defaults in helpers/config/schema.py); "
             + (f"missing: {', '.join(missing)}" if missing else f"also declares: {', '.join(extra)}"))
     try:
         results_param = str(results.relative_to(root))
@@ -250,6 +250,8 @@ def run(args: argparse.Namespace) -> int:
     results_root = Path(args.results).resolve() if args.results else (
         Path(os.environ["STUDY_RESULTS"]).resolve() if os.environ.get("STUDY_RESULTS") else root / "results")
     overrides = config.parse_overrides(args.set)
+    if args.processes is not None:
+        overrides.setdefault("common", {})["processes"] = args.processes
     if args.dataset == "compare":
         return run_compare(root, results_root, overrides, args.show_params)
 
@@ -366,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override one parameter, e.g. --set prepare_data.n_train_subjects=8")
     parser.add_argument("--show-params", action="store_true",
                         help="print every step's resolved settings and where each came from; run nothing")
+    parser.add_argument("--processes", type=int, metavar="N",
+                        help="sample and correlate with N torch.distributed processes (one per GPU; "
+                             "gloo on a CPU); the same as --set common.processes=N")
     parser.add_argument("--register-kernel", action="store_true",
                         help="register this environment as the Jupyter kernel the notebooks name; run nothing")
     return parser

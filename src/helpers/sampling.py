@@ -6,9 +6,11 @@ seed ``first_seed + i`` and depends on nothing else, so any image can be
 regenerated alone and the result does not depend on the batch size.
 
 :func:`sample_to_npy` fills ``samples/<model>.npy`` batch by batch through a
-memory-mapped ``.partial.npy`` file and a small progress record; a re-run
-continues where the last one stopped, and the final file appears (by an
-atomic rename) only when every image is there.
+memory-mapped ``.partial.npy`` file and one done-flag per batch; a re-run
+continues where the last one stopped (with any number of processes), and the
+final file appears (by an atomic rename) only when every image is there. In
+a torch.distributed job (:mod:`helpers.distributed`) each process writes its
+own batches into the same file, so the result is identical to one process's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pandas as pd
 
 from .common import image_seeds, read_json, write_csv, write_json
 from .common import progress as progress_bar
+from .distributed import barrier, rank_world
 
 Generator = Callable[[Sequence[int]], np.ndarray]
 
@@ -52,12 +55,15 @@ def sample_to_npy(
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    rank, world = rank_world()
     seeds = image_seeds(n_images, first_seed)
     shape = (n_images, *image_shape)
     seeds_csv = out_path.with_name(out_path.stem + "_seeds.csv")
     partial = out_path.with_name(out_path.stem + ".partial.npy")
+    flags_path = out_path.with_name(out_path.stem + ".partial.done.npy")
     record = out_path.with_name(out_path.stem + ".partial.json")
-    wanted = {"n_images": n_images, "first_seed": first_seed, "shape": list(shape)}
+    wanted = {"n_images": n_images, "first_seed": first_seed, "shape": list(shape), "batch_size": batch_size}
+    n_batches = -(-n_images // batch_size)
 
     if out_path.exists() and seeds_csv.exists():
         done = np.load(out_path, mmap_mode="r")
@@ -65,19 +71,23 @@ def sample_to_npy(
         if done.shape == shape and done.dtype == np.uint8 and np.array_equal(old["seed"].to_numpy(), seeds):
             return out_path
 
-    start = 0
-    if partial.exists() and record.exists():
-        state = read_json(record)
-        if {k: state.get(k) for k in wanted} == wanted:
-            start = int(state["done"])
-    if start == 0:
-        np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape).flush()
-        write_json(record, {**wanted, "done": 0})
+    if rank == 0:
+        resumable = (partial.exists() and flags_path.exists() and record.exists()
+                     and {k: read_json(record).get(k) for k in wanted} == wanted)
+        if not resumable:
+            np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape).flush()
+            np.lib.format.open_memmap(flags_path, mode="w+", dtype=np.uint8, shape=(n_batches,)).flush()
+            write_json(record, wanted)
+    barrier()
     array = np.lib.format.open_memmap(partial, mode="r+")
-
-    with progress_bar(total=n_images, initial=start, desc=desc or out_path.stem, unit="img", disable=not progress) as bar:
-        for lo in range(start, n_images, batch_size):
-            hi = min(lo + batch_size, n_images)
+    flags = np.lib.format.open_memmap(flags_path, mode="r+")
+    # batch b (images b·batch_size …) belongs to rank b mod world: the batches,
+    # and so the images, are the same whatever the number of processes
+    mine = [b for b in range(rank, n_batches, world) if not flags[b]]
+    todo = sum(min(batch_size, n_images - b * batch_size) for b in mine)
+    with progress_bar(total=todo, desc=desc or out_path.stem, unit="img", disable=not progress) as bar:
+        for b in mine:
+            lo, hi = b * batch_size, min((b + 1) * batch_size, n_images)
             batch = np.asarray(generate([int(s) for s in seeds[lo:hi]]))
             if batch.shape != (hi - lo, *image_shape) or batch.dtype != np.uint8:
                 raise ValueError(
@@ -85,13 +95,21 @@ def sample_to_npy(
                 )
             array[lo:hi] = batch
             array.flush()
-            write_json(record, {**wanted, "done": hi})
+            flags[b] = 1
+            flags.flush()
             bar.update(hi - lo)
     del array
-
-    write_csv(seeds_csv, pd.DataFrame({"index": np.arange(n_images), "seed": seeds}))
-    os.replace(partial, out_path)
-    record.unlink(missing_ok=True)
+    barrier()
+    if rank == 0:
+        missing = int(n_batches - np.count_nonzero(flags))
+        if missing:
+            raise RuntimeError(f"{partial}: {missing} of {n_batches} batches were not written; re-run to resume")
+        del flags
+        write_csv(seeds_csv, pd.DataFrame({"index": np.arange(n_images), "seed": seeds}))
+        os.replace(partial, out_path)
+        record.unlink(missing_ok=True)
+        flags_path.unlink(missing_ok=True)
+    barrier()
     return out_path
 
 

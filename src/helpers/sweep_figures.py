@@ -101,8 +101,11 @@ def comparison_text(criteria: pd.DataFrame, criterion: str | None = None) -> str
     intervals (non-overlapping Wilson intervals called a difference)."""
     criterion = criterion or headline_criteria(criteria)[-1]
     rows = criteria[criteria["criterion"] == criterion]
+    several_rules = "rule" in rows and rows["rule"].nunique() > 1
+    keys = ["rule", "size"] if "rule" in rows else ["size"]
     out = []
-    for size, part in rows.groupby("size"):
+    for key, part in rows.groupby(keys, sort=False):
+        rule, size = key if len(keys) == 2 else (None, key[0])
         by = part.set_index("group")
         if not {"stylegan", "diffusion"} <= set(by.index):
             continue
@@ -113,7 +116,8 @@ def comparison_text(criteria: pd.DataFrame, criterion: str | None = None) -> str
             verdict = "StyleGAN memorizes more"
         else:
             verdict = "no difference the intervals can show"
-        out.append(f"- {size} training images: diffusion {100 * d['fraction']:.0f} % "
+        label = f"{size} training images" + (f" ({rule})" if several_rules else "")
+        out.append(f"- {label}: diffusion {100 * d['fraction']:.0f} % "
                    f"({100 * d['ci_low']:.0f}–{100 * d['ci_high']:.0f}), StyleGAN {100 * s['fraction']:.0f} % "
                    f"({100 * s['ci_low']:.0f}–{100 * s['ci_high']:.0f}): {verdict}.")
     return f"By `{criterion}`:\n" + "\n".join(out) if out else ""

@@ -5,14 +5,19 @@ summary.json, with one engine pass per image set for all measures."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import correlation
-from ..common import read_json, write_csv, write_json
+from ..common import atomic_path, read_json, write_csv, write_json
 from ..config import MODELS
+from ..distributed import rank_world
 from .control import control_summary, control_table, make_control, scored_control
 from .measures import Measure, study_measures
 from .result import StudyAudit
@@ -38,11 +43,62 @@ from .tables import (
 
 def run_engine(synthetic, training, groups: Mapping[str, Any] | None = None, *, k: int = 1,
                backend: str = "auto", memory_budget_gb: float = 2.0, progress: bool = True,
-               desc: str | None = None) -> dict[str, correlation.MatchResult]:
+               desc: str | None = None, cache: str | Path | None = None) -> dict[str, correlation.MatchResult]:
     """:func:`helpers.correlation.match_groups` (every measure in one pass)
-    with a memory budget in GiB."""
-    return correlation.match_groups(synthetic, training, groups, k=k, backend=backend,
-                                    memory_budget=int(memory_budget_gb * 1024**3), progress=progress, desc=desc)
+    with a memory budget in GiB. With ``cache`` (a folder), results are kept
+    there under a hash of the images' contents, the measures and k, and a
+    later call with the same inputs reads them back instead of computing:
+    how a multi-process job (:mod:`helpers.distributed`) hands its results
+    to the notebook, which then runs this same audit."""
+    path = None
+    if cache is not None:
+        path = Path(cache) / f"{engine_key(synthetic, training, groups, k)}.npz"
+        if path.exists():
+            return load_engine_results(path)
+    results = correlation.match_groups(synthetic, training, groups, k=k, backend=backend,
+                                       memory_budget=int(memory_budget_gb * 1024**3), progress=progress, desc=desc)
+    if path is not None and rank_world()[0] == 0:
+        save_engine_results(path, results)
+    return results
+
+
+def _content_hash(images) -> str:
+    """BLAKE2 of an image set's selected values, shape and dtype (read in row blocks)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((images.n, images.shape, str(images.dtype), images.selected_names)).encode())
+    step = max(1, (64 << 20) // max(1, int(np.prod(images.shape)) * images.dtype.itemsize))
+    for lo in range(0, images.n, step):
+        h.update(np.ascontiguousarray(images.read(lo, min(lo + step, images.n))).tobytes())
+    return h.hexdigest()
+
+
+def engine_key(synthetic, training, groups, k: int) -> str:
+    syn = correlation.open_images(synthetic, label="synthetic")
+    tra = correlation.open_images(training, label="training")
+    parts = [_content_hash(syn), _content_hash(tra), json.dumps(groups, sort_keys=True, default=str), str(k)]
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
+
+
+def save_engine_results(path: Path, results: Mapping[str, correlation.MatchResult]) -> None:
+    arrays, info = {}, {}
+    for i, (name, r) in enumerate(results.items()):
+        arrays.update({f"{i}_index": r.index, f"{i}_correlation": r.correlation, f"{i}_constant": r.constant,
+                       f"{i}_train_constant": r.train_constant})
+        info[name] = {"i": i, "backend": r.backend, "backend_note": r.backend_note, "pairs": r.pairs,
+                      "seconds": r.seconds, "stats": r.stats}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, info=np.array(json.dumps(info, default=float)), **arrays)
+
+
+def load_engine_results(path: Path) -> dict[str, correlation.MatchResult]:
+    with np.load(path, allow_pickle=False) as f:
+        info = json.loads(str(f["info"]))
+        return {name: correlation.MatchResult(f[f"{v['i']}_index"], f[f"{v['i']}_correlation"],
+                                              f[f"{v['i']}_constant"], f[f"{v['i']}_train_constant"],
+                                              v["backend"], v["backend_note"], v["pairs"], v["seconds"], v["stats"])
+                for name, v in info.items()}
 
 
 class RunLog:
@@ -123,7 +179,8 @@ def _remove_stale(out: Path, previous: Sequence[Path], measures: Sequence[str], 
 
 
 def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: str | Path, cfg,
-              progress: bool = True, extra: Mapping | None = None) -> StudyAudit:
+              progress: bool = True, extra: Mapping | None = None,
+              engine_cache: str | Path | None = None) -> StudyAudit:
     """The audit of ``data`` for ``measures``: baseline and thresholds,
     planted-copy control, every synthetic set's matches (with adjacent
     slices where slices are known), exceedances with Wilson intervals,
@@ -135,7 +192,7 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
     t0 = time.perf_counter()
     top_k = int(_setting(cfg, "top_k", 5))
     engine = dict(backend=_setting(cfg, "backend", "auto"), progress=progress,
-                  memory_budget_gb=float(_setting(cfg, "memory_budget_gb", 2.0)))
+                  memory_budget_gb=float(_setting(cfg, "memory_budget_gb", 2.0)), cache=engine_cache)
     n_control, seed = int(_setting(cfg, "n_control", 0)), int(_setting(cfg, "seed", 0))
     groups = {m.name: list(m.index) for m in measures}
     names = [m.name for m in measures]
@@ -225,7 +282,8 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
     return audit
 
 
-def audit_study(results_dir: str | Path, cfg, *, progress: bool = True) -> StudyAudit:
+def audit_study(results_dir: str | Path, cfg, *, progress: bool = True,
+                out_dir: str | Path | None = None, engine_cache: str | Path | None = None) -> StudyAudit:
     """Step 05: every measure of ``results_dir``'s samples against its
     training set, written under ``results_dir/correlation/`` (see
     :mod:`helpers.correlate` for the layout and
@@ -235,10 +293,13 @@ def audit_study(results_dir: str | Path, cfg, *, progress: bool = True) -> Study
     (None = every channel), ``joint``, ``headline_channel``, ``top_k``,
     ``backend``, ``memory_budget_gb``, ``n_control``, ``control_noise_sd``,
     ``seed``. Models without samples are skipped (the baseline and
-    control still run)."""
+    control still run). ``out_dir`` writes elsewhere (the other processes of
+    a multi-process audit, whose results rank 0 writes); ``engine_cache``:
+    see :func:`run_engine`."""
     data = load_study_data(results_dir, list(_setting(cfg, "models", MODELS)))
     measures, headline = study_measures(data.channel_names, _setting(cfg, "channels", None),
                                         each=bool(_setting(cfg, "each", True)),
                                         joint=bool(_setting(cfg, "joint", True)),
                                         headline=_setting(cfg, "headline_channel", None))
-    return run_audit(data, measures, headline, Path(results_dir) / "correlation", cfg, progress=progress)
+    out = Path(out_dir) if out_dir is not None else Path(results_dir) / "correlation"
+    return run_audit(data, measures, headline, out, cfg, progress=progress, engine_cache=engine_cache)

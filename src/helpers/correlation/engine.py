@@ -67,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from ..distributed import gather, rank_world, share
 from .backend import Backend, get_backend
 from .exact import _exact_pairs, _prepare
 from .io import ImageSet, open_images
@@ -184,16 +185,19 @@ def match_groups(synthetic, training, groups: Mapping[str, Any] | None = None, *
                                 {"rescored_pairs": 0, "fallback_rows": 0, "unresolved_rows": 0})
            for g in spec}
     pairs = syn.n * tra.n
+    # in a torch.distributed job each process takes a contiguous share of the
+    # synthetic images; every row's result depends on that row alone
+    mine = np.arange(syn.n)[share(syn.n).start:share(syn.n).stop]
 
     from ..common import progress as progress_bar
 
-    bar = progress_bar(total=pairs * len(spec), unit="pair", unit_scale=True,
+    bar = progress_bar(total=mine.size * tra.n * len(spec), unit="pair", unit_scale=True,
                        desc=f"{desc or 'correlation'} [{be.name}]", disable=not progress)
     try:
         settings = _PassSettings(k=k, work=work, memory_budget=memory_budget, chunk_size=chunk_size,
                                  block_size=block_size, tolerance_factor=tolerance_factor,
                                  max_candidates=max_candidates)
-        overflow = _run_pass(be, syn, tra, np.arange(syn.n), spec, settings, out=out, bar=bar)
+        overflow = _run_pass(be, syn, tra, mine, spec, settings, out=out, bar=bar)
         for g in spec:
             rows = overflow[g.name]
             if not rows.size:
@@ -213,6 +217,8 @@ def match_groups(synthetic, training, groups: Mapping[str, Any] | None = None, *
     finally:
         bar.close()
         be.free()
+    if rank_world()[1] > 1:
+        _merge_shares(out, mine)
     seconds = time.perf_counter() - t0
     exact = syn.dtype == np.uint8 and tra.dtype == np.uint8
     results = {}
@@ -224,6 +230,21 @@ def match_groups(synthetic, training, groups: Mapping[str, Any] | None = None, *
         results[g.name] = MatchResult(o.index, o.correlation, o.constant, o.train_constant, be.name, be.note, pairs,
                                       seconds, o.stats)
     return results
+
+
+def _merge_shares(out: dict[str, _GroupOutput], mine: np.ndarray) -> None:
+    """Every process's rows (and counters) into every process's ``out``."""
+    counters = ("rescored_pairs", "fallback_rows", "unresolved_rows")
+    pieces = gather({name: (mine, o.index[mine], o.correlation[mine], o.constant[mine],
+                            {c: o.stats[c] for c in counters}) for name, o in out.items()})
+    for name, o in out.items():
+        for c in counters:
+            o.stats[c] = 0
+        for piece in pieces:
+            rows, index, corr, constant, stats = piece[name]
+            o.index[rows], o.correlation[rows], o.constant[rows] = index, corr, constant
+            for c in counters:
+                o.stats[c] += stats[c]
 
 
 def top_matches(synthetic, training, *, k: int = 1, channels=None, backend: str | Backend = "auto",

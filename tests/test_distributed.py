@@ -1,0 +1,106 @@
+"""Several processes through torch.distributed (gloo on the CPU): sampling
+and correlation give exactly what one process gives, a failed rank is named,
+a stopped sampling run resumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch.multiprocessing as mp
+
+from helpers import correlation, distributed, sampling
+
+
+def _entry(rank, world, init_file, fn, args):
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        fn(*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(tmp_path, world, fn, *args):
+    """``fn(*args)`` in ``world`` real processes joined in one gloo group."""
+    mp.spawn(_entry, args=(world, str(tmp_path / f"init-{fn.__name__}"), fn, args), nprocs=world, join=True)
+
+
+def images_of(seeds, fail_at=None):
+    """A generator whose image depends on its seed only (like the models')."""
+    if fail_at is not None and fail_at in seeds:
+        raise RuntimeError(f"stopped at seed {fail_at}")
+    return np.stack([np.random.default_rng(s).integers(0, 256, (2, 4, 4), dtype=np.uint8) for s in seeds])
+
+
+def _sample(out, n, fail_at=None):
+    sampling.sample_to_npy(lambda seeds: images_of(seeds, fail_at), out, n, 2, (2, 4, 4), batch_size=3,
+                           progress=False)
+
+
+def _match(synthetic, training, out):
+    rank, world = distributed.rank_world()
+    assert world == 2
+    res = correlation.match_groups(synthetic, training, {"a": [0], "all": None}, k=3, progress=False)
+    if rank == 0:
+        np.savez(out, **{f"{name}_{field}": getattr(r, field) for name, r in res.items()
+                         for field in ("index", "correlation", "constant")})
+
+
+def test_outside_a_job_it_is_one_process():
+    assert distributed.rank_world() == (0, 1)
+    assert distributed.gather({"x": 1}) == [{"x": 1}]
+    assert distributed.share(7) == range(7)
+
+
+def test_sampling_over_two_processes_equals_one_process(tmp_path):
+    _sample(tmp_path / "one.npy", 20)
+    run_ranks(tmp_path, 2, _sample, tmp_path / "two.npy", 20)
+    np.testing.assert_array_equal(np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy"))
+    assert (tmp_path / "one_seeds.csv").read_text() == (tmp_path / "two_seeds.csv").read_text()
+    assert not list(tmp_path.glob("two.partial*"))
+
+
+def test_a_stopped_multi_process_sampling_run_resumes_with_any_number_of_processes(tmp_path):
+    _sample(tmp_path / "one.npy", 20)
+    # seed 18: batch 5, rank 1's; whichever rank's error spawn reports first (rank 0 then
+    # loses its peer at the barrier)
+    with pytest.raises((mp.ProcessRaisedException, mp.ProcessExitedException)):
+        run_ranks(tmp_path, 2, _sample, tmp_path / "two.npy", 20, 18)
+    flags = np.load(tmp_path / "two.partial.done.npy")
+    assert flags[5] == 0 and not (tmp_path / "two.npy").exists(), "no half-written result"
+    _sample(tmp_path / "two.npy", 20)  # resumed by one process
+    np.testing.assert_array_equal(np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy"))
+
+
+def test_correlation_over_two_processes_equals_one_process_ties_included(tmp_path):
+    rng = np.random.default_rng(3)
+    training = rng.integers(0, 256, (40, 2, 6, 6), dtype=np.uint8)
+    training[7] = training[21]  # exact ties: the lower index must win in every process layout
+    training[30] = training[21]
+    synthetic = rng.integers(0, 256, (25, 2, 6, 6), dtype=np.uint8)
+    synthetic[:5] = training[[21, 3, 9, 30, 7]]
+    synthetic[10] = 17  # a constant image
+    one = correlation.match_groups(synthetic, training, {"a": [0], "all": None}, k=3, progress=False)
+    run_ranks(tmp_path, 2, _match, synthetic, training, tmp_path / "two.npz")
+    two = np.load(tmp_path / "two.npz")
+    for name, r in one.items():
+        np.testing.assert_array_equal(two[f"{name}_index"], r.index)
+        np.testing.assert_array_equal(two[f"{name}_correlation"], r.correlation)
+        np.testing.assert_array_equal(two[f"{name}_constant"], r.constant)
+    assert one["all"].best_index[0] == 7  # of the three identical training images, the lowest index
+
+
+def test_a_failed_rank_is_named_with_its_log(tmp_path):
+    with pytest.raises(distributed.DistributedError,
+                       match=r"sample: rank \d failed: .*no_such_setting.*\(log: .*stderr.log\)"):
+        distributed.launch("sample", tmp_path, {"no_such_setting": 1}, 2, tmp_path / "logs")
+
+
+def test_processes_the_batch_cannot_take_are_refused_before_anything_starts():
+    with pytest.raises(ValueError, match="batch_size=30 is not divisible by processes=4"):
+        distributed.check_processes(4, batch_size=30)
+    with pytest.raises(ValueError, match="processes must be ≥ 1"):
+        distributed.check_processes(0)
