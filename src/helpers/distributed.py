@@ -25,7 +25,7 @@ from typing import Any
 
 from .common import display_path
 
-JOBS = ("sample", "correlate")
+JOBS = ("train_stylegan", "train_diffusion", "sample", "correlate")
 
 
 class DistributedError(RuntimeError):
@@ -64,6 +64,43 @@ def gather(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def average(tensor):
+    """``tensor`` replaced in place by its mean over all processes (a no-op
+    outside a job); returns it."""
+    dist = _process_group()
+    if dist is not None and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+        tensor.div_(dist.get_world_size())
+    return tensor
+
+
+def average_gradients(module) -> None:
+    """Average the gradients of ``module``'s trainable parameters over all
+    processes, in one flat all-reduce, as DistributedDataParallel does after
+    ``backward()``. Why by hand: DDP's hooks do not follow the double
+    backward of StyleGAN's R1 and path-length penalties (``autograd.grad``
+    with ``create_graph``), nor the networks' ``requires_grad`` switching
+    between phases. A parameter without a gradient counts as zero."""
+    dist = _process_group()
+    if dist is None or dist.get_world_size() == 1:
+        return
+    import torch
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    average(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
 
 
 def share(n: int) -> range:
@@ -108,7 +145,7 @@ def launch(job: str, results_dir: str | os.PathLike, settings: dict, processes: 
     settings_file = log_dir / f"{job}.settings.json"
     settings_file.write_text(json.dumps(settings))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "--log-dir", str(log_dir), "--redirects", "3", "--tee", "3",
+               "--log-dir", str(log_dir), "--redirects", "3", "--tee", "3", "--local-ranks-filter", "0",
                "-m", "helpers.distributed", job, str(results_dir), str(settings_file)]
     done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     if done.returncode != 0:
@@ -127,8 +164,35 @@ def _failure(log_dir: Path, job: str, code: int) -> str:
 
 
 # --------------------------------------------------------------------------
-# What notebooks 04 and 05 call: one process, or a job over several
+# What notebooks 02-05 call: one process, or a job over several
 # --------------------------------------------------------------------------
+
+def train_every_run(results_dir: str | os.PathLike, step: str, cfg) -> dict[str, dict]:
+    """Step 02 (``step="train_stylegan"``) or 03 (``"train_diffusion"``) on
+    every run: ``{label: training summary}``. With ``cfg.processes > 1`` a
+    torchrun job trains each run over all processes (the global batch split
+    between them, gradients averaged); the summaries are then read back."""
+    from . import sweep
+    from .config import as_dict
+
+    train = {"train_stylegan": sweep.train_stylegan_run, "train_diffusion": sweep.train_diffusion_run}[step]
+    if cfg.processes <= 1:
+        return sweep.for_every_run(results_dir, train, cfg)
+    check_processes(cfg.processes, cfg.batch_size, f"{step}.")
+    if step == "train_stylegan":
+        from .stylegan.trainer import check_batch
+
+        check_batch(cfg, cfg.processes)
+    launch(step, results_dir, as_dict(cfg), cfg.processes, Path(results_dir) / "logs" / step)
+    return {label: _read_summary(run, step) for label, run in sweep.run_dirs(results_dir).items()}
+
+
+def _read_summary(run: Path, step: str) -> dict:
+    from .common import read_json
+
+    path = run / ("stylegan" if step == "train_stylegan" else "diffusion") / "summary.json"
+    return read_json(path)
+
 
 def engine_cache(run_dir: str | os.PathLike) -> Path:
     """Where a multi-process audit leaves its engine results for the notebook."""
@@ -185,11 +249,13 @@ def _run_job(job: str, results_dir: str, settings: dict) -> None:
 
     from . import config, sweep
 
-    section = {"sample": "sample", "correlate": "correlate"}[job]
-    cfg = config.build(section, settings, {k: "the job's settings" for k in settings})
+    cfg = config.build(job, settings, {k: "the job's settings" for k in settings})
     rank, _ = rank_world()
     for run in sweep.run_dirs(results_dir).values():
-        if job == "sample":
+        if job in ("train_stylegan", "train_diffusion"):
+            train = sweep.train_stylegan_run if job == "train_stylegan" else sweep.train_diffusion_run
+            train(run, cfg)  # process 0 writes the run's summary.json
+        elif job == "sample":
             sweep.sample_run(run, cfg, parallel=False)
         else:
             from . import correlate

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import common, config, report
+from . import common, config, plan, report
 
 KERNEL_NAME = "beware-study"
 SKIP_DIRS = {"notebooks", ".stamps"}
@@ -274,12 +274,16 @@ def run(args: argparse.Namespace) -> int:
     selected = _select(steps, args.start, args.only)
     kernel = ensure_kernel()
 
+    if args.plan:
+        return plan.print_plan(resolved, results)
+
     print(f"study: dataset={args.dataset} profile={profile} results={results}")
     if missing:
         print(f"study: contract steps without a notebook yet (not run): {', '.join(missing)}")
 
     upstream: list[dict] = []
     run_log = []
+    planned = False
     for step in steps:
         declared = papermill.inspect_notebook(str(step.notebook))
         params = notebook_parameters(step, resolved, results, root, declared)
@@ -298,6 +302,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{label}: up to date, skipped (--force to re-run)")
             upstream.append(stamp)
             continue
+        if step.number in ("02", "03", "04", "05") and not planned:  # a plan before the long steps
+            planned = True
+            plan.check_before_run(resolved, results, [s.number for s in selected if s.number >= step.number],
+                                  args.force)
         print(f"{label}: running …", flush=True)
         before = snapshot(results)
         seconds = execute_step(step, params, out_dir, root, kernel)
@@ -361,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", help="smoke | cpu | gpu | paper (default: gpu with CUDA, else cpu)")
     parser.add_argument("--from", dest="start", metavar="NN", help="start at step NN")
     parser.add_argument("--only", metavar="NN", help="run only step NN")
-    parser.add_argument("--force", action="store_true", help="re-run steps even when up to date")
+    parser.add_argument("--force", action="store_true",
+                        help="re-run steps even when up to date; start even when the disk looks too small")
     parser.add_argument("--results", metavar="DIR", help="results root (default: results/ or $STUDY_RESULTS)")
     parser.add_argument("--name", help="results folder name (default: the dataset), e.g. phantom_n8")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -369,8 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--show-params", action="store_true",
                         help="print every step's resolved settings and where each came from; run nothing")
     parser.add_argument("--processes", type=int, metavar="N",
-                        help="sample and correlate with N torch.distributed processes (one per GPU; "
+                        help="train, sample and correlate with N torch.distributed processes (one per GPU; "
                              "gloo on a CPU); the same as --set common.processes=N")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the time, memory and disk steps 02-05 will take here (a few iterations "
+                             "measured); run nothing")
     parser.add_argument("--register-kernel", action="store_true",
                         help="register this environment as the Jupyter kernel the notebooks name; run nothing")
     return parser
@@ -383,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return run(args)
-    except (PipelineError, FileNotFoundError, ValueError) as err:
+    except (PipelineError, FileNotFoundError, ValueError, plan.PlanError) as err:
         print(f"study: error: {err}", file=sys.stderr)
         return 1
 

@@ -45,8 +45,15 @@ class StepSettings:
 
     seed: int = 0  # every random draw of a step derives from it
     parallel_runs: Positive = 1  # a sweep's runs side by side, one process (of one thread) each
-    processes: Positive = 1  # torch.distributed processes for sampling and correlation (one per GPU);
-                             # > 1: runs go one after another, each over all processes (./runall.sh --processes N)
+    processes: Positive = 1  # torch.distributed processes for training, sampling and correlation (one per
+                             # GPU); > 1: runs go one after another, each over all processes (--processes N)
+
+
+def _one_process(settings: StepSettings) -> set[str]:
+    """The number of processes belongs to a training run's identity (it
+    changes the random draws of every step), but a one-process run keeps the
+    identity it had before there were several."""
+    return {"processes"} if settings.processes == 1 else set()
 
 
 @dataclass(config=_STRICT)
@@ -148,7 +155,7 @@ class TrainStyleGANSettings(StepSettings):
 
     def identity(self) -> dict:
         """The settings that define the run (a resume must match them)."""
-        skip = set(self.RESUMABLE_CHANGES) | set(self.NOT_IDENTITY)
+        skip = set(self.RESUMABLE_CHANGES) | set(self.NOT_IDENTITY) | _one_process(self)
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -219,7 +226,8 @@ class TrainDiffusionSettings(StepSettings):
     def identity(self) -> dict:
         """What fixes the training trajectory; a checkpoint made with other
         values cannot be resumed. Length, logging and speed options may change."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RESUMABLE_CHANGES}
+        skip = set(self.RESUMABLE_CHANGES) | _one_process(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
 @dataclass(config=_STRICT)

@@ -85,11 +85,12 @@ def plan_sizes(n_synthetic: int, n_train: int, dim: int, memory_budget: int, ite
     """Block/chunk sizes from the memory budget.
 
     ``dim``: values per image over all groups of one engine call (a joint
-    group and its per-channel groups count twice). The resident synthetic
-    block (centred values, plus raw values for non-uint8 input) and the
-    chunk product fill the budget; one training chunk (``chunk_size`` rows,
-    raw + centred) comes on top. GEMMs of at least a few hundred rows on
-    each side keep BLAS near its peak.
+    group and its per-channel groups count twice). One training chunk
+    (``chunk_size`` rows, centred, plus its raw values) is set aside first;
+    the resident synthetic block (centred values, plus raw values for
+    non-uint8 input) and the chunk product fill the rest of the budget, so
+    the engine's arrays stay within it (benchmarks/bench_step05_memory.py).
+    GEMMs of at least a few hundred rows on each side keep BLAS near its peak.
     """
     row_bytes = dim * (itemsize + raw_itemsize)
     if chunk_size is None:
@@ -103,6 +104,8 @@ def plan_sizes(n_synthetic: int, n_train: int, dim: int, memory_budget: int, ite
         if chunk_size > 96:
             chunk_size -= chunk_size % 96
     chunk_size = int(max(1, min(chunk_size, max(n_train, 1))))
+    # the streamed training chunk: centred values and the raw ones it is made from
+    memory_budget = max(memory_budget - chunk_size * dim * (itemsize + max(raw_itemsize, 1)), memory_budget // 4)
     if block_size is None:
         block_size = int(memory_budget // (row_bytes + 4 * chunk_size))
         if block_size < 1:
@@ -338,7 +341,9 @@ def _run_pass(be: Backend, syn: ImageSet, tra: ImageSet, rows_wanted: np.ndarray
             o.index[matcher.rows] = idx
             o.correlation[matcher.rows] = np.where(idx >= 0, val, np.nan)
             overflow[name].append(matcher.rows[over])
-        del matchers
+        # nothing of this block may outlive it: the next one is allocated at full size
+        del matchers, A
+        chunk = B = None
     return {name: np.concatenate(parts) if parts else np.empty(0, dtype=np.int64) for name, parts in overflow.items()}
 
 

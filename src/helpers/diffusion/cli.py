@@ -21,13 +21,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--dataset", default="phantom")
-    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--profile", default=None, help="as ./runall.sh: gpu with CUDA, else cpu")
     parser.add_argument("--results-dir", default=None, help="default: results/<dataset>")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a setting, as ./runall.sh --set (e.g. train_diffusion.max_steps=100)")
     args = parser.parse_args(argv)
 
-    settings = config.resolve(args.dataset, args.profile, config.parse_overrides(args.set))["train_diffusion"]
+    profile = args.profile or config.default_profile()  # the runner's default too: the same resolved settings
+    settings = config.resolve(args.dataset, profile, config.parse_overrides(args.set))["train_diffusion"]
     results = Path(args.results_dir) if args.results_dir else default_results_dir(args.dataset)
     summary = train(results, settings)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -5,6 +5,7 @@ speed options."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,15 +37,15 @@ def resolve_speed_options(settings: TrainDiffusionSettings, device: torch.device
 
 
 def make_accelerator(mixed_precision: str, cpu: bool):
-    """An ``accelerate.Accelerator``. In a single process (no ``accelerate
-    launch``) its shared state is reset first so that one Python session can
-    train with different precisions one after the other (tests, benchmark)."""
+    """An ``accelerate.Accelerator``. In a single process (no ``torchrun`` or
+    ``accelerate launch``) its shared state is reset first so that one Python
+    session can train with different precisions one after the other (tests,
+    benchmark); in a job it joins the job's processes (gloo on a CPU)."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.state import AcceleratorState
 
-    state = PartialState()
-    if state.num_processes == 1 and AcceleratorState._shared_state:
-        AcceleratorState._reset_state()
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 

@@ -148,7 +148,7 @@ class AdaptiveAugment(nn.Module):
     def accumulate(self, real_logits: torch.Tensor) -> None:
         """Collect sign(D(real)) (kept on the device: no synchronization)."""
         self._sign_sum = self._sign_sum + real_logits.detach().float().sign().sum()
-        self._sign_count += int(real_logits.numel())
+        self._sign_count = self._sign_count + int(real_logits.numel())
 
     def real_sign(self) -> float | None:
         """r_t = mean sign of D on reals since the last adjustment."""
@@ -160,6 +160,7 @@ class AdaptiveAugment(nn.Module):
         """Move ``p`` by ``n_images / (speed_kimg·1000)`` up if r_t > target,
         down otherwise (ADA: p can go 0 → 1 in ``speed_kimg`` thousand images),
         clamp to [0, 1], reset the statistic and return the new ``p``."""
+        self._average_over_processes()
         r_t = self.real_sign()
         if self.target is not None and r_t is not None:
             step = float(n_images) / (self.speed_kimg * 1000.0)
@@ -168,16 +169,29 @@ class AdaptiveAugment(nn.Module):
         self._sign_sum, self._sign_count = 0.0, 0
         return self.p
 
+    def _average_over_processes(self) -> None:
+        """In a torch.distributed job, the statistic of all processes: sum
+        and count averaged (their ratio is the pooled r_t); every process
+        then holds the same values, which is also what a checkpoint saves."""
+        from ..distributed import average, rank_world
+
+        if rank_world()[1] > 1:
+            pooled = average(torch.tensor([float(self._sign_sum), float(self._sign_count)], dtype=torch.float64))
+            self._sign_sum, self._sign_count = float(pooled[0]), float(pooled[1])
+
     def controller_state(self) -> dict:
         """What a checkpoint must hold to continue exactly: ``p`` and the
         statistic collected since the last adjustment (the reference
-        implementation restarts both on resume)."""
+        implementation restarts both on resume). With several processes a
+        collective call: every process must make it."""
+        self._average_over_processes()
         return {"p": self.p, "sign_sum": float(self._sign_sum), "sign_count": self._sign_count}
 
     def load_controller_state(self, state: dict) -> None:
         self.p = float(state["p"])
         self._sign_sum = float(state["sign_sum"])
-        self._sign_count = int(state["sign_count"])
+        count = float(state["sign_count"])
+        self._sign_count = int(count) if count.is_integer() else count
 
     def extra_repr(self) -> str:
         return f"transforms={','.join(self.names) or 'none'}, p={self.p:.4f}, target={self.target}"

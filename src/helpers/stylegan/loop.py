@@ -11,7 +11,9 @@ import torch
 
 from .. import checkpoints
 from ..common import progress as progress_bar
+from ..common import write_json
 from ..config import TrainStyleGANSettings
+from ..distributed import average, barrier
 from ..training import LossLog, TrainingImages, count_parameters, shortest_float
 from .sampling import GENERATOR_WEIGHTS, export_generator, generate_images, save_grid
 from .trainer import StyleGANTrainer
@@ -34,6 +36,11 @@ def train(results_dir: str | os.PathLike, config: TrainStyleGANSettings, seed: i
     is saved and the EMA generator exported. ``stop_after_steps`` /
     ``time_limit_min`` end this call early (with a checkpoint); a re-run
     continues exactly as if never stopped. Returns a summary dict.
+
+    Inside a torch.distributed job every process runs this function on its
+    share of each batch (see :class:`StyleGANTrainer`); process 0 writes the
+    log, checkpoints, grids and the exported generator. A run resumed with
+    the same number of processes continues exactly.
     """
     out = Path(results_dir) / "stylegan"
     ckpt_dir, grid_dir = out / "checkpoints", out / "grids"
@@ -50,7 +57,8 @@ def train(results_dir: str | os.PathLike, config: TrainStyleGANSettings, seed: i
         trainer.load_state(latest[1], source=str(ckpt_dir))
         pending = {k: list(v.unbind()) for k, v in latest[1].get("log_pending", {}).items()}
     start = trainer.step_count
-    log = LossLog(out / "loss_log.csv", LOG_COLUMNS, start, float_format=shortest_float)
+    main_process = trainer.rank == 0
+    log = LossLog(out / "loss_log.csv", LOG_COLUMNS, start, float_format=shortest_float, enabled=main_process)
 
     total = cfg.total_steps
     grid_seeds = list(range(cfg.grid_seeds))
@@ -71,15 +79,23 @@ def train(results_dir: str | os.PathLike, config: TrainStyleGANSettings, seed: i
         pending, interval_t0, interval_images = {}, time.monotonic(), 0
 
     def checkpoint() -> None:
-        state = trainer.state()
-        state["log_pending"] = {k: torch.stack(v) for k, v in pending.items() if v}
-        checkpoints.save_checkpoint(ckpt_dir, trainer.step_count, state, keep_checkpoints=cfg.keep_checkpoints)
-        save_grid(generate_images(trainer.G_ema, grid_seeds, batch_invariant=False),
-                  grid_dir / f"step_{trainer.step_count:09d}.png")
-        export_generator(trainer, out, complete=trainer.step_count >= total)
+        state = trainer.state()  # every process: the ADA statistic is pooled here
+        if main_process:
+            state["log_pending"] = {k: torch.stack(v) for k, v in pending.items() if v}
+            checkpoints.save_checkpoint(ckpt_dir, trainer.step_count, state, keep_checkpoints=cfg.keep_checkpoints)
+            save_grid(generate_images(trainer.G_ema, grid_seeds, batch_invariant=False),
+                      grid_dir / f"step_{trainer.step_count:09d}.png")
+            export_generator(trainer, out, complete=trainer.step_count >= total)
+        barrier()
+
+    def past_deadline() -> bool:  # all processes stop at the same step
+        late = deadline is not None and time.monotonic() > deadline
+        if deadline is not None and trainer.world > 1:
+            late = bool(average(torch.tensor([float(late)])) > 0)
+        return late
 
     with progress_bar(total=total * cfg.batch_size, initial=start * cfg.batch_size, unit="img", desc="StyleGAN",
-              disable=not progress, smoothing=0.1) as bar:
+              disable=not (progress and main_process), smoothing=0.1) as bar:
         while trainer.step_count < last_stop:
             t0 = time.monotonic()
             stats = trainer.step(data)
@@ -90,7 +106,7 @@ def train(results_dir: str | os.PathLike, config: TrainStyleGANSettings, seed: i
             bar.update(cfg.batch_size)
             step = trainer.step_count
             at_checkpoint = step % cfg.checkpoint_every == 0 or step == total
-            out_of_time = deadline is not None and time.monotonic() > deadline
+            out_of_time = past_deadline()
             if step % cfg.log_every == 0 or at_checkpoint:
                 bar.set_postfix(G=f"{float(stats['loss_G']):.3f}", D=f"{float(stats['loss_D']):.3f}",
                                 p=f"{trainer.augment.p:.3f}")
@@ -99,12 +115,15 @@ def train(results_dir: str | os.PathLike, config: TrainStyleGANSettings, seed: i
                 checkpoint()
             if out_of_time:
                 break
-    if trainer.step_count == start and not (out / GENERATOR_WEIGHTS).is_file():
-        checkpoint()  # nothing left to train, but sampling needs the exported generator
+    if trainer.step_count == start:  # nothing left to train, but sampling needs the exported generator
+        missing = not (out / GENERATOR_WEIGHTS).is_file()
+        barrier()  # every process has looked before process 0 may write it
+        if missing:
+            checkpoint()
 
     rows = pd.read_csv(log.path)
     last = rows.iloc[-1].to_dict() if len(rows) else {}
-    return {
+    summary = {
         "steps_done": trainer.step_count,
         "steps_total": total,
         "images_seen": trainer.step_count * cfg.batch_size,
@@ -117,4 +136,8 @@ def train(results_dir: str | os.PathLike, config: TrainStyleGANSettings, seed: i
         "G_params": count_parameters(trainer.G),
         "D_params": count_parameters(trainer.D),
         "device": str(trainer.device),
+        "processes": trainer.world,
     }
+    if main_process:
+        write_json(out / "summary.json", summary)
+    return summary

@@ -16,6 +16,7 @@ from torch import nn
 from .. import checkpoints
 from ..common import stable_hash
 from ..config import TrainStyleGANSettings
+from ..distributed import average, average_gradients, rank_world
 from ..training import TrainingImages, step_seed
 from .augment import AdaptiveAugment
 from .networks import Discriminator, Generator
@@ -26,12 +27,16 @@ def _requires_grad(module: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def real_batch(data: TrainingImages, step: int, batch_size: int, mirror: bool) -> np.ndarray:
-    """uint8 reals of training step ``step``, x-flipped at random when
-    ``mirror`` (the authors' --mirror=1); a function of ``(seed, step)``."""
-    images = data.uint8(data.batch_indices(step, batch_size))
+def real_batch(data: TrainingImages, step: int, batch_size: int, mirror: bool,
+               rank: int = 0, world: int = 1) -> np.ndarray:
+    """uint8 reals of training step ``step`` (process ``rank``'s share of the
+    global batch), x-flipped at random when ``mirror`` (the authors'
+    --mirror=1); a function of ``(seed, step)``: the processes together see
+    the same images, flipped the same way, as one process would."""
+    images = data.uint8(data.batch_indices(step, batch_size, rank, world))
     if mirror:
-        flip = np.random.default_rng([data.seed, step, 1]).random(batch_size) < 0.5
+        per = batch_size // world
+        flip = (np.random.default_rng([data.seed, step, 1]).random(batch_size) < 0.5)[rank * per:(rank + 1) * per]
         images[flip] = images[flip][..., ::-1]
     return images
 
@@ -102,10 +107,42 @@ def update_ema(average: nn.Module, model: nn.Module, beta: float) -> None:
         kept.copy_(current_buffers[name])
 
 
+def check_batch(config: TrainStyleGANSettings, processes: int) -> None:
+    """Refuse a batch that ``processes`` cannot share: each process takes
+    ``batch_size / processes`` images, a multiple of the minibatch-std group."""
+    b, group = config.batch_size, config.mbstd_group
+    if b % processes:
+        raise ValueError(f"train_stylegan.batch_size={b} is not divisible by processes={processes}: "
+                         "each process takes batch_size / processes images per step")
+    per, group = b // processes, min(group, b)
+    if group and per % group:  # D's minibatch statistic must see groups of the same size as in one process
+        raise ValueError(f"train_stylegan.batch_size={b} over {processes} processes gives {per} images per "
+                         f"process, not a multiple of mbstd_group={group}")
+
+
+def _averaged(stats: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The step's statistics averaged over the processes (one all-reduce)."""
+    keys = sorted(stats)
+    values = average(torch.stack([stats[k].float() for k in keys]))
+    return dict(zip(keys, values.unbind()))
+
+
 class StyleGANTrainer:
     """G, D, G_ema, their Adam optimizers, the ADA pipeline and the
     per-step logic. :func:`helpers.stylegan.train` drives it; tests call
-    :meth:`step` directly."""
+    :meth:`step` directly.
+
+    Inside a torch.distributed job (``./runall.sh --processes N``) each
+    process takes ``batch_size / N`` images of every global batch, draws its
+    own latents and augmentations (seeded by step and rank), and the
+    gradients of every phase (G, path length, D, R1) are averaged over the
+    processes before the optimizer steps, so all processes hold the same
+    networks. ADA's sign statistic, the path-length mean, G's tracked w
+    average and the logged statistics are averaged too. One difference from
+    a single process of the whole batch remains: the small gradient that
+    flows through the path-length running mean (weight ``pl_decay``) is the
+    process's own.
+    """
 
     def __init__(self, config: TrainStyleGANSettings, image_shape: tuple[int, int, int], seed: int = 0,
                  device: str | torch.device | None = None) -> None:
@@ -115,7 +152,9 @@ class StyleGANTrainer:
         if res != res_w:
             raise ValueError(f"StyleGAN needs square images, got {image_shape}")
         c = config
-        torch.manual_seed(self.seed)  # initial weights depend on the seed only
+        self.rank, self.world = rank_world()
+        check_batch(c, self.world)
+        torch.manual_seed(self.seed)  # initial weights depend on the seed only (the same in every process)
         fp16 = c.num_fp16_res if c.mixed_precision else 0
         self.G = Generator(res, channels, c.z_dim, c.w_dim, c.mapping_layers, c.mapping_lr_multiplier,
                            c.channel_base, c.channel_max, fp16, c.conv_clamp).to(self.device)
@@ -156,18 +195,24 @@ class StyleGANTrainer:
         (every ``r1_interval`` steps), then the EMA and ADA. Every random
         draw comes from a seed of ``(seed, step)``. Returns detached stats."""
         c, s, b = self.cfg, self.step_count, self.cfg.batch_size
-        torch.manual_seed(step_seed(self.seed, s))  # z, noise, augmentation of this step
-        reals = torch.from_numpy(real_batch(data, s, b, c.mirror)).to(self.device, non_blocking=True)
-        reals = reals.float() / 127.5 - 1.0
+        rank_words = (self.rank,) if self.world > 1 else ()  # one process: the seeds runs always had
+        torch.manual_seed(step_seed(self.seed, s, *rank_words))  # z, noise, augmentation of this step
+        reals = real_batch(data, s, b, c.mirror, self.rank, self.world)
+        reals = torch.from_numpy(reals).to(self.device, non_blocking=True).float() / 127.5 - 1.0
         stats: dict[str, torch.Tensor] = {}
 
         _requires_grad(self.G, True)
-        stats.update(self._generator_updates(b, regularize=c.pl_weight > 0 and s % c.pl_interval == 0))
+        stats.update(self._generator_updates(len(reals), regularize=c.pl_weight > 0 and s % c.pl_interval == 0))
         _requires_grad(self.G, False)
         _requires_grad(self.D, True)
         stats.update(self._discriminator_updates(reals, regularize=c.r1_gamma > 0 and s % c.r1_interval == 0))
         _requires_grad(self.D, False)
 
+        if self.world > 1:
+            for name, buffer in self.G.named_buffers():
+                if name.endswith("w_avg"):
+                    average(buffer)
+            stats = _averaged(stats)
         update_ema(self.G_ema, self.G, ema_beta(b, s * b, c.ema_kimg, c.ema_rampup))
         self.step_count += 1
         if self.step_count % c.ada_interval == 0:  # ADA: move p from sign(D(real)) of the last interval
@@ -181,16 +226,21 @@ class StyleGANTrainer:
         fake, _ = self.run_G(self._latents(b))
         loss = F.softplus(-self.run_D(fake)).mean()
         loss.backward()
+        average_gradients(self.G)
         self.opt_G.step()
         stats["loss_G"] = loss.detach()
         if regularize:  # path lengths pulled towards their running mean
             self.opt_G.zero_grad(set_to_none=True)
             fake, ws = self.run_G(self._latents(max(b // c.pl_batch_shrink, 1)))
             lengths = path_lengths(fake, ws)
-            running = torch.lerp(self.pl_mean, lengths.mean(), c.pl_decay)
+            mean = lengths.mean()
+            if self.world > 1:  # the mean of all processes, with this process's gradient
+                mean = mean + (average(mean.detach().clone()) - mean.detach())
+            running = torch.lerp(self.pl_mean, mean, c.pl_decay)
             self.pl_mean.copy_(running.detach())
             penalty = (lengths - running).square()
             _touching(penalty * c.pl_weight, fake[:, 0, 0, 0]).mean().mul(c.pl_interval).backward()
+            average_gradients(self.G)
             self.opt_G.step()
             stats["pl"] = penalty.mean().detach()
         return stats
@@ -200,11 +250,12 @@ class StyleGANTrainer:
         # softplus(D(fake)) + softplus(-D(real))
         self.opt_D.zero_grad(set_to_none=True)
         with torch.no_grad():
-            fake, _ = self.run_G(self._latents(c.batch_size))
+            fake, _ = self.run_G(self._latents(len(reals)))
         on_fake, on_real = self.run_D(fake), self.run_D(reals)
         self.augment.accumulate(on_real)
         loss = F.softplus(on_fake).mean() + F.softplus(-on_real).mean()
         loss.backward()
+        average_gradients(self.D)
         self.opt_D.step()
         stats = {"loss_D": loss.detach(), "D_real": on_real.detach().mean(), "D_fake": on_fake.detach().mean(),
                  "real_sign": on_real.detach().sign().mean()}
@@ -215,6 +266,7 @@ class StyleGANTrainer:
             self.augment.accumulate(on_real)
             r1 = input_gradient_norm2(on_real, inputs)
             _touching(r1 * (c.r1_gamma / 2), on_real).mean().mul(c.r1_interval).backward()
+            average_gradients(self.D)
             self.opt_D.step()
             stats["r1"] = r1.mean().detach()
         return stats
@@ -243,6 +295,10 @@ class StyleGANTrainer:
         if state.get("config_hash") != wanted:
             old, new = state.get("config", {}), self.cfg.identity()
             diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+            if set(diff) == {"processes"}:
+                raise ValueError(f"{source}: this run was trained with {old.get('processes') or 1} process(es); "
+                                 f"resume it with --processes {old.get('processes') or 1} (every step's random "
+                                 "draws depend on it), or delete that folder to start afresh")
             raise ValueError(
                 f"{source}: written by a run with other settings {diff} (old, new); delete that "
                 "stylegan/checkpoints folder or use another results_dir to start afresh"

@@ -1,0 +1,236 @@
+"""Timing a few iterations of each heavy step, and the disk its outputs take.
+
+See :mod:`helpers.plan` for what is measured and how it is scaled."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import resource
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..common import write_json
+
+GIB = 2**30
+#: most pixels (batch × C × H × W) timed in one step on a CPU; a larger
+#: batch's time is scaled linearly from a smaller one (5×256²: 3 images)
+CPU_TIMED_PIXELS = 2**20
+
+
+@dataclass
+class StepEstimate:
+    step: str
+    seconds: float | None
+    basis: str
+    memory: str
+    disk_bytes: int
+    disk_what: str
+
+
+
+# --------------------------------------------------------------------------
+# Measuring a few iterations
+# --------------------------------------------------------------------------
+
+def _timed(fn: Callable[[], object], repeats: int = 2) -> float:
+    """Seconds per call of ``fn`` after one warm-up call (the fastest of
+    ``repeats``; one when the warm-up took more than 5 s)."""
+    import torch
+
+    t0 = time.perf_counter()
+    fn()
+    best = math.inf
+    for _ in range(repeats if time.perf_counter() - t0 < 5 else 1):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _memory(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return f"GPU {torch.cuda.max_memory_allocated() / GIB:.1f} GiB"
+    return f"RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB"
+
+
+def _reset_memory(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _timed_batch(per_process: int, device: str, shape: Sequence[int], multiple: int = 1) -> int:
+    """The batch to time: the real one on a GPU; on a CPU at most
+    ``CPU_TIMED_PIXELS`` worth of images (a multiple of ``multiple``)."""
+    if device == "cuda":
+        return per_process
+    cap = max(1, CPU_TIMED_PIXELS // int(np.prod(shape)))
+    return max(multiple, min(per_process, cap) // multiple * multiple)
+
+
+def _per_process_batch(batch: int, processes: int, device: str) -> int:
+    """Processes on one CPU share its cores: there each counts as the whole batch."""
+    return batch // processes if device == "cuda" else batch
+
+
+def _random_training(folder: Path, n: int, shape: tuple[int, int, int]) -> Path:
+    images = np.random.default_rng(0).integers(0, 256, (n, *shape), dtype=np.uint8)
+    np.save(folder / "train.npy", images)
+    write_json(folder / "meta.json", {"channels": shape[0], "image_size": shape[1]})
+    return folder
+
+
+def estimate_stylegan(cfg, shape, runs, device: str, processes: int) -> tuple[StepEstimate, int]:
+    from ..stylegan.trainer import StyleGANTrainer
+    from ..training import TrainingImages, count_parameters
+
+    per = _per_process_batch(cfg.batch_size, processes, device)
+    b = _timed_batch(per, device, shape)
+    _reset_memory(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        small = dataclasses.replace(cfg, batch_size=b, processes=1, mbstd_group=min(cfg.mbstd_group, b))
+        trainer = StyleGANTrainer(small, shape, seed=0, device=device)
+        data = TrainingImages(_random_training(Path(tmp), 2 * b, shape))
+        intervals = [i for i, on in ((cfg.pl_interval, cfg.pl_weight > 0), (cfg.r1_interval, cfg.r1_gamma > 0)) if on]
+
+        def plain():
+            trainer.step_count = 1  # a step without regularization (1 is no multiple of an interval > 1)
+            trainer.step(data)
+
+        def regularized():
+            trainer.step_count = 0  # both regularizers run at step 0
+            trainer.step(data)
+
+        t_plain = _timed(plain)
+        t_reg = _timed(regularized, repeats=1) if intervals and min(intervals) > 1 else t_plain
+        g, d = count_parameters(trainer.G), count_parameters(trainer.D)
+    scale = per / b
+    per_step = (t_plain + (t_reg - t_plain) / min(intervals or [1])) * scale
+    seconds = per_step * cfg.total_steps * len(runs) / cfg.parallel_runs
+    basis = (f"{cfg.total_steps:,} steps × {len(runs)} run(s); a step of batch {b} measured "
+             f"({t_plain:.2f} s, with regularization {t_reg:.2f} s)" + (f", ×{scale:g} for batch {per}" if scale != 1 else "")
+             + (f", runs {cfg.parallel_runs} side by side" if cfg.parallel_runs > 1 else ""))
+    params = 4 * g + 3 * d  # G, G_ema and G's two Adam moments; D and its two
+    disk = len(runs) * 4 * (cfg.keep_checkpoints * params + g)
+    what = f"{cfg.keep_checkpoints} checkpoints + generator per run (G {g / 1e6:.1f} M, D {d / 1e6:.1f} M parameters)"
+    return StepEstimate("02 train StyleGAN", seconds, basis, _memory(device), disk, what), g
+
+
+def estimate_diffusion(settings, shape, runs, device: str, processes: int) -> tuple[StepEstimate, int]:
+    import torch
+
+    from ..diffusion.trainer import setup_training, train_step
+    from ..training import count_parameters
+
+    per = _per_process_batch(settings.batch_size, processes, device)
+    b = _timed_batch(per, device, shape)
+    _reset_memory(device)
+    setup = setup_training(dataclasses.replace(settings, batch_size=b, processes=1), shape[0], shape[1], device=device)
+    images = torch.rand(b, *shape, device=setup.accelerator.device) * 2 - 1
+    generator = torch.Generator(device=setup.accelerator.device).manual_seed(0)
+    t_step = _timed(lambda: train_step(setup, images, generator))
+    p = count_parameters(setup.unet)
+    scale = per / b
+    seconds = t_step * scale * settings.max_steps * len(runs) / settings.parallel_runs
+    basis = (f"{settings.max_steps:,} steps × {len(runs)} run(s); a step of batch {b} measured ({t_step:.2f} s)"
+             + (f", ×{scale:g} for batch {per}" if scale != 1 else "")
+             + (f", runs {settings.parallel_runs} side by side" if settings.parallel_runs > 1 else ""))
+    disk = len(runs) * 4 * p * (4 * settings.keep_checkpoints + 1)  # model, EMA, two Adam moments; the pipeline
+    memory = _memory(device)
+    return StepEstimate("03 train diffusion", seconds, basis, memory, disk,
+                        f"{settings.keep_checkpoints} checkpoints + pipeline per run ({p / 1e6:.1f} M parameters)"), p
+
+
+def estimate_sampling(cfg, stylegan_cfg, diffusion_cfg, shape, runs, device: str, processes: int) -> StepEstimate:
+    import torch
+
+    from ..diffusion.model import build_unet
+    from ..stylegan.networks import Generator
+    from ..stylegan.sampling import generate_images
+
+    gpus = processes if device == "cuda" else 1
+    counts = {"stylegan": cfg.n_stylegan, "diffusion": cfg.n_diffusion, "optimal_denoiser": cfg.n_optimal_denoiser}
+    counts = {m: n for m, n in counts.items() if m in cfg.models and n > 0}
+    _reset_memory(device)
+    seconds, parts = 0.0, []
+    if "stylegan" in counts:
+        c = stylegan_cfg
+        G = Generator(shape[1], shape[0], c.z_dim, c.w_dim, c.mapping_layers, c.mapping_lr_multiplier,
+                      c.channel_base, c.channel_max, 0, c.conv_clamp).to(device).eval()
+        t = _timed(lambda: generate_images(G, [0]), repeats=2)  # one image at a time (batch-invariant)
+        seconds += t * counts["stylegan"] * len(runs) / gpus
+        parts.append(f"StyleGAN {t:.3f} s/image")
+    steps = (diffusion_cfg.num_train_timesteps if cfg.diffusion_sampler == "ddpm"
+             else cfg.diffusion_inference_steps or 50)
+    b = _timed_batch(cfg.batch_size, device, shape)
+    if "diffusion" in counts:
+        unet = build_unet(diffusion_cfg, shape[0], shape[1]).to(device).eval()
+        x = torch.randn(b, *shape, device=device)
+        with torch.no_grad():
+            t = _timed(lambda: unet(x, torch.full((b,), 10, device=device), return_dict=False))
+        seconds += t / b * steps * counts["diffusion"] * len(runs) / gpus
+        parts.append(f"diffusion {steps} network passes/image, a pass of batch {b} {t:.3f} s")
+        del unet
+    if "optimal_denoiser" in counts:
+        from ..diffusion.model import build_noise_scheduler
+        from ..optimal_denoiser import OptimalDenoiser
+
+        n_train = max(n for n, _ in runs.values())
+        measured = min(n_train, 1024)
+        training = np.random.default_rng(0).integers(0, 256, (measured, *shape), dtype=np.uint8)
+        model = OptimalDenoiser(training, build_noise_scheduler(diffusion_cfg)).to(device)
+        x = torch.randn(b, *shape, device=device)
+        t = _timed(lambda: model(x, 10, return_dict=False))
+        per_image = t / b * steps * sum(n for n, _ in runs.values()) / measured
+        seconds += per_image * counts["optimal_denoiser"] / gpus
+        parts.append(f"optimal denoiser: a pass of batch {b} over {measured} training images {t:.3f} s, "
+                     "scaled by each run's training set")
+    image = int(np.prod(shape))
+    disk = len(runs) * sum(n * (image + 16) for n in counts.values())
+    basis = "; ".join(parts) + (f"; {gpus} GPUs share the seeds" if gpus > 1 else "")
+    what = ", ".join(f"{n:,} {m}" for m, n in counts.items()) + " uint8 samples per run"
+    return StepEstimate("04 sample", seconds, basis, _memory(device), disk, what)
+
+
+def estimate_correlation(cfg, sample_cfg, channel_names, shape, runs, device: str, processes: int) -> StepEstimate:
+    from .. import correlation
+    from ..correlate.measures import study_measures
+
+    measures, _ = study_measures(channel_names, cfg.channels, each=True, joint=cfg.joint,
+                                 headline=cfg.headline_channel)
+    groups = {m.name: list(m.index) for m in measures}
+    counts = {"stylegan": sample_cfg.n_stylegan, "diffusion": sample_cfg.n_diffusion,
+              "optimal_denoiser": sample_cfg.n_optimal_denoiser}
+    n_synthetic = sum(n for m, n in counts.items() if m in cfg.models and m in sample_cfg.models)
+    rng = np.random.default_rng(0)
+    n_s, n_t = (256, 4096) if device == "cuda" else (64, 1024)
+    synthetic = rng.integers(0, 256, (n_s, *shape), dtype=np.uint8)
+    training = rng.integers(0, 256, (n_t, *shape), dtype=np.uint8)
+    backend = cfg.backend if device == "cuda" else "numpy"
+    t = _timed(lambda: correlation.match_groups(synthetic, training, groups, k=cfg.top_k, backend=backend,
+                                                progress=False), repeats=1)
+    rate = n_s * n_t / t
+    pairs = sum((n_synthetic + n_test + cfg.n_control) * n_train for n_train, n_test in runs.values())
+    gpus = processes if device == "cuda" else 1
+    rows = sum(n_synthetic + n_test + cfg.n_control for _, n_test in runs.values())
+    disk = rows * len(measures) * cfg.top_k * 40
+    basis = (f"{pairs:.2g} pairs × {len(measures)} measures; {n_s}×{n_t} pairs measured "
+             f"({rate:,.0f} pairs/s, all measures)" + (f"; {gpus} GPUs share the synthetic images" if gpus > 1 else ""))
+    return StepEstimate("05 correlate", pairs / rate / gpus, basis, f"≤ {cfg.memory_budget_gb:g} GiB + 1 (budget)",
+                        disk, f"tables of the top {cfg.top_k} matches per image and measure")
+
+

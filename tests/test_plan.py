@@ -1,0 +1,68 @@
+"""The plan before a long run: measured times, disk sizes from the shapes,
+and a refusal when the disk cannot hold the outputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import common, config, plan
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    return config.resolve("phantom", "smoke", {})
+
+
+def _prepared(folder, n_train=12, n_test=5, shape=(5, 32, 32)):
+    data = folder / "data"
+    data.mkdir(parents=True)
+    np.save(data / "train.npy", np.zeros((n_train, *shape), np.uint8))
+    np.save(data / "test.npy", np.zeros((n_test, *shape), np.uint8))
+    common.write_json(data / "meta.json", {"channels": ["t1", "t2", "t1ce", "flair", "seg"], "image_size": 32})
+    return folder
+
+
+def test_a_plan_reads_the_prepared_data_and_measures_each_step(tmp_path, smoke):
+    estimate = plan.make_plan(smoke, _prepared(tmp_path / "phantom"))
+    assert estimate.runs == {"all": (12, 5)} and estimate.data_note == "from data/"
+    assert [s.step[:2] for s in estimate.steps] == ["02", "03", "04", "05"]
+    for step in estimate.steps:
+        assert step.seconds is not None and step.seconds > 0, step
+        assert step.disk_bytes > 0, step
+    sample = estimate.steps[2]
+    s = smoke["sample"]
+    n = s.n_stylegan + s.n_diffusion + s.n_optimal_denoiser
+    assert sample.disk_bytes == n * (5 * 32 * 32 + 16), "samples are uint8 N×C×H×W (+ a seed row each)"
+    text = estimate.text()
+    assert "02 train StyleGAN" in text and "measured" in text and "free on" in text
+
+
+def test_without_data_the_counts_are_an_assumption_that_says_so(tmp_path):
+    resolved = config.resolve("brats21", "smoke", {"prepare_data": {"train_sizes": None}})
+    runs, shape, note = plan.run_sizes(resolved, tmp_path / "brats21")
+    assert note.startswith("assumed") and "1195 training subjects" in note  # the authors' split
+    assert shape == (5, resolved["prepare_data"].image_size, resolved["prepare_data"].image_size)
+    (n_train, n_test), = runs.values()
+    assert n_train > 0 and n_test > 0
+
+
+def test_a_disk_too_small_is_refused_with_what_is_needed_and_where(tmp_path, smoke, monkeypatch, capsys):
+    results = _prepared(tmp_path / "phantom")
+    monkeypatch.setattr(plan, "free_disk", lambda path: 1000)
+    with pytest.raises(plan.PlanError, match=r"will write about .* but .* has 1\.0 kB free; .*--force"):
+        plan.check_before_run(smoke, results, ["02", "03", "04", "05"], force=False)
+    assert (results / "plan.txt").is_file(), "the plan is kept beside the results"
+    plan.check_before_run(smoke, results, ["04"], force=True)  # --force starts anyway, with a warning
+    assert "starting anyway" in capsys.readouterr().out
+
+
+def test_runall_plan_prints_and_runs_nothing(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "helpers.pipeline", "brats21", "--profile", "smoke", "--plan",
+                           "--results", str(tmp_path)], capture_output=True, text=True, cwd=common.repo_root())
+    assert done.returncode == 0, done.stderr
+    assert "01 prepare data" in done.stdout and "05 correlate" in done.stdout and "assumed" in done.stdout
+    assert not any(tmp_path.iterdir()), "--plan writes nothing"
