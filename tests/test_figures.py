@@ -577,3 +577,22 @@ def test_words_use_wilson_intervals():
     frame = pd.DataFrame({"wilson_low": [0.0, 0.1], "wilson_high": [0.057, 0.3]})
     lo, hi = figures.interval_columns(frame)
     assert lo.tolist() == [0.0, 0.1] and hi.tolist() == [0.057, 0.3]
+
+
+def test_a_notebook_shows_a_saved_figure_as_a_smaller_palette_png_of_the_same_size(tmp_path):
+    import io
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from helpers.figures import output
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([0, 1], [1, 0])
+    png, = output.save_figure(fig, tmp_path, "line", pdf=False)
+    with Image.open(png) as full, Image.open(io.BytesIO(output.preview_png(png))) as preview:
+        assert preview.size == full.size and preview.mode == "P"
+        difference = np.abs(np.asarray(preview.convert("RGB"), float) - np.asarray(full.convert("RGB"), float))
+        assert difference.mean() < 1.0, "a palette copy, not another picture"
+    assert len(output.preview_png(png)) < png.stat().st_size
+    assert output.preview_png(png) == output.preview_png(png), "the same file gives the same bytes"
