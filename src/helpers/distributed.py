@@ -175,16 +175,23 @@ def train_every_run(results_dir: str | os.PathLike, step: str, cfg) -> dict[str,
     from . import sweep
     from .config import as_dict
 
-    train = {"train_stylegan": sweep.train_stylegan_run, "train_diffusion": sweep.train_diffusion_run}[step]
     if cfg.processes <= 1:
-        return sweep.for_every_run(results_dir, train, cfg)
-    check_processes(cfg.processes, cfg.batch_size, f"{step}.")
+        return sweep.for_every_run(results_dir, _trainer(step), cfg)
     if step == "train_stylegan":
         from .stylegan.trainer import check_batch
 
-        check_batch(cfg, cfg.processes)
+        check_batch(cfg, cfg.processes)  # also the minibatch-std group of each process's share
+    else:
+        check_processes(cfg.processes, cfg.batch_size, f"{step}.")
     launch(step, results_dir, as_dict(cfg), cfg.processes, Path(results_dir) / "logs" / step)
     return {label: _read_summary(run, step) for label, run in sweep.run_dirs(results_dir).items()}
+
+
+def _trainer(step: str):
+    """The function that trains one run for ``step``."""
+    from . import sweep
+
+    return {"train_stylegan": sweep.train_stylegan_run, "train_diffusion": sweep.train_diffusion_run}[step]
 
 
 def _read_summary(run: Path, step: str) -> dict:
@@ -253,8 +260,7 @@ def _run_job(job: str, results_dir: str, settings: dict) -> None:
     rank, _ = rank_world()
     for run in sweep.run_dirs(results_dir).values():
         if job in ("train_stylegan", "train_diffusion"):
-            train = sweep.train_stylegan_run if job == "train_stylegan" else sweep.train_diffusion_run
-            train(run, cfg)  # process 0 writes the run's summary.json
+            _trainer(job)(run, cfg)  # process 0 writes the run's summary.json
         elif job == "sample":
             sweep.sample_run(run, cfg, parallel=False)
         else:

@@ -302,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{label}: up to date, skipped (--force to re-run)")
             upstream.append(stamp)
             continue
-        if step.number in ("02", "03", "04", "05") and not planned:  # a plan before the long steps
+        if step.number in plan.STEPS and not planned:  # a plan before the long steps
             planned = True
             plan.check_before_run(resolved, results, [s.number for s in selected if s.number >= step.number],
                                   args.force)

@@ -25,6 +25,7 @@ a typical number of kept slices per subject).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 from collections.abc import Sequence
@@ -42,6 +43,8 @@ from .measure import (
     estimate_stylegan,
 )
 
+#: the steps a plan estimates (step 01 too, by its size, when it has not run)
+STEPS = ("02", "03", "04", "05")
 #: kept slices per BraTS subject with the authors' rule (15 % of the padded
 #: slice with T1 > 50): a 40 GB BraTS 2021 train.npy of 5×256² holds
 #: ~1.2·10⁵ slices of 1195 subjects
@@ -130,15 +133,22 @@ def run_sizes(resolved, results: Path) -> tuple[dict[str, tuple[int, int]], tupl
             runs[label] = (len(train), len(np.load(test_path, mmap_mode="r")) if test_path.is_file() else 0)
             shape = tuple(int(s) for s in train.shape[1:])
         return runs, shape, "from data/"
+    from ..data.brats import BRATS_SUFFIX
+
     prep = resolved["prepare_data"]
-    n_train, n_test, note = _assumed_counts(prep, "brats2020" if resolved.dataset == "brats20" else "brats2021")
-    channels = len(prep.channels) if prep.channels else (5 if prep.source in ("brats", "phantom_brats") else 1)
+    n_train, n_test, note = _assumed_counts(prep, _layout(resolved))
+    brats = prep.source in ("brats", "phantom_brats")
+    channels = len(prep.channels) if prep.channels else (len(BRATS_SUFFIX) if brats else 1)
     shape = (channels, prep.image_size, prep.image_size)
     if prep.train_sizes:
         runs = {sweep.size_label(n, rule): (n, n_test) for rule in prep.subset_rules for n in prep.train_sizes}
     else:
         runs = {"all": (n_train, n_test)}
     return runs, shape, note
+
+
+def _layout(resolved) -> str:
+    return "brats2020" if resolved.dataset == "brats20" else "brats2021"
 
 
 def _assumed_counts(prep, layout: str) -> tuple[int, int, str]:
@@ -178,46 +188,45 @@ def make_plan(resolved, results: Path, processes: int | None = None) -> Plan:
     runs, shape, note = run_sizes(resolved, Path(results))
     plan = Plan(resolved.dataset, resolved.profile, torch.cuda.get_device_name(0) if device == "cuda" else "CPU",
                 processes, runs, shape, note, Path(results))
-    if note.startswith("assumed"):
-        image = int(np.prod(shape))
-        n = sum(a + b for a, b in runs.values()) if resolved["prepare_data"].train_sizes is None else \
-            max(a for a, _ in runs.values()) + max(b for _, b in runs.values())
+    if not (Path(results) / "data" / "train.npy").is_file():  # step 01 has not run: its arrays count too
+        n_train, n_test, _ = _assumed_counts(resolved["prepare_data"], _layout(resolved))
         plan.steps.append(StepEstimate("01 prepare data", None, "not measured (reading the raw files)", "–",
-                                       n * image, "data/train.npy and test.npy (uint8)"))
-    threads = torch.get_num_threads()
-    try:
-        sg_cfg, df_cfg = resolved["train_stylegan"], resolved["train_diffusion"]
-        if sg_cfg.parallel_runs > 1 and len(runs) > 1 and device == "cpu":
-            torch.set_num_threads(1)  # what each side-by-side worker gets
-        step, _ = estimate_stylegan(sg_cfg, shape, runs, device, processes)
-        plan.steps.append(step)
-        torch.set_num_threads(threads)
-        if df_cfg.parallel_runs > 1 and len(runs) > 1 and device == "cpu":
-            torch.set_num_threads(1)
-        step, _ = estimate_diffusion(df_cfg, shape, runs, device, processes)
-        plan.steps.append(step)
-        torch.set_num_threads(threads)
-        plan.steps.append(estimate_sampling(resolved["sample"], sg_cfg, df_cfg, shape, runs, device, processes))
-        names = _channel_names(resolved, results, shape)
-        plan.steps.append(estimate_correlation(resolved["correlate"], resolved["sample"], names, shape, runs,
-                                               device, processes))
-    finally:
-        torch.set_num_threads(threads)
+                                       (n_train + n_test) * int(np.prod(shape)), "data/train.npy and test.npy (uint8)"))
+    sg_cfg, df_cfg = resolved["train_stylegan"], resolved["train_diffusion"]
+    with _worker_threads(sg_cfg, runs, device):
+        plan.steps.append(estimate_stylegan(sg_cfg, shape, runs, device, processes))
+    with _worker_threads(df_cfg, runs, device):
+        plan.steps.append(estimate_diffusion(df_cfg, shape, runs, device, processes))
+    plan.steps.append(estimate_sampling(resolved["sample"], sg_cfg, df_cfg, shape, runs, device, processes))
+    plan.steps.append(estimate_correlation(resolved["correlate"], resolved["sample"], _channel_names(results, shape),
+                                           shape, runs, device, processes))
     return plan
 
 
-def _channel_names(resolved, results: Path, shape) -> list[str]:
+@contextlib.contextmanager
+def _worker_threads(cfg, runs, device: str):
+    """Time a training as it will run: one thread per worker when a sweep's
+    runs go side by side on a CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if cfg.parallel_runs > 1 and len(runs) > 1 and device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _channel_names(results: Path, shape) -> list[str]:
+    """The data's channel names (BraTS's when step 01 has not run yet)."""
     from ..common import read_json
+    from ..data.brats import BRATS_SUFFIX
 
     meta = Path(results) / "data" / "meta.json"
     if meta.is_file() and isinstance(read_json(meta).get("channels"), list):
         return [str(c) for c in read_json(meta)["channels"]]
-    prep = resolved["prepare_data"]
-    if prep.channels:
-        return list(prep.channels)
-    if shape[0] == 5:
-        return ["t1", "t2", "t1ce", "flair", "seg"]
-    return [f"ch{i}" for i in range(shape[0])]
+    return list(BRATS_SUFFIX) if shape[0] == len(BRATS_SUFFIX) else [f"ch{i}" for i in range(shape[0])]
 
 
 def check_disk(plan: Plan, steps: Sequence[str] | None = None) -> None:

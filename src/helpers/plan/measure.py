@@ -94,7 +94,7 @@ def _random_training(folder: Path, n: int, shape: tuple[int, int, int]) -> Path:
     return folder
 
 
-def estimate_stylegan(cfg, shape, runs, device: str, processes: int) -> tuple[StepEstimate, int]:
+def estimate_stylegan(cfg, shape, runs, device: str, processes: int) -> StepEstimate:
     from ..stylegan.trainer import StyleGANTrainer
     from ..training import TrainingImages, count_parameters
 
@@ -127,10 +127,10 @@ def estimate_stylegan(cfg, shape, runs, device: str, processes: int) -> tuple[St
     params = 4 * g + 3 * d  # G, G_ema and G's two Adam moments; D and its two
     disk = len(runs) * 4 * (cfg.keep_checkpoints * params + g)
     what = f"{cfg.keep_checkpoints} checkpoints + generator per run (G {g / 1e6:.1f} M, D {d / 1e6:.1f} M parameters)"
-    return StepEstimate("02 train StyleGAN", seconds, basis, _memory(device), disk, what), g
+    return StepEstimate("02 train StyleGAN", seconds, basis, _memory(device), disk, what)
 
 
-def estimate_diffusion(settings, shape, runs, device: str, processes: int) -> tuple[StepEstimate, int]:
+def estimate_diffusion(settings, shape, runs, device: str, processes: int) -> StepEstimate:
     import torch
 
     from ..diffusion.trainer import setup_training, train_step
@@ -150,9 +150,8 @@ def estimate_diffusion(settings, shape, runs, device: str, processes: int) -> tu
              + (f", ×{scale:g} for batch {per}" if scale != 1 else "")
              + (f", runs {settings.parallel_runs} side by side" if settings.parallel_runs > 1 else ""))
     disk = len(runs) * 4 * p * (4 * settings.keep_checkpoints + 1)  # model, EMA, two Adam moments; the pipeline
-    memory = _memory(device)
-    return StepEstimate("03 train diffusion", seconds, basis, memory, disk,
-                        f"{settings.keep_checkpoints} checkpoints + pipeline per run ({p / 1e6:.1f} M parameters)"), p
+    return StepEstimate("03 train diffusion", seconds, basis, _memory(device), disk,
+                        f"{settings.keep_checkpoints} checkpoints + pipeline per run ({p / 1e6:.1f} M parameters)")
 
 
 def estimate_sampling(cfg, stylegan_cfg, diffusion_cfg, shape, runs, device: str, processes: int) -> StepEstimate:

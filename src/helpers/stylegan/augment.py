@@ -190,8 +190,7 @@ class AdaptiveAugment(nn.Module):
     def load_controller_state(self, state: dict) -> None:
         self.p = float(state["p"])
         self._sign_sum = float(state["sign_sum"])
-        count = float(state["sign_count"])
-        self._sign_count = int(count) if count.is_integer() else count
+        self._sign_count = float(state["sign_count"])  # pooled over processes it may be a fraction
 
     def extra_repr(self) -> str:
         return f"transforms={','.join(self.names) or 'none'}, p={self.p:.4f}, target={self.target}"

@@ -16,7 +16,7 @@ from torch import nn
 from .. import checkpoints
 from ..common import stable_hash
 from ..config import TrainStyleGANSettings
-from ..distributed import average, average_gradients, rank_world
+from ..distributed import average, average_gradients, check_processes, rank_world
 from ..training import TrainingImages, step_seed
 from .augment import AdaptiveAugment
 from .networks import Discriminator, Generator
@@ -110,11 +110,9 @@ def update_ema(average: nn.Module, model: nn.Module, beta: float) -> None:
 def check_batch(config: TrainStyleGANSettings, processes: int) -> None:
     """Refuse a batch that ``processes`` cannot share: each process takes
     ``batch_size / processes`` images, a multiple of the minibatch-std group."""
-    b, group = config.batch_size, config.mbstd_group
-    if b % processes:
-        raise ValueError(f"train_stylegan.batch_size={b} is not divisible by processes={processes}: "
-                         "each process takes batch_size / processes images per step")
-    per, group = b // processes, min(group, b)
+    check_processes(processes, config.batch_size, "train_stylegan.")
+    b = config.batch_size
+    per, group = b // processes, min(config.mbstd_group, b)
     if group and per % group:  # D's minibatch statistic must see groups of the same size as in one process
         raise ValueError(f"train_stylegan.batch_size={b} over {processes} processes gives {per} images per "
                          f"process, not a multiple of mbstd_group={group}")
