@@ -104,3 +104,24 @@ def test_processes_the_batch_cannot_take_are_refused_before_anything_starts():
         distributed.check_processes(4, batch_size=30)
     with pytest.raises(ValueError, match="processes must be ≥ 1"):
         distributed.check_processes(0)
+
+
+def test_the_engine_cache_knows_a_whole_file_by_its_identity_and_a_part_by_its_values(tmp_path):
+    import os
+    import time
+
+    from helpers.correlate.audit import engine_key
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "train.npy", rng.integers(0, 256, (30, 2, 4, 4), dtype=np.uint8))
+    np.save(tmp_path / "syn.npy", rng.integers(0, 256, (10, 2, 4, 4), dtype=np.uint8))
+    syn, train = tmp_path / "syn.npy", tmp_path / "train.npy"
+    key = engine_key(syn, train, {"all": None}, 3)
+    assert engine_key(syn, np.load(train, mmap_mode="r"), {"all": None}, 3) == key, "the same file, opened anew"
+    part = np.load(train, mmap_mode="r")[:20]
+    assert engine_key(syn, part, {"all": None}, 3) == engine_key(syn, np.array(part), {"all": None}, 3), \
+        "part of a file: by its values"
+    time.sleep(0.01)
+    np.save(train, np.load(train)[::-1].copy())  # other values in the same file
+    os.utime(train)
+    assert engine_key(syn, train, {"all": None}, 3) != key

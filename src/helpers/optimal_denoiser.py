@@ -46,8 +46,8 @@ import numpy as np
 import torch
 
 from . import config, diffusion
-from .common import image_seeds, read_json, write_json
-from .sampling import sample_to_npy, samples_path
+from .common import read_json, write_json
+from .sampling import finished_samples, sample_to_npy, samples_path
 
 MODEL_NAME = "optimal_denoiser"
 #: below this noise variance the weights are computed as at this variance: a
@@ -240,17 +240,6 @@ def make_generate(training: np.ndarray, scheduler, sampler: str = "ddpm", num_in
                                    num_threads=num_threads)
 
 
-def _finished(out: Path, n_images: int, first_seed: int, shape: tuple[int, ...]) -> bool:
-    import pandas as pd
-
-    seeds_csv = out.with_name(out.stem + "_seeds.csv")
-    if not (out.exists() and seeds_csv.exists()):
-        return False
-    done = np.load(out, mmap_mode="r")
-    return done.shape == (n_images, *shape) and done.dtype == np.uint8 and np.array_equal(
-        pd.read_csv(seeds_csv)["seed"].to_numpy(), image_seeds(n_images, first_seed))
-
-
 def sample(results_dir: str | os.PathLike, n_images: int, first_seed: int, batch_size: int, sampler: str = "ddpm",
            num_inference_steps: int | None = None, device: str | None = None, progress: bool = True, *,
            settings: Any = None, num_threads: int = 0, chunk_mb: float = 64.0) -> Path:
@@ -274,7 +263,7 @@ def sample(results_dir: str | os.PathLike, n_images: int, first_seed: int, batch
     shape = (data.channels, data.image_size, data.image_size)
     old = read_json(record_path) if record_path.exists() else None
     if old is not None and (out.exists() or partial.exists()):
-        finished = _finished(out, n_images, first_seed, shape)
+        finished = finished_samples(out, n_images, first_seed, shape)
         if {k: old.get(k) for k in what} != what or (not finished and {k: old.get(k) for k in how} != how):
             raise ValueError(f"{record_path}: the existing optimal-denoiser samples were made with {old}, not "
                              f"{what | how}; remove {out.name} and {partial.name} in {out.parent} to sample again")

@@ -37,6 +37,19 @@ def seeds_path(results: str | os.PathLike, model: str) -> Path:
     return Path(results) / "samples" / f"{model}_seeds.csv"
 
 
+def finished_samples(out_path: str | os.PathLike, n_images: int, first_seed: int,
+                     image_shape: Sequence[int]) -> bool:
+    """Whether ``out_path`` (and its seed table) already holds exactly the
+    ``n_images`` uint8 images of seeds ``first_seed``, ``first_seed + 1``, …"""
+    out_path = Path(out_path)
+    seeds_csv = out_path.with_name(out_path.stem + "_seeds.csv")
+    if not (out_path.exists() and seeds_csv.exists()):
+        return False
+    done = np.load(out_path, mmap_mode="r")
+    return done.shape == (n_images, *image_shape) and done.dtype == np.uint8 and np.array_equal(
+        pd.read_csv(seeds_csv)["seed"].to_numpy(), image_seeds(n_images, first_seed))
+
+
 def sample_to_npy(
     generate: Generator,
     out_path: str | os.PathLike,
@@ -59,17 +72,13 @@ def sample_to_npy(
     seeds = image_seeds(n_images, first_seed)
     shape = (n_images, *image_shape)
     seeds_csv = out_path.with_name(out_path.stem + "_seeds.csv")
+    if finished_samples(out_path, n_images, first_seed, image_shape):
+        return out_path
     partial = out_path.with_name(out_path.stem + ".partial.npy")
     flags_path = out_path.with_name(out_path.stem + ".partial.done.npy")
     record = out_path.with_name(out_path.stem + ".partial.json")
     wanted = {"n_images": n_images, "first_seed": first_seed, "shape": list(shape), "batch_size": batch_size}
     n_batches = -(-n_images // batch_size)
-
-    if out_path.exists() and seeds_csv.exists():
-        done = np.load(out_path, mmap_mode="r")
-        old = pd.read_csv(seeds_csv)
-        if done.shape == shape and done.dtype == np.uint8 and np.array_equal(old["seed"].to_numpy(), seeds):
-            return out_path
 
     if rank == 0:
         resumable = (partial.exists() and flags_path.exists() and record.exists()

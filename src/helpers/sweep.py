@@ -32,7 +32,9 @@ import numpy as np
 import pandas as pd
 
 from . import common
+from .correlate.tables import BASELINE_NAME
 from .data import load_split
+from .sampling import samples_path
 
 SIZES_FILE = "sizes.json"
 DATA_FILES = ("test.npy", "test.csv")  # shared by every size: the held-out subjects
@@ -268,7 +270,7 @@ def for_every_run(results_dir: str | os.PathLike, job: Callable, settings) -> di
 # The memorization criteria of every run, and each model's capacity
 # --------------------------------------------------------------------------
 
-REAL = "real_test"          # held-out real images: the negative reference
+REAL = BASELINE_NAME        # held-out real images: the negative reference
 L2_CRITERION = "l2: d1 < d2/3"
 CAPACITY_FRACTION = 0.9     # Gu et al.: "most samples memorized"
 
@@ -278,7 +280,7 @@ def correlation_criterion(measure: str, threshold_name: str) -> str:
 
 
 def _samples(run_dir: Path, model: str) -> np.ndarray | None:
-    path = run_dir / "samples" / f"{model}.npy"
+    path = samples_path(run_dir, model)
     return np.load(path, mmap_mode="r") if path.is_file() else None
 
 

@@ -17,7 +17,7 @@ from .base import DatasetNotFoundError
 from .brats import BRATS_CHANNELS, plan_brats
 from .cxr import CXR_CHANNELS, plan_cxr
 from .raw import SOURCES, missing_data_message
-from .splits import SPLITS, _display_path
+from .splits import SPLITS
 from .store import stream_units
 
 SKIPPED_COLUMNS = ["path", "reason", "subject", "role"]
@@ -52,14 +52,6 @@ def _validate(source, image_size, channels, pad_to, slice_stride, on_bad_subject
     if not channels or None in chosen or len(set(chosen)) != len(chosen):
         raise ValueError(f"channels {list(channels)}: expected distinct names from {list(allowed)} (or null for all)")
     return sorted(chosen, key=allowed.index)  # a subset keeps our order (BRATS_CHANNELS)
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def prepare_dataset(
@@ -132,7 +124,7 @@ def prepare_dataset(
     if not raw_dir.is_dir():
         raise DatasetNotFoundError(missing_data_message(dataset, source, raw_dir))
     out_dir = Path(results_dir) / "data"
-    if _inside(out_dir, raw_dir):
+    if out_dir.resolve().is_relative_to(raw_dir.resolve()):
         raise ValueError(f"results folder {out_dir} lies inside the raw data folder {raw_dir}; "
                          "nothing may be written there")
     size = int(image_size)
@@ -187,7 +179,7 @@ def prepare_dataset(
         "shape_test": [out.n_test, *row_shape],
         "dtype": "uint8",
         "split": split,
-        "split_file": None if split_path is None else _display_path(split_path),
+        "split_file": None if split_path is None else common.display_path(split_path),
         "split_file_sha256": None if split_path is None else common.file_sha256(split_path),
         "split_rule": plan.split_rule,
         "seed": int(seed),

@@ -200,15 +200,6 @@ def split_subjects_by_list(
     return pd.DataFrame({"subject": listed, "rank": range(len(listed)), "role": roles})
 
 
-def _display_path(path: Path) -> str:
-    """``path`` relative to the checkout when inside it (as recorded in meta.json), else absolute."""
-    path = path.resolve()
-    try:
-        return str(path.relative_to(_CHECKOUT))
-    except ValueError:
-        return str(path)
-
-
 def _train_first(column: pd.Series) -> pd.Series:
     """Sort key: train rows before test rows, other columns unchanged."""
     if column.name == "role":

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..common import image_seeds, read_json, write_json
 from ..common import progress as progress_bar
-from ..sampling import sample_to_npy, samples_path, to_uint8
+from ..common import read_json, write_json
+from ..sampling import finished_samples, sample_to_npy, samples_path, to_uint8
 from .loop import MODEL_NAME, pipeline_dir
 
 
@@ -143,7 +143,7 @@ def sample(results_dir: str | os.PathLike, n_images: int, first_seed: int, batch
     shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
     old = read_json(record_path) if record_path.exists() else None
     if old is not None and (out.exists() or partial.exists()):
-        finished = _finished_samples(out, n_images, first_seed, shape)
+        finished = finished_samples(out, n_images, first_seed, shape)
         if {k: old.get(k) for k in what} != what or (not finished and {k: old.get(k) for k in how} != how):
             raise ValueError(
                 f"{record_path}: the existing diffusion samples were made with {old}, not {what | how}; "
@@ -156,19 +156,6 @@ def sample(results_dir: str | os.PathLike, n_images: int, first_seed: int, batch
                              num_threads=num_threads)
     return sample_to_npy(generate, out, n_images, first_seed, shape, batch_size=batch_size, progress=progress,
                          desc=f"diffusion ({sampler})")
-
-
-def _finished_samples(out: Path, n_images: int, first_seed: int, shape: tuple[int, int, int]) -> bool:
-    """Whether ``out`` already holds exactly these images (as sample_to_npy checks)."""
-    import pandas as pd
-
-    seeds_csv = out.with_name(out.stem + "_seeds.csv")
-    if not (out.exists() and seeds_csv.exists()):
-        return False
-    done = np.load(out, mmap_mode="r")
-    seeds = pd.read_csv(seeds_csv)["seed"].to_numpy()
-    return done.shape == (n_images, *shape) and done.dtype == np.uint8 and np.array_equal(
-        seeds, image_seeds(n_images, first_seed))
 
 
 def preview(results_dir: str | os.PathLike, seeds: Sequence[int], sampler: str = "ddpm",

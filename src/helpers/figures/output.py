@@ -69,8 +69,7 @@ def save_measure_table(frame: pd.DataFrame, out_dir, name: str, measure: str,
     return [p for stem in measure_names(name, measure, headline_measure) for p in save_table(frame, out_dir, stem)]
 
 
-def save_measure_figure(fig, out_dir, name: str, measure: str, headline_measure: str | None,
-                        pdf: bool = True) -> list[Path]:
+def save_measure_figure(fig, out_dir, name: str, measure: str, pdf: bool = True) -> list[Path]:
     """:func:`save_figure` as ``<name>_<measure>`` (unlike tables, figures are
     not written a second time under the headline's plain name)."""
     return save_figure(fig, out_dir, f"{name}_{measure}", pdf)
