@@ -252,8 +252,6 @@ def _init() -> None:
 
 
 def _run_job(job: str, results_dir: str, settings: dict) -> None:
-    import tempfile
-
     from . import config, sweep
 
     cfg = config.build(job, settings, {k: "the job's settings" for k in settings})
@@ -266,12 +264,8 @@ def _run_job(job: str, results_dir: str, settings: dict) -> None:
         else:
             from . import correlate
 
-            cache = engine_cache(run)
-            if rank == 0:
-                correlate.audit_study(run, cfg, progress=True, engine_cache=cache)
-            else:  # the same collective calls, its files thrown away: rank 0 writes the results
-                with tempfile.TemporaryDirectory(prefix=f"audit-rank{rank}-") as scratch:
-                    correlate.audit_study(run, cfg, progress=False, out_dir=scratch, engine_cache=cache)
+            # the engine work only, shared: the notebook's audit reads it back and writes the tables once
+            correlate.fill_engine_cache(run, cfg, engine_cache(run), progress=rank == 0)
         barrier()
 
 

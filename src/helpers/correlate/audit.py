@@ -10,6 +10,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +199,43 @@ def _remove_stale(out: Path, previous: Sequence[Path], measures: Sequence[str], 
             folder.rmdir()
 
 
+@dataclass
+class EnginePass:
+    """One engine call of an audit: ``images`` against the training set."""
+
+    name: str                    # "baseline", the control's name or a model
+    images: Any                  # an ImageSet
+    k: int
+    seeds: Any = None            # a model's seeds
+    control: Any = None          # the control's table of planted copies
+
+
+def engine_passes(data: StudyData, measures: Sequence[Measure], cfg) -> list[EnginePass]:
+    """Every engine call of :func:`run_audit`, in its order: the held-out
+    baseline, the planted-copy control (built from ``cfg``'s seed, so every
+    process builds the same), each model's samples."""
+    passes = [EnginePass("baseline", data.test, 1)] if data.test is not None else []
+    n_control = int(_setting(cfg, "n_control", 0))
+    if n_control > 0:
+        require = [list(m.index) for m in measures if not m.label_map] or None
+        images, control = make_control(data.train, n_control, seed=int(_setting(cfg, "seed", 0)),
+                                       noise_sd=float(_setting(cfg, "control_noise_sd", 8.0)), require=require)
+        passes.append(EnginePass(CONTROL_NAME, data.images(images, CONTROL_NAME), 1, control=control))
+    top_k = int(_setting(cfg, "top_k", 5))
+    for model, (images, seeds) in data.synthetic.items():
+        passes.append(EnginePass(model, data.images(images, model), top_k, seeds=seeds))
+    return passes
+
+
+def _engine_settings(cfg, progress: bool, engine_cache) -> dict:
+    return dict(backend=_setting(cfg, "backend", "auto"), progress=progress,
+                memory_budget_gb=float(_setting(cfg, "memory_budget_gb", 2.0)), cache=engine_cache)
+
+
+def _describe(name: str) -> str:
+    return "test vs train" if name == "baseline" else f"{name} vs train"
+
+
 def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: str | Path, cfg,
               progress: bool = True, extra: Mapping | None = None,
               engine_cache: str | Path | None = None) -> StudyAudit:
@@ -211,10 +249,13 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
     out = Path(out)
     t0 = time.perf_counter()
     top_k = int(_setting(cfg, "top_k", 5))
-    engine = dict(backend=_setting(cfg, "backend", "auto"), progress=progress,
-                  memory_budget_gb=float(_setting(cfg, "memory_budget_gb", 2.0)), cache=engine_cache)
-    n_control, seed = int(_setting(cfg, "n_control", 0)), int(_setting(cfg, "seed", 0))
+    engine = _engine_settings(cfg, progress, engine_cache)
     groups = {m.name: list(m.index) for m in measures}
+    passes = {p.name: p for p in engine_passes(data, measures, cfg)}
+
+    def run(name: str) -> dict:
+        p = passes[name]
+        return log.add(name, run_engine(p.images, data.train, groups, k=p.k, desc=_describe(name), **engine))
     names = [m.name for m in measures]
     log = RunLog()
     audit = StudyAudit(out, {}, list(measures), headline)
@@ -225,8 +266,7 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
     train_names = data.train.names
 
     # 1. the real-vs-real baseline and the thresholds
-    res = log.add("baseline", run_engine(data.test, data.train, groups, desc="test vs train", **engine)) \
-        if data.test is not None else {}
+    res = run("baseline") if data.test is not None else {}
     for m in measures:
         base = None
         if data.test is not None:
@@ -238,22 +278,17 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
 
     # 2. the planted-copy positive control (every image measure must find it)
     audit.control = {m.name: None for m in measures}
-    if n_control > 0:
-        require = [list(m.index) for m in measures if not m.label_map] or None
-        images, control = make_control(data.train, n_control, seed=seed,
-                                       noise_sd=float(_setting(cfg, "control_noise_sd", 8.0)), require=require)
-        control_set = data.images(images, CONTROL_NAME)
-        res = log.add(CONTROL_NAME, run_engine(control_set, data.train, groups, desc="control vs train", **engine))
+    if CONTROL_NAME in passes:
+        res, control = run(CONTROL_NAME), passes[CONTROL_NAME]
         for m in measures:
-            table = control_table(res[m.name], control, control_set, data.train, meta, list(m.index))
+            table = control_table(res[m.name], control.control, control.images, data.train, meta, list(m.index))
             audit.control[m.name] = table
             w.append(write_csv(out / m.name / "control_matches.csv", table))
 
     # 3. every synthetic set against the training set
     audit.matches = {m.name: {} for m in measures}
-    for model, (images, seeds) in data.synthetic.items():
-        images = data.images(images, model)
-        res = log.add(model, run_engine(images, data.train, groups, k=top_k, desc=f"{model} vs train", **engine))
+    for model in data.synthetic:
+        res, images, seeds = run(model), passes[model].images, passes[model].seeds
         for m in measures:
             table = match_table(res[m.name], meta, seeds, images.names, train_names)
             if subjects and "slice" in meta:
@@ -303,7 +338,7 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
 
 
 def audit_study(results_dir: str | Path, cfg, *, progress: bool = True,
-                out_dir: str | Path | None = None, engine_cache: str | Path | None = None) -> StudyAudit:
+                engine_cache: str | Path | None = None) -> StudyAudit:
     """Step 05: every measure of ``results_dir``'s samples against its
     training set, written under ``results_dir/correlation/`` (see
     :mod:`helpers.correlate` for the layout and
@@ -313,13 +348,29 @@ def audit_study(results_dir: str | Path, cfg, *, progress: bool = True,
     (None = every channel), ``joint``, ``headline_channel``, ``top_k``,
     ``backend``, ``memory_budget_gb``, ``n_control``, ``control_noise_sd``,
     ``seed``. Models without samples are skipped (the baseline and
-    control still run). ``out_dir`` writes elsewhere (the other processes of
-    a multi-process audit, whose results rank 0 writes); ``engine_cache``:
-    see :func:`run_engine`."""
+    control still run). ``engine_cache``: see :func:`run_engine` and
+    :func:`fill_engine_cache`."""
+    data, measures, headline = _study(results_dir, cfg)
+    return run_audit(data, measures, headline, Path(results_dir) / "correlation", cfg, progress=progress,
+                     engine_cache=engine_cache)
+
+
+def _study(results_dir, cfg) -> tuple[StudyData, list[Measure], str]:
     data = load_study_data(results_dir, list(_setting(cfg, "models", MODELS)))
     measures, headline = study_measures(data.channel_names, _setting(cfg, "channels", None),
                                         each=bool(_setting(cfg, "each", True)),
                                         joint=bool(_setting(cfg, "joint", True)),
                                         headline=_setting(cfg, "headline_channel", None))
-    out = Path(out_dir) if out_dir is not None else Path(results_dir) / "correlation"
-    return run_audit(data, measures, headline, out, cfg, progress=progress, engine_cache=engine_cache)
+    return data, measures, headline
+
+
+def fill_engine_cache(results_dir: str | Path, cfg, engine_cache: str | Path, *, progress: bool = True) -> None:
+    """Only the engine work of step 05 (:func:`engine_passes`), its results
+    left in ``engine_cache``: what every process of a multi-process job
+    does, each taking its share of the synthetic images; the notebook's
+    :func:`audit_study` then reads them back and writes the tables once."""
+    data, measures, _ = _study(results_dir, cfg)
+    groups = {m.name: list(m.index) for m in measures}
+    for p in engine_passes(data, measures, cfg):
+        run_engine(p.images, data.train, groups, k=p.k, desc=_describe(p.name),
+                   **_engine_settings(cfg, progress, engine_cache))
