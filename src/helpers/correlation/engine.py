@@ -341,9 +341,9 @@ def _run_pass(be: Backend, syn: ImageSet, tra: ImageSet, rows_wanted: np.ndarray
             o.index[matcher.rows] = idx
             o.correlation[matcher.rows] = np.where(idx >= 0, val, np.nan)
             overflow[name].append(matcher.rows[over])
-        # nothing of this block may outlive it: the next one is allocated at full size
-        del matchers, A
-        chunk = B = None
+        # nothing of this block may outlive it (the loop variables hold its arrays too):
+        # the next block is allocated at full size
+        matchers = matcher = A = chunk = B = None
     return {name: np.concatenate(parts) if parts else np.empty(0, dtype=np.int64) for name, parts in overflow.items()}
 
 
