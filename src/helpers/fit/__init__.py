@@ -1,0 +1,33 @@
+"""How well a generator learnt its data: fit measures that need no
+downloaded weights, and the underfitting control.
+
+A memorization number means little for a model that never learnt its data
+(Stein et al., NeurIPS 2023: no memorization metric separates copying from
+underfitting). Every memorization number of the study is therefore read
+beside fit numbers measured here, with three references: real held-out
+images (a good generator that copies nothing), the optimal denoiser (a
+perfect copier) and :class:`GaussianControl` (a generator that knows only
+the training images' mean and covariance: unfitted by construction).
+
+Modules: :mod:`.features` (the fixed random-CNN feature space, standardized
+on real images only), :mod:`.measures` (precision/recall/density/coverage,
+the classifier two-sample test, Meehan et al.'s data-copying statistic) and
+:mod:`.controls` (the Gaussian control).
+"""
+
+from .controls import GaussianControl
+from .features import EMBEDDING_SEED, FeatureSpace, raw_embedding
+from .measures import (
+                       PRDC_NAMES,
+                       CopyingResult,
+                       TwoSampleResult,
+                       classifier_two_sample,
+                       copying_statistic,
+                       nearest_neighbour_two_sample,
+                       prdc,
+)
+
+__all__ = [
+    "EMBEDDING_SEED", "PRDC_NAMES", "CopyingResult", "FeatureSpace", "GaussianControl", "TwoSampleResult",
+    "classifier_two_sample", "copying_statistic", "nearest_neighbour_two_sample", "prdc", "raw_embedding",
+]
