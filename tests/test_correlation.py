@@ -1,5 +1,7 @@
 """The all-pairs correlation engine (helpers.correlation) against
-scipy.stats.pearsonr, on small sets the tests make themselves."""
+scipy.stats.pearsonr, on small sets the tests make themselves. The exactness
+tests run on both arithmetics of uint8 images: the float path (float32
+products, exact re-score) and the integer path (int8 products)."""
 
 from __future__ import annotations
 
@@ -52,9 +54,20 @@ def brute_force(synthetic, training, k, channels=None):
     return idx, val
 
 
-def matches(synthetic, training, groups=None, **kw):
+#: both arithmetics (uint8 images); float inputs always take the float path
+ARITH = pytest.mark.parametrize("arith", ["float", "integer"])
+DTYPE_ARITH = [(np.uint8, "float"), (np.uint8, "integer"), (np.float32, "float"), (np.float64, "float")]
+
+
+def _is_uint8(images) -> bool:
+    return correlation.open_images(images).dtype == np.uint8
+
+
+def matches(synthetic, training, groups=None, arith="float", **kw):
+    """The engine on the CPU; ``arith`` = the arithmetic of uint8 inputs."""
     kw.setdefault("progress", False)
     kw.setdefault("backend", "numpy")
+    kw.setdefault("arithmetic", arith if _is_uint8(synthetic) and _is_uint8(training) else "float")
     if groups is not None:
         return correlation.match_groups(synthetic, training, groups, **kw)
     return correlation.top_matches(synthetic, training, **kw)
@@ -64,54 +77,61 @@ def matches(synthetic, training, groups=None, **kw):
 # Exactness against scipy
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+@pytest.mark.parametrize("dtype, arith", DTYPE_ARITH)
 @pytest.mark.parametrize("channels", [None, 1, [0, 2]])
 @pytest.mark.parametrize("chunk", [None, 7, 41])
-def test_top_k_equals_pearsonr(dtype, channels, chunk):
+def test_top_k_equals_pearsonr(dtype, arith, channels, chunk):
     syn, tra = random_set(23, dtype=dtype), random_set(41, dtype=dtype)
     k = 3
-    res = matches(syn, tra, k=k, channels=channels, chunk_size=chunk, block_size=None if chunk is None else 5)
+    res = matches(syn, tra, k=k, channels=channels, chunk_size=chunk, block_size=None if chunk is None else 5,
+                  arith=arith)
+    assert res.stats["arithmetic"] == arith
     idx, val = brute_force(syn, tra, k, channels)
     np.testing.assert_array_equal(res.index, idx)
     np.testing.assert_allclose(res.correlation, val, atol=1e-5, rtol=0)
     assert np.nanmax(np.abs(res.correlation - val)) < 1e-12  # in fact exact to float64 rounding
 
 
-def test_image_shapes_n_h_w_and_flattened():
+@ARITH
+def test_image_shapes_n_h_w_and_flattened(arith):
     syn, tra = random_set(9, shape=(6, 5)), random_set(17, shape=(6, 5))
-    a = matches(syn, tra, k=2)
-    b = matches(syn.reshape(9, -1), tra.reshape(17, -1), k=2)
+    a = matches(syn, tra, k=2, arith=arith)
+    b = matches(syn.reshape(9, -1), tra.reshape(17, -1), k=2, arith=arith)
     idx, val = brute_force(syn, tra, 2)
     np.testing.assert_array_equal(a.index, idx)
     np.testing.assert_array_equal(b.index, idx)
     np.testing.assert_allclose(a.correlation, val, atol=1e-12, rtol=0)
 
 
-def test_large_images_exact():
-    """At 256×256 the float32 products alone drift by ~1e-5; re-scoring is exact."""
+@ARITH
+def test_large_images_exact(arith):
+    """At 256×256 the float32 products alone drift by ~1e-5; re-scoring is
+    exact, and so are the integer path's int8 products."""
     syn = smooth_set(4, size=256)
     tra = np.concatenate([smooth_set(12, size=256), syn[:1]])
-    res = matches(syn, tra, k=2)
+    res = matches(syn, tra, k=2, arith=arith)
     idx, val = brute_force(syn, tra, 2)
     np.testing.assert_array_equal(res.index, idx)
     assert np.abs(res.correlation - val).max() < 1e-12
     assert res.best_index[0] == 12 and res.best_correlation[0] == 1.0
 
 
-def test_chunking_invariance():
+@ARITH
+def test_chunking_invariance(arith):
     syn, tra = random_set(31, shape=(2, 6, 6)), random_set(57, shape=(2, 6, 6))
     tra[40] = tra[3]  # a tie across chunks
-    ref = matches(syn, tra, k=4)
+    ref = matches(syn, tra, k=4, arith=arith)
     for chunk, block in [(1, 1), (5, 3), (57, 31), (13, 8), (56, 30)]:
-        res = matches(syn, tra, k=4, chunk_size=chunk, block_size=block)
+        res = matches(syn, tra, k=4, chunk_size=chunk, block_size=block, arith=arith)
         np.testing.assert_array_equal(res.index, ref.index)
         np.testing.assert_array_equal(res.correlation, ref.correlation)  # bitwise
 
 
-def test_memory_budget_plans_blocks_and_keeps_results():
+@ARITH
+def test_memory_budget_plans_blocks_and_keeps_results(arith):
     syn, tra = random_set(40, shape=(1, 16, 16)), random_set(50, shape=(1, 16, 16))
-    ref = matches(syn, tra, k=2)
-    small = matches(syn, tra, k=2, memory_budget=16 * 1024)  # forces several blocks
+    ref = matches(syn, tra, k=2, arith=arith)
+    small = matches(syn, tra, k=2, memory_budget=16 * 1024, arith=arith)  # forces several blocks
     assert small.stats["plan"]["n_blocks"] > 1
     np.testing.assert_array_equal(small.index, ref.index)
     np.testing.assert_array_equal(small.correlation, ref.correlation)
@@ -120,9 +140,10 @@ def test_memory_budget_plans_blocks_and_keeps_results():
     assert resident <= 2 * 1024**3 and plan["chunk_size"] >= 256
 
 
-def test_float64_precision_mode_agrees():
+@ARITH
+def test_float64_precision_mode_agrees(arith):
     syn, tra = random_set(12), random_set(30)
-    a = matches(syn, tra, k=3)
+    a = matches(syn, tra, k=3, arith=arith)
     b = matches(syn, tra, k=3, precision="float64")
     np.testing.assert_array_equal(a.index, b.index)
     np.testing.assert_allclose(a.correlation, b.correlation, atol=1e-12, rtol=0)
@@ -132,37 +153,44 @@ def test_float64_precision_mode_agrees():
 # Copies, ties and constants
 # --------------------------------------------------------------------------
 
-def test_planted_exact_copies_found_with_correlation_one():
+@ARITH
+def test_planted_exact_copies_found_with_correlation_one(arith):
     tra = smooth_set(60)
     planted = np.array([3, 17, 42, 59])
     syn = np.concatenate([tra[planted], smooth_set(5)])
-    res = matches(syn, tra, chunk_size=16)
+    res = matches(syn, tra, chunk_size=16, arith=arith)
     np.testing.assert_array_equal(res.best_index[:4], planted)
     assert np.all(res.best_correlation[:4] == 1.0)
     assert np.all(res.best_correlation[4:] < 1.0)
 
 
-def test_ties_go_to_the_lowest_training_index():
+@ARITH
+def test_ties_go_to_the_lowest_training_index(arith):
     tra = smooth_set(50)
     tra[9] = tra[33]  # duplicates in different chunks
     tra[34] = tra[33]
     syn = tra[[33]].copy()
-    res = matches(syn, tra, k=3, chunk_size=10)
+    res = matches(syn, tra, k=3, chunk_size=10, arith=arith)
     np.testing.assert_array_equal(res.index[0], [9, 33, 34])
     assert np.all(res.correlation[0] == 1.0)
-    # an affine intensity change is a perfect correlation too: still ranked by index
+    # an exact affine intensity change (y = x/2 + 10 of even x) is a perfect
+    # correlation too (r == 1.0 exactly): it ties with the copies, and ranks first by index
+    even = (tra[33] // 2) * 2
     tra2 = tra.copy()
-    tra2[2] = tra[33] // 2 + 10
-    res2 = matches(syn, tra2, k=1)
-    assert res2.best_index[0] in (2, 9)
+    tra2[[9, 33, 34]] = even
+    tra2[2] = even // 2 + 10
+    res2 = matches(even[None], tra2, k=3, chunk_size=10, arith=arith)
+    np.testing.assert_array_equal(res2.index[0], [2, 9, 33])
+    assert np.all(res2.correlation[0] == 1.0)
 
 
+@ARITH
 @pytest.mark.parametrize("kind", correlate.CONTROL_KINDS)
-def test_perturbed_copies_ranked_first(kind):
+def test_perturbed_copies_ranked_first(kind, arith):
     tra = smooth_set(80, size=32, channels=2)
     images, table = correlate.make_control(correlation.open_images(tra), 12, seed=1, noise_sd=10.0,
                                            kinds=(kind,))
-    res = matches(images, tra, k=2)
+    res = matches(images, tra, k=2, arith=arith)
     np.testing.assert_array_equal(res.best_index, table["planted_index"].to_numpy())
     if kind == "copy":
         assert np.all(res.best_correlation == 1.0)
@@ -171,14 +199,15 @@ def test_perturbed_copies_ranked_first(kind):
         assert np.all(res.best_correlation > res.correlation[:, 1])
 
 
-def test_constant_images_are_excluded_and_counted():
+@ARITH
+def test_constant_images_are_excluded_and_counted(arith):
     syn, tra = random_set(10), random_set(20)
     syn[2] = 0
     syn[7] = 200
     tra[5] = 17
     tra[11] = 255
     with np.errstate(all="raise"):  # no silent NaN arithmetic either
-        res = matches(syn, tra, k=20)
+        res = matches(syn, tra, k=20, arith=arith)
     assert res.constant.tolist() == [i in (2, 7) for i in range(10)]
     assert np.all(res.index[[2, 7]] == -1) and np.all(np.isnan(res.correlation[[2, 7]]))
     assert res.train_constant.sum() == 2 and res.stats["n_train_constant"] == 2
@@ -203,8 +232,8 @@ def test_constant_float_images_and_all_constant_training():
     assert res.train_constant.all()
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
-def test_near_constant_images_keep_the_right_order(dtype):
+@pytest.mark.parametrize("dtype, arith", DTYPE_ARITH[:3])
+def test_near_constant_images_keep_the_right_order(dtype, arith):
     """Bright images with a few varying pixels: the hardest case for float32
     products (large mean, tiny variance); the order must still be exact."""
     n, size = 40, 32
@@ -214,22 +243,24 @@ def test_near_constant_images_keep_the_right_order(dtype):
     syn, tra = images[:10].astype(dtype), images[10:].astype(dtype)
     if dtype != np.uint8:
         syn, tra = syn / np.float32(255), tra / np.float32(255)
-    res = matches(syn, tra, k=3)
+    res = matches(syn, tra, k=3, arith=arith)
     idx, val = brute_force(syn, tra, 3)
     np.testing.assert_array_equal(res.index, idx)
     np.testing.assert_allclose(res.correlation, val, atol=1e-12, rtol=0)
 
 
-def test_band_overflow_falls_back_to_float64_and_stays_exact():
+@ARITH
+def test_band_overflow_falls_back_to_float64_and_stays_exact(arith):
     """Many near-identical training images: more candidates within the
-    float32 tolerance than max_candidates -> second pass in float64."""
+    float32 tolerance than max_candidates -> second pass in float64 (the
+    integer path has exact values and no band: no second pass)."""
     base = smooth_set(1, size=32)[0]
     tra = np.repeat(base[None], 30, axis=0)
     for i in range(30):  # change one pixel by a tiny amount each
         tra[i, 0, i % 32, (3 * i) % 32] = np.clip(int(base[0, i % 32, (3 * i) % 32]) + (1 if i % 2 else -1), 0, 255)
     syn = base[None].copy()
-    res = matches(syn, tra, k=2, max_candidates=3)
-    assert res.stats["fallback_rows"] == 1
+    res = matches(syn, tra, k=2, max_candidates=3, arith=arith)
+    assert res.stats["fallback_rows"] == (1 if arith == "float" else 0)
     idx, val = brute_force(syn, tra, 2)
     np.testing.assert_array_equal(res.index, idx)
     np.testing.assert_allclose(res.correlation, val, atol=1e-12, rtol=0)
@@ -243,9 +274,9 @@ GROUPS = {"c0": 0, "c1": [1], "c2": 2, "all": None, "c02": [0, 2]}
 GROUP_CHANNELS = {"c0": [0], "c1": [1], "c2": [2], "all": [0, 1, 2], "c02": [0, 2]}
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("dtype, arith", DTYPE_ARITH[:3])
 @pytest.mark.parametrize("chunk, block", [(None, None), (7, 5), (41, 23)])
-def test_groups_equal_pearsonr_per_channel(dtype, chunk, block):
+def test_groups_equal_pearsonr_per_channel(dtype, arith, chunk, block):
     """Each group equals brute-force pearsonr on its own channels, with ties
     and with images constant in one channel only."""
     syn, tra = random_set(23, dtype=dtype), random_set(41, dtype=dtype)
@@ -256,7 +287,7 @@ def test_groups_equal_pearsonr_per_channel(dtype, chunk, block):
     syn[3, 2] = 17  # constant in channel 2 only
     syn[8] = 40  # constant everywhere
     tra[12, 0] = 99  # a training image constant in channel 0 only
-    res = matches(syn, tra, k=3, chunk_size=chunk, block_size=block, groups=GROUPS)
+    res = matches(syn, tra, k=3, chunk_size=chunk, block_size=block, groups=GROUPS, arith=arith)
     assert list(res) == list(GROUPS)
     for name, channels in GROUP_CHANNELS.items():
         idx, val = brute_force(syn, tra, 3, channels)
@@ -273,21 +304,20 @@ def test_groups_equal_pearsonr_per_channel(dtype, chunk, block):
         assert res["all"].correlation[6, 0] == 1.0 and res["c1"].correlation[7, 0] == 1.0
 
 
-def matches_groups(synthetic, training, groups, **kw):
-    kw.setdefault("progress", False)
-    kw.setdefault("backend", "numpy")
-    return correlation.match_groups(synthetic, training, groups, **kw)
+def matches_groups(synthetic, training, groups, arith="float", **kw):
+    return matches(synthetic, training, groups, arith, **kw)
 
 
-def test_joint_group_and_single_groups_equal_separate_runs_bitwise():
+@ARITH
+def test_joint_group_and_single_groups_equal_separate_runs_bitwise(arith):
     syn, tra = smooth_set(12, size=24, channels=3), smooth_set(40, size=24, channels=3)
     syn[2] = tra[17]
     # names resolve through the training set's channel names
     names = ["a", "b", "c"]
     res = matches_groups(syn, correlation.open_images(tra, channel_names=names), {"t1": "a", "all": "all", "c": "c"},
-                         k=4, chunk_size=16)
-    joint = matches(syn, tra, k=4, chunk_size=16)
-    single = matches(syn, tra, k=4, chunk_size=16, channels=2)
+                         k=4, chunk_size=16, arith=arith)
+    joint = matches(syn, tra, k=4, chunk_size=16, arith=arith)
+    single = matches(syn, tra, k=4, chunk_size=16, channels=2, arith=arith)
     np.testing.assert_array_equal(res["all"].index, joint.index)
     np.testing.assert_array_equal(res["all"].correlation, joint.correlation)  # bitwise: the joint measure is unchanged
     np.testing.assert_array_equal(res["c"].index, single.index)
@@ -297,7 +327,8 @@ def test_joint_group_and_single_groups_equal_separate_runs_bitwise():
     assert res["all"].seconds == res["t1"].seconds  # one call
 
 
-def test_groups_stream_the_training_set_once(monkeypatch):
+@ARITH
+def test_groups_stream_the_training_set_once(monkeypatch, arith):
     syn, tra = random_set(10, shape=(5, 8, 8)), random_set(50, shape=(5, 8, 8))
     reads = []
     original = correlation.ImageSet.read_channels
@@ -308,12 +339,13 @@ def test_groups_stream_the_training_set_once(monkeypatch):
         return original(self, lo, hi)
 
     monkeypatch.setattr(correlation.ImageSet, "read_channels", counting)
-    res = matches_groups(syn, tra, {f"c{i}": i for i in range(5)} | {"all": None}, k=2, chunk_size=12)
+    res = matches_groups(syn, tra, {f"c{i}": i for i in range(5)} | {"all": None}, k=2, chunk_size=12, arith=arith)
     assert reads == [(0, 12), (12, 24), (24, 36), (36, 48), (48, 50)]  # each chunk once, for all six groups
     assert len(res) == 6
 
 
-def test_group_overflow_falls_back_per_group():
+@ARITH
+def test_group_overflow_falls_back_per_group(arith):
     base = smooth_set(1, size=32, channels=2)[0]
     tra = np.repeat(base[None], 30, axis=0)
     for i in range(30):  # channel 0: near-duplicates (band overflow); channel 1 untouched copies
@@ -321,8 +353,8 @@ def test_group_overflow_falls_back_per_group():
         tra[i, 0, y, x] = np.clip(int(base[0, y, x]) + (1 if i % 2 else -1), 0, 255)
     tra[:, 1] = smooth_set(30, size=32)[:, 0]
     syn = base[None].copy()
-    res = matches_groups(syn, tra, {"c0": 0, "c1": 1}, k=2, max_candidates=3)
-    assert res["c0"].stats["fallback_rows"] == 1 and res["c1"].stats["fallback_rows"] == 0
+    res = matches_groups(syn, tra, {"c0": 0, "c1": 1}, k=2, max_candidates=3, arith=arith)
+    assert res["c0"].stats["fallback_rows"] == (arith == "float") and res["c1"].stats["fallback_rows"] == 0
     for name, ch in (("c0", [0]), ("c1", [1])):
         idx, val = brute_force(syn, tra, 2, ch)
         np.testing.assert_array_equal(res[name].index, idx)
@@ -343,14 +375,15 @@ def test_bad_groups_are_refused():
 # Inputs
 # --------------------------------------------------------------------------
 
-def test_memory_mapped_input(tmp_path):
+@ARITH
+def test_memory_mapped_input(tmp_path, arith):
     syn, tra = random_set(11), random_set(29)
     np.save(tmp_path / "s.npy", syn)
     np.save(tmp_path / "t.npy", tra)
-    ref = matches(syn, tra, k=2)
-    by_path = matches(tmp_path / "s.npy", tmp_path / "t.npy", k=2, chunk_size=8)
+    ref = matches(syn, tra, k=2, arith=arith)
+    by_path = matches(tmp_path / "s.npy", tmp_path / "t.npy", k=2, chunk_size=8, arith=arith)
     mm = np.load(tmp_path / "t.npy", mmap_mode="r")
-    by_mmap = matches(syn, mm, k=2, chunk_size=8)
+    by_mmap = matches(syn, mm, k=2, chunk_size=8, arith=arith)
     for res in (by_path, by_mmap):
         np.testing.assert_array_equal(res.index, ref.index)
         np.testing.assert_array_equal(res.correlation, ref.correlation)
@@ -428,14 +461,15 @@ def test_generic_array_module_path_equals_numpy(dtype):
     tra[30] = tra[20]
     ref = matches(syn, tra, k=3, chunk_size=16)
     generic = correlation.Backend("numpy-as-generic", _ArrayModule(), "test")
-    res = correlation.top_matches(syn, tra, k=3, chunk_size=16, backend=generic, progress=False)
+    res = correlation.top_matches(syn, tra, k=3, chunk_size=16, backend=generic, progress=False, arithmetic="float")
     assert res.backend == "numpy-as-generic"
     np.testing.assert_array_equal(res.index, ref.index)
     np.testing.assert_allclose(res.correlation, ref.correlation, atol=1e-12, rtol=0)
     assert res.best_index[3] == 20
     syn[6, 1] = 3  # constant in one channel
     ref = matches(syn, tra, k=3, chunk_size=16, groups=GROUPS)
-    res = correlation.match_groups(syn, tra, GROUPS, k=3, chunk_size=16, backend=generic, progress=False)
+    res = correlation.match_groups(syn, tra, GROUPS, k=3, chunk_size=16, backend=generic, progress=False,
+                                   arithmetic="float")
     for name in GROUPS:
         np.testing.assert_array_equal(res[name].index, ref[name].index)
         np.testing.assert_allclose(res[name].correlation, ref[name].correlation, atol=1e-12, rtol=0)

@@ -34,6 +34,15 @@ How it stays exact while running at float32 GEMM speed
    tied within ~1e-12 (exact duplicates) can leave the tie rule unresolved,
    which is counted in ``stats["unresolved_rows"]`` and warned about.
 
+The integer path (uint8 images; :mod:`.integer`, chosen in :mod:`.arithmetic`)
+--------------------------------------------------------------------------------
+Where a probe finds the CPU's (AMX/VNNI) or GPU's int8 units faster, uint8
+images are centred at 128 to int8 and multiplied as int8 x int8 -> int32 in
+pixel blocks that cannot overflow; the per-image sums are exact integers
+too, so every pair's r is the exact value of step 3 directly: no band, no
+re-scoring, no float64 pass, and ties are exact ties. Blocks, streaming,
+memory budget, groups, tie rule and results are those of the float path.
+
 Several measures in one pass (:func:`match_groups`)
 ----------------------------------------------------
 The authors correlated one modality at a time. ``match_groups`` takes
@@ -68,8 +77,10 @@ from typing import Any
 import numpy as np
 
 from ..distributed import gather, rank_world, share
+from .arithmetic import Arithmetic, choose_arithmetic
 from .backend import Backend, get_backend
 from .exact import _exact_pairs, _prepare
+from .integer import _IntMatcher, pixel_blocks, prepare_int
 from .io import ImageSet, open_images
 from .measures import _Group, _GroupOutput, _resolve_groups
 from .result import MatchResult
@@ -81,7 +92,7 @@ CHUNK_BYTES = 192 * 1024**2  # target size of one prepared training chunk
 
 def plan_sizes(n_synthetic: int, n_train: int, dim: int, memory_budget: int, itemsize: int = 4,
                raw_itemsize: int = 0, chunk_size: int | None = None, block_size: int | None = None,
-               chunk_bytes: int | None = CHUNK_BYTES) -> dict:
+               chunk_bytes: int | None = CHUNK_BYTES, pair_bytes: int = 4) -> dict:
     """Block/chunk sizes from the memory budget.
 
     ``dim``: values per image over all groups of one engine call (a joint
@@ -91,6 +102,9 @@ def plan_sizes(n_synthetic: int, n_train: int, dim: int, memory_budget: int, ite
     non-uint8 input) and the chunk product fill the rest of the budget, so
     the engine's arrays stay within it (benchmarks/bench_step05_memory.py).
     GEMMs of at least a few hundred rows on each side keep BLAS near its peak.
+    ``pair_bytes``: bytes per pair of one chunk's product (float32: 4; the
+    integer path's int32, plus int64 sums over pixel blocks or float64
+    values scored whole on a GPU).
     """
     row_bytes = dim * (itemsize + raw_itemsize)
     if chunk_size is None:
@@ -107,7 +121,7 @@ def plan_sizes(n_synthetic: int, n_train: int, dim: int, memory_budget: int, ite
     # the streamed training chunk: centred values and the raw ones it is made from
     memory_budget = max(memory_budget - chunk_size * dim * (itemsize + max(raw_itemsize, 1)), memory_budget // 4)
     if block_size is None:
-        block_size = int(memory_budget // (row_bytes + 4 * chunk_size))
+        block_size = int(memory_budget // (row_bytes + pair_bytes * chunk_size))
         if block_size < 1:
             raise ValueError(f"memory_budget {memory_budget} bytes is too small for one {dim}-value image")
     block_size = int(max(1, min(block_size, max(n_synthetic, 1))))
@@ -116,7 +130,7 @@ def plan_sizes(n_synthetic: int, n_train: int, dim: int, memory_budget: int, ite
     # budget (each image is then centred once), else re-stream it per block
     cache_train = n_blocks > 1 and n_train * dim * itemsize <= memory_budget // 2
     if cache_train:
-        block_size = int(max(1, min(block_size, (memory_budget // 2) // (row_bytes + 4 * chunk_size))))
+        block_size = int(max(1, min(block_size, (memory_budget // 2) // (row_bytes + pair_bytes * chunk_size))))
         n_blocks = max(1, math.ceil(n_synthetic / block_size))
     return {"chunk_size": chunk_size, "block_size": block_size, "n_blocks": n_blocks,
             "cache_train": bool(cache_train)}
@@ -148,7 +162,8 @@ def match_groups(synthetic, training, groups: Mapping[str, Any] | None = None, *
                  backend: str | Backend = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET,
                  chunk_size: int | None = None, block_size: int | None = None, tolerance_factor: float = 32.0,
                  max_candidates: int = 16, precision: str = "float32", progress: bool = True,
-                 desc: str | None = None) -> dict[str, MatchResult]:
+                 desc: str | None = None, arithmetic: str | Arithmetic | None = None,
+                 pixel_block: int | None = None) -> dict[str, MatchResult]:
     """For every synthetic image, its ``k`` best training images by Pearson
     correlation, for several channel groups ("measures") in one pass.
 
@@ -168,6 +183,13 @@ def match_groups(synthetic, training, groups: Mapping[str, Any] | None = None, *
     :class:`ImageSet` keeps its channel selection; the groups then index
     its selected channels). Returns ``{name: MatchResult}`` in the order of
     ``groups``; ``seconds`` is the whole call's time (shared by the groups).
+
+    ``arithmetic``: ``"auto"`` (default; ``$HELPERS_CORRELATION_ARITHMETIC``
+    when ``None``) runs uint8 images on the integer path where a probe finds
+    it faster (:mod:`.arithmetic`), ``"integer"``/``"float"`` force one; the
+    results say which ran and why (``stats["arithmetic"]``,
+    ``stats["arithmetic_reason"]``, ``backend_note``). ``pixel_block``: the
+    integer path's widest pixel block (default the int32 bound, 131 071).
     """
     t0 = time.perf_counter()
     if k < 1:
@@ -182,6 +204,7 @@ def match_groups(synthetic, training, groups: Mapping[str, Any] | None = None, *
         )
     spec = _resolve_groups(groups, syn, tra)
     be = backend if isinstance(backend, Backend) else get_backend(backend)
+    arith = choose_arithmetic(be, (syn.dtype, tra.dtype), max(g.dim for g in spec), precision, arithmetic)
     work = np.dtype(np.float64 if precision == "float64" else np.float32)
     out = {g.name: _GroupOutput(np.full((syn.n, k), -1, dtype=np.int64), np.full((syn.n, k), np.nan),
                                 np.zeros(syn.n, dtype=bool), np.zeros(tra.n, dtype=bool),
@@ -195,13 +218,16 @@ def match_groups(synthetic, training, groups: Mapping[str, Any] | None = None, *
     from ..common import progress as progress_bar
 
     bar = progress_bar(total=mine.size * tra.n * len(spec), unit="pair", unit_scale=True,
-                       desc=f"{desc or 'correlation'} [{be.name}]", disable=not progress)
+                       desc=f"{desc or 'correlation'} [{be.name}{', int8' if arith.integer else ''}]",
+                       disable=not progress)
     try:
         settings = _PassSettings(k=k, work=work, memory_budget=memory_budget, chunk_size=chunk_size,
                                  block_size=block_size, tolerance_factor=tolerance_factor,
                                  max_candidates=max_candidates)
-        overflow = _run_pass(be, syn, tra, mine, spec, settings, out=out, bar=bar)
-        for g in spec:
+        if arith.integer:  # exact values for every pair: no band, no fallback pass
+            _run_integer_pass(arith, be, syn, tra, mine, spec, settings, pixel_block, out=out, bar=bar)
+        overflow = {} if arith.integer else _run_pass(be, syn, tra, mine, spec, settings, out=out, bar=bar)
+        for g in spec if overflow else ():
             rows = overflow[g.name]
             if not rows.size:
                 continue
@@ -225,12 +251,14 @@ def match_groups(synthetic, training, groups: Mapping[str, Any] | None = None, *
     seconds = time.perf_counter() - t0
     exact = syn.dtype == np.uint8 and tra.dtype == np.uint8
     results = {}
+    note = f"{be.note}; {arith.reason}"
     for g in spec:
         o = out[g.name]
         o.stats.update(n_synthetic_constant=int(o.constant.sum()), n_train_constant=int(o.train_constant.sum()),
-                       tolerance=_tolerance(exact, g.dim, work, tolerance_factor), precision=str(work),
-                       groups=len(spec))
-        results[g.name] = MatchResult(o.index, o.correlation, o.constant, o.train_constant, be.name, be.note, pairs,
+                       tolerance=0.0 if arith.integer else _tolerance(exact, g.dim, work, tolerance_factor),
+                       precision="int8 products, int32/int64 sums" if arith.integer else str(work),
+                       groups=len(spec), arithmetic=arith.kind, arithmetic_reason=arith.reason)
+        results[g.name] = MatchResult(o.index, o.correlation, o.constant, o.train_constant, be.name, note, pairs,
                                       seconds, o.stats)
     return results
 
@@ -253,7 +281,8 @@ def _merge_shares(out: dict[str, _GroupOutput], mine: np.ndarray) -> None:
 def top_matches(synthetic, training, *, k: int = 1, channels=None, backend: str | Backend = "auto",
                 memory_budget: int = DEFAULT_MEMORY_BUDGET, chunk_size: int | None = None,
                 block_size: int | None = None, tolerance_factor: float = 32.0, max_candidates: int = 16,
-                precision: str = "float32", progress: bool = True, desc: str | None = None) -> MatchResult:
+                precision: str = "float32", progress: bool = True, desc: str | None = None,
+                arithmetic: str | Arithmetic | None = None, pixel_block: int | None = None) -> MatchResult:
     """For every synthetic image, its ``k`` best training images by Pearson correlation.
 
     ``synthetic``/``training``: arrays (``N×C×H×W``, ``N×H×W``, ``N×D``; uint8
@@ -261,7 +290,8 @@ def top_matches(synthetic, training, *, k: int = 1, channels=None, backend: str 
     :class:`ImageSet`. ``channels``: ``None``/``"all"`` (all channels as one
     vector), an index/name, or a list. ``memory_budget`` (bytes) sizes the
     resident synthetic block and the training chunks. ``precision="float64"``
-    runs the candidate product in float64 (slower, for checking).
+    runs the candidate product in float64 (slower, for checking);
+    ``arithmetic`` and ``pixel_block``: as in :func:`match_groups`.
     Every reported correlation is exact (float64). Several channel
     selections at once: :func:`match_groups`.
     """
@@ -270,7 +300,7 @@ def top_matches(synthetic, training, *, k: int = 1, channels=None, backend: str 
     return match_groups(syn, tra, {"selection": None}, k=k, backend=backend, memory_budget=memory_budget,
                         chunk_size=chunk_size, block_size=block_size, tolerance_factor=tolerance_factor,
                         max_candidates=max_candidates, precision=precision, progress=progress,
-                        desc=desc)["selection"]
+                        desc=desc, arithmetic=arithmetic, pixel_block=pixel_block)["selection"]
 
 
 @dataclass(frozen=True)
@@ -345,6 +375,74 @@ def _run_pass(be: Backend, syn: ImageSet, tra: ImageSet, rows_wanted: np.ndarray
         # the next block is allocated at full size
         matchers = matcher = A = chunk = B = None
     return {name: np.concatenate(parts) if parts else np.empty(0, dtype=np.int64) for name, parts in overflow.items()}
+
+
+def _run_integer_pass(arith: Arithmetic, be: Backend, syn: ImageSet, tra: ImageSet, rows_wanted: np.ndarray,
+                      groups: Sequence[_Group], settings: _PassSettings, pixel_block: int | None, *,
+                      out: Mapping[str, _GroupOutput], bar) -> None:
+    """One pass of the integer path (:mod:`.integer`) over the synthetic
+    rows ``rows_wanted`` for ``groups``: the same blocks, streaming, cache
+    and top-k as :func:`_run_pass`, with exact values for every pair."""
+    unit, k = arith.unit, settings.k
+    blocks = {g.name: pixel_blocks(g.dim, pixel_block) for g in groups}
+    split = any(len(b) > 1 for b in blocks.values())
+    plan = plan_sizes(len(rows_wanted), tra.n, sum(g.dim for g in groups), settings.memory_budget, 1, 0,
+                      settings.chunk_size, settings.block_size, None if be.is_gpu else CHUNK_BYTES,
+                      pair_bytes=4 + 8 * split + 16 * unit.is_gpu)
+    plan["pixel_blocks"] = {name: len(b) for name, b in blocks.items()}
+    for g in groups:
+        out[g.name].stats.setdefault("plan", plan)
+    cache = [] if plan["cache_train"] else None
+    buffers = None if cache is not None else {g.name: [] for g in groups}
+    contiguous = rows_wanted.size and np.array_equal(rows_wanted, np.arange(rows_wanted[0], rows_wanted[-1] + 1))
+    train_tracked = False
+    for lo in range(0, len(rows_wanted), plan["block_size"]):
+        rows = rows_wanted[lo:lo + plan["block_size"]]
+        raw3 = syn.read_channels(int(rows[0]), int(rows[-1]) + 1) if contiguous else syn.take_channels(rows)
+        matchers = {}
+        for g in groups:
+            A = prepare_int(unit, g.rows(raw3), 0, blocks[g.name])
+            const = be.to_host(A.constant)
+            out[g.name].constant[rows] = const
+            bar.update(int(const.sum()) * tra.n)
+            if not const.all():  # constant rows are scored too (r = 0) and never reported
+                matchers[g.name] = _IntMatcher(unit, A, rows, k)
+        del raw3
+        if not matchers and train_tracked:
+            continue
+        for chunk in _integer_chunks(unit, tra, groups, blocks, plan["chunk_size"], cache, buffers):
+            for name, matcher in matchers.items():
+                B = chunk[name]
+                matcher.update(B)
+                bar.update(int((~be.to_host(matcher.A.constant)).sum()) * B.n)
+            if not train_tracked:
+                for name, B in chunk.items():
+                    out[name].train_constant[B.start:B.start + B.n] = be.to_host(B.constant)
+        train_tracked = True
+        for name, matcher in matchers.items():
+            val, idx = matcher.result()
+            keep = ~be.to_host(matcher.A.constant)
+            o = out[name]
+            o.index[matcher.rows[keep]] = idx[keep]
+            o.correlation[matcher.rows[keep]] = np.where(idx[keep] >= 0, val[keep], np.nan)
+        matchers = matcher = A = chunk = B = None
+
+
+def _integer_chunks(unit, training: ImageSet, groups: Sequence[_Group], blocks, chunk_size: int,
+                    cache: list | None, buffers: dict | None):
+    """Training chunks as int8 blocks (``{group name: _IntBlock}``), each
+    chunk read once for all groups; kept in ``cache`` when given."""
+    if cache:
+        yield from cache
+        return
+    for lo in range(0, training.n, chunk_size):
+        hi = min(lo + chunk_size, training.n)
+        raw3 = training.read_channels(lo, hi)
+        chunk = {g.name: prepare_int(unit, g.rows(raw3), lo, blocks[g.name],
+                                     None if buffers is None else buffers[g.name]) for g in groups}
+        if cache is not None:
+            cache.append(chunk)
+        yield chunk
 
 
 # ==========================================================================

@@ -17,6 +17,8 @@ class MatchResult:
     there is none: a constant synthetic image, or fewer valid training images
     than k). ``constant``: synthetic images with zero variance;
     ``train_constant``: training images with zero variance (never matched).
+    ``stats["arithmetic"]``/``stats["arithmetic_reason"]``: which path ran and
+    why (also at the end of ``backend_note``).
     """
 
     index: np.ndarray
@@ -40,6 +42,11 @@ class MatchResult:
     @property
     def best_correlation(self) -> np.ndarray:
         return self.correlation[:, 0]
+
+    @property
+    def arithmetic(self) -> str:
+        """"integer" (int8 products) or "float" (float32 products, exact re-score)."""
+        return str(self.stats.get("arithmetic", "float"))
 
     @property
     def pairs_per_second(self) -> float:

@@ -216,19 +216,24 @@ def estimate_correlation(cfg, sample_cfg, channel_names, shape, runs, device: st
               "optimal_denoiser": sample_cfg.n_optimal_denoiser}
     n_synthetic = sum(n for m, n in counts.items() if m in cfg.models and m in sample_cfg.models)
     rng = np.random.default_rng(0)
-    n_s, n_t = (256, 4096) if device == "cuda" else (64, 1024)
+    backend = cfg.backend if device == "cuda" else "numpy"
+    # the arithmetic the run would use (the integer path where its probe is faster);
+    # its products need more synthetic rows than the float path's to run at speed
+    arith = correlation.choose_arithmetic(correlation.get_backend(backend), (np.uint8, np.uint8),
+                                          int(np.prod(shape)))
+    n_s, n_t = (256, 4096) if device == "cuda" else (128 if arith.integer else 64, 1024)
     synthetic = rng.integers(0, 256, (n_s, *shape), dtype=np.uint8)
     training = rng.integers(0, 256, (n_t, *shape), dtype=np.uint8)
-    backend = cfg.backend if device == "cuda" else "numpy"
     t = _timed(lambda: correlation.match_groups(synthetic, training, groups, k=cfg.top_k, backend=backend,
-                                                progress=False), repeats=1)
+                                                progress=False, arithmetic=arith), repeats=1)
     rate = n_s * n_t / t
     pairs = sum((n_synthetic + n_test + cfg.n_control) * n_train for n_train, n_test in runs.values())
     gpus = processes if device == "cuda" else 1
     rows = sum(n_synthetic + n_test + cfg.n_control for _, n_test in runs.values())
     disk = rows * len(measures) * cfg.top_k * 40
     basis = (f"{pairs:.2g} pairs × {len(measures)} measures; {n_s}×{n_t} pairs measured "
-             f"({rate:,.0f} pairs/s, all measures)" + (f"; {gpus} GPUs share the synthetic images" if gpus > 1 else ""))
+             f"({rate:,.0f} pairs/s, all measures; {arith.reason})"
+             + (f"; {gpus} GPUs share the synthetic images" if gpus > 1 else ""))
     return StepEstimate("05 correlate", pairs / rate / gpus, basis, f"≤ {cfg.memory_budget_gb:g} GiB + 1 (budget)",
                         disk, f"tables of the top {cfg.top_k} matches per image and measure")
 
