@@ -10,7 +10,9 @@ faster one runs. The probe is kept per process, and per machine in a small
 JSON file (``~/.cache/helpers/correlation_probe.json``, keyed by CPU model
 and flags, GPU, torch/NumPy versions and cores; ``$HELPERS_CORRELATION_PROBE_CACHE``
 names another file, or none when empty), so a command-line audit does not
-pay it at every start. ``arithmetic="integer"``/``"float"`` (or the
+pay it at every start; only a clear outcome is kept there (one path at least
+:data:`DECISIVE` times the other), so a probe disturbed by a busy machine is
+measured again by the next process rather than remembered. ``arithmetic="integer"``/``"float"`` (or the
 environment variable ``HELPERS_CORRELATION_ARITHMETIC``) forces one.
 """
 
@@ -33,6 +35,8 @@ CHOICES = ("auto", "integer", "float")
 PROBE_CACHE_ENV = "HELPERS_CORRELATION_PROBE_CACHE"
 #: probe shapes: synthetic rows, training rows, values per image
 PROBE_SHAPE = (128, 512, 8192)
+#: a probe is kept per machine only when one path is this many times faster
+DECISIVE = 1.5
 
 _PROBES: dict[tuple, tuple[float, float]] = {}
 
@@ -114,7 +118,8 @@ def probe(backend, unit) -> tuple[float, float]:
         stored = _read_cache(path).get(key)
         if stored is None:
             stored = _measure(backend, unit)
-            _write_cache(path, key, stored)
+            if max(stored[0] / stored[1], stored[1] / stored[0]) >= DECISIVE:
+                _write_cache(path, key, stored)
         _PROBES[key] = (float(stored[0]), float(stored[1]))
     return _PROBES[key]
 
@@ -189,8 +194,10 @@ def _measure(backend, unit) -> tuple[float, float]:
     stats = {"rescored_pairs": 0}
     delta = _tolerance(True, d, np.dtype(np.float32), 32.0)
 
+    ibuf = unit.product_buffer(m, n)
+
     def integer():
-        _IntMatcher(unit, ia, np.arange(m), 1).update(ib)
+        _IntMatcher(unit, ia, np.arange(m), 1).update(ib, ibuf)
         unit.sync()
 
     def floating():

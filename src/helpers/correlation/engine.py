@@ -395,6 +395,7 @@ def _run_integer_pass(arith: Arithmetic, be: Backend, syn: ImageSet, tra: ImageS
     cache = [] if plan["cache_train"] else None
     buffers = None if cache is not None else {g.name: [] for g in groups}
     contiguous = rows_wanted.size and np.array_equal(rows_wanted, np.arange(rows_wanted[0], rows_wanted[-1] + 1))
+    gbuf = unit.product_buffer(plan["block_size"], plan["chunk_size"])  # one product's int32, reused
     train_tracked = False
     for lo in range(0, len(rows_wanted), plan["block_size"]):
         rows = rows_wanted[lo:lo + plan["block_size"]]
@@ -413,7 +414,7 @@ def _run_integer_pass(arith: Arithmetic, be: Backend, syn: ImageSet, tra: ImageS
         for chunk in _integer_chunks(unit, tra, groups, blocks, plan["chunk_size"], cache, buffers):
             for name, matcher in matchers.items():
                 B = chunk[name]
-                matcher.update(B)
+                matcher.update(B, gbuf)
                 bar.update(int((~be.to_host(matcher.A.constant)).sum()) * B.n)
             if not train_tracked:
                 for name, B in chunk.items():

@@ -28,6 +28,7 @@ where no GPU was lent (benchmarks/gpu_check.sh runs it).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -90,9 +91,17 @@ class IntegerUnit:
     def to_xp(self, t):
         return t.numpy() if not self.is_gpu else self.xp.from_dlpack(t)
 
-    def mm(self, a, b):
-        """``a @ b.T`` of int8 rows as exact int32 (``b.T`` is a column-major view)."""
-        return self.torch._int_mm(a, b.T)
+    def mm(self, a, b, out=None):
+        """``a @ b.T`` of int8 rows as exact int32 (``b.T`` is a column-major
+        view), into ``out`` when given (reused memory: fresh pages cost)."""
+        if out is None:
+            return self.torch._int_mm(a, b.T)
+        return self.torch._int_mm(a, b.T, out=out)
+
+    def product_buffer(self, rows: int, cols: int):
+        """A flat int32 buffer for products of up to ``rows`` x ``cols`` images (padded)."""
+        size = _round_up(max(rows, 1), self.row_multiple) * _round_up(max(cols, 1), self.row_multiple)
+        return self.torch.empty(size, dtype=self.torch.int32, device=self.device)
 
     def sync(self) -> None:
         if self.is_gpu:
@@ -154,14 +163,39 @@ def _gram_sums(unit: IntegerUnit, part, n_pad: int):
     """Exact ``sum x'`` and ``sum x'**2`` of every row of one pixel block on
     the integer unit: the rows times 8 rows of ones, and the diagonal of
     each tile of rows times itself (no copies; cheaper than a NumPy pass
-    over the pixels, whose int8 -> wider conversions cost more)."""
+    over the pixels, whose int8 -> wider conversions cost more). On the CPU
+    the small tile products run one thread each, tiles spread over the
+    cores: split over threads inside, each waited for the slowest thread
+    (several times slower on a busy machine)."""
     torch = unit.torch
     s = unit.mm(part, torch.ones((8, part.shape[1]), dtype=torch.int8, device=unit.device))[:, 0]
     q = torch.empty(n_pad, dtype=torch.int32, device=unit.device)
-    for lo in range(0, n_pad, _GRAM_TILE):
-        x = part[lo:lo + _GRAM_TILE]
-        q[lo:lo + x.shape[0]] = torch.diagonal(unit.mm(x, x))
+
+    def tiles(lo: int, hi: int) -> None:
+        for t in range(lo, hi, _GRAM_TILE):
+            x = part[t:min(t + _GRAM_TILE, hi)]
+            q[t:t + x.shape[0]] = torch.diagonal(unit.mm(x, x))
+
+    workers = 1 if unit.is_gpu else _threads()
+    if workers > 1 and n_pad >= 2 * _GRAM_TILE:
+        cuts = np.linspace(0, n_pad // _GRAM_TILE, workers + 1).astype(int) * _GRAM_TILE
+        cuts[-1] = n_pad
+        with _one_torch_thread(torch):
+            list(_POOL.get(workers).map(tiles, cuts[:-1], cuts[1:]))
+    else:
+        tiles(0, n_pad)
     return s.to(torch.int64), q.to(torch.int64)
+
+
+@contextlib.contextmanager
+def _one_torch_thread(torch):
+    """torch's intra-op threads set to 1 for a while (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def prepare_int(unit: IntegerUnit, raw: np.ndarray, start: int, blocks: list[tuple[int, int]],
@@ -213,12 +247,15 @@ def _xor_rows(src: np.ndarray, buf: np.ndarray) -> None:
         np.bitwise_xor(src, 0x80, out=buf[:n, :w])
 
 
-def _product(unit: IntegerUnit, A: _IntBlock, B: _IntBlock):
+def _product(unit: IntegerUnit, A: _IntBlock, B: _IntBlock, buffer):
     """``sum x'y'`` of every pair as an exact xp array ``(A.n_pad, B.n_pad)``:
-    int32 for one pixel block, int64 over several."""
+    int32 for one pixel block (in ``buffer``, a flat int32 tensor), int64
+    over several."""
+    m, n = A.parts[0].shape[0], B.parts[0].shape[0]
+    out = buffer[: m * n].view(m, n) if buffer is not None and buffer.numel() >= m * n else None
     acc = None
     for pa, pb in zip(A.parts, B.parts):
-        g = unit.to_xp(unit.mm(pa, pb))
+        g = unit.to_xp(unit.mm(pa, pb, out))
         if len(A.parts) == 1:
             return g
         if acc is None:
@@ -272,9 +309,11 @@ class _IntMatcher:
         self.f64_exact = A.dim * A.dim * 2**14 < 2**53
         self.workers = 1 if unit.is_gpu else _threads()
 
-    def update(self, B: _IntBlock) -> None:
+    def update(self, B: _IntBlock, buffer=None) -> None:
+        """Merge training block ``B`` into the running top-k; ``buffer``: see
+        :meth:`IntegerUnit.product_buffer`."""
         xp, A, k = self.xp, self.A, self.k
-        g = _product(self.unit, A, B)
+        g = _product(self.unit, A, B, buffer)
         cols = xp.empty((A.n, k), dtype=xp.int64)
         vals = xp.empty((A.n, k))
         kth = self.top.kth
