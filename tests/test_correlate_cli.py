@@ -367,7 +367,11 @@ def test_audit_study_end_to_end(tmp_path):
         assert set(info["models"]) == {"stylegan", "diffusion"} and info["baseline"]["n"] == 10
         assert info["control"]["n_planted"] == 8 and "control" not in info["models"]
         assert info["control"]["n"] == 8 - info["control"]["n_undefined"]  # scored: a source to correlate with
-        assert info["control"]["n_undefined"] == (0 if m != "seg" else info["control"]["n_undefined"])
+        control = pd.read_csv(out / m / "control_matches.csv")  # a blank source (seg) cannot be found
+        channels = {"t1": [0], "flair": [1], "seg": [2], "all": [0, 1, 2]}[m]
+        sources = np.load(root / "data/train.npy")[control["planted_index"]][:, channels]
+        blank = int((np.ptp(sources.reshape(len(sources), -1), axis=1) == 0).sum())
+        assert info["control"]["n_undefined"] == blank and (blank > 0) == (m == "seg")
     # one engine pass per image set, for every measure
     assert set(summary["runs"]) == {"baseline", "control", "stylegan", "diffusion"}
     assert summary["runs"]["stylegan"]["measures"] == audit.names
@@ -391,10 +395,12 @@ def test_audit_study_end_to_end(tmp_path):
     # the planted copy (sample 0 = train 12) is found in every image measure; seg is constant there or found
     for m in ("t1", "flair", "all"):
         row = pd.read_csv(out / m / "matches_stylegan.csv").iloc[0]
-        assert (row.train_index, row.correlation, row.prev_index if "prev_index" in row else 11) == (12, 1.0, 11)
+        assert (row.train_index, row.correlation, row.prev_index) == (12, 1.0, 11)
         control = pd.read_csv(out / m / "control_matches.csv")
         assert control["found"].all() and not control["constant"].any()
     seg_matches = pd.read_csv(out / "seg/matches_stylegan.csv")
+    stylegan_seg = np.load(root / "samples/stylegan.npy")[:, 2]
+    assert seg_matches["constant"].tolist() == [bool(np.ptp(s) == 0) for s in stylegan_seg]
     assert seg_matches["constant"].sum() >= 1 and seg_matches.loc[seg_matches["constant"], "correlation"].isna().all()
     assert summary["by_measure"]["seg"]["models"]["stylegan"]["constant"] == int(seg_matches["constant"].sum())
 
@@ -424,7 +430,7 @@ def test_audit_study_end_to_end(tmp_path):
     seg_control = pd.read_csv(out / "seg" / "control_matches.csv")  # blank label maps have no source to find
     assert (seg_control["source_defined"] == seg_control["planted_correlation"].notna()).all()
     blank = np.ptp(train[seg_control["planted_index"], 2].reshape(8, -1), axis=1) == 0
-    assert (~seg_control["source_defined"] >= blank).all()
+    assert (~seg_control["source_defined"] == blank).all()
     assert summary["by_measure"]["seg"]["control"]["n_undefined"] == int((~seg_control["source_defined"]).sum()) > 0
     assert summary["by_measure"]["seg"]["control"]["found_fraction"] == seg_control.loc[
         seg_control["source_defined"], "found"].mean()

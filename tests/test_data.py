@@ -302,6 +302,32 @@ def test_shipped_authors_lists_parse():
         data.authors_split_file("other")
 
 
+#: the shipped lists, pinned: sha256 of the file and (position, subject, split) at the first position,
+#: the train/test boundary of each year (313/314 for 2020, 1195/1196 for 2021) and the last one; the
+#: values were read from the authors' .mat files (muhamadusman/Assist, Preparation/) once and agree with
+#: the copy beside STUDY.md
+PINNED_SPLITS = {
+    "brats2020": ("73b1e8254d147c829d3ac7b7e4e332db69c679e8624802072fac8989f6d9290c", [
+        (1, "BraTS20_Training_123", "train"), (313, "BraTS20_Training_071", "train"),
+        (314, "BraTS20_Training_215", "test"), (369, "BraTS20_Training_359", "test")]),
+    "brats2021": ("865167cd85800763e1048980b941664e343d00723dffcff3a521bba0b0661b34", [
+        (1, "BraTS2021_00649", "train"), (313, "BraTS2021_00797", "train"), (314, "BraTS2021_01054", "train"),
+        (1195, "BraTS2021_01091", "train"), (1196, "BraTS2021_01566", "test"), (1251, "BraTS2021_00006", "test")]),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(PINNED_SPLITS))
+def test_shipped_authors_lists_are_pinned(layout):
+    import hashlib
+
+    digest, pinned = PINNED_SPLITS[layout]
+    path = data.authors_split_file(layout)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"{path} changed"
+    order = data.read_subject_order(path).set_index("position")
+    for position, subject, split in pinned:
+        assert (order.loc[position, "subject"], order.loc[position, "split"]) == (subject, split), position
+
+
 def test_read_subject_order_rejects_bad_lists(tmp_path):
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"position": [1, 2, 2], "subject": ["a", "b", "c"], "split": ["train", "train", "test"]}

@@ -94,6 +94,11 @@ def test_finished_run_writes_contract_files(trained):
     assert {"step", "images_seen", "loss", "lr"} <= set(log.columns)
     assert log["images_seen"].iloc[-1] == 12 * TINY["batch_size"]
     assert summary["step"] == 12 and summary["n_params"] > 0 and np.isfinite(summary["final_loss"])
+    assert (summary["resumed_from_step"], summary["steps_run"], summary["processes"]) == (0, 12, 1)
+    weights = checkpoints.load_latest_checkpoint(out / "checkpoints")[1]["model"]
+    unet = diffusion.build_unet(settings(max_steps=12), channels=2, image_size=16)
+    unet.load_state_dict(weights)
+    assert summary["weights_sha256_by_process"] == [diffusion.loop.weights_sha256(unet.parameters())]
 
 
 def test_rerun_of_a_finished_run_does_nothing(trained):
@@ -101,7 +106,7 @@ def test_rerun_of_a_finished_run_does_nothing(trained):
     weights = results / "diffusion" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
     before = weights.stat().st_mtime_ns
     again = diffusion.train(results, settings(max_steps=12), progress=False)
-    assert again == summary
+    assert again == {**summary, "resumed_from_step": 12, "steps_run": 0}
     assert weights.stat().st_mtime_ns == before
 
 
@@ -111,10 +116,12 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path):
 
     resumed = make_results(tmp_path / "b")
     partial = diffusion.train(resumed, settings(max_steps=10), progress=False, stop_after=6)
-    assert partial == {"step": 6, "complete": False, "seconds": pytest.approx(partial["seconds"])}
+    assert partial == {"step": 6, "complete": False, "seconds": pytest.approx(partial["seconds"]),
+                       "resumed_from_step": 0, "steps_run": 6}
     # a kill after step 6 would lose the steps since the last periodic checkpoint (4)
     checkpoints.checkpoint_path(resumed / "diffusion" / "checkpoints", 6).unlink()
-    diffusion.train(resumed, settings(max_steps=10), progress=False)
+    summary = diffusion.train(resumed, settings(max_steps=10), progress=False)
+    assert (summary["resumed_from_step"], summary["steps_run"], summary["step"]) == (4, 6, 10)
 
     a = checkpoints.load_latest_checkpoint(straight / "diffusion" / "checkpoints")
     b = checkpoints.load_latest_checkpoint(resumed / "diffusion" / "checkpoints")
@@ -129,10 +136,36 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path):
     pd.testing.assert_frame_equal(log_a, log_b)
 
 
+def test_a_resumed_run_starts_from_the_checkpoint_s_weights(tmp_path):
+    """Resuming is seen to resume: the weights of a tampered checkpoint show
+    in the next logged loss and in the final weights (a run that silently
+    started again from step 0 would end as the untouched one)."""
+    straight = make_results(tmp_path / "a")
+    diffusion.train(straight, settings(max_steps=6), progress=False)
+    tampered = make_results(tmp_path / "b")
+    diffusion.train(tampered, settings(max_steps=6), progress=False, stop_after=4)
+    path = checkpoints.checkpoint_path(tampered / "diffusion" / "checkpoints", 4)
+    state = checkpoints.load_state(path)
+    name = "conv_in.weight"
+    state["model"][name] = state["model"][name] * 1.5
+    checkpoints.save_state(path, state)
+    summary = diffusion.train(tampered, settings(max_steps=6), progress=False)
+    assert (summary["resumed_from_step"], summary["steps_run"]) == (4, 2)
+
+    a, b = (checkpoints.load_latest_checkpoint(r / "diffusion" / "checkpoints")[1]["model"] for r in (straight, tampered))
+    assert not torch.equal(a[name], b[name])
+    # the first four steps are the same rows, the fifth was taken from the tampered weights
+    log_a, log_b = (diffusion.read_loss_log(r).set_index("step")["loss"] for r in (straight, tampered))
+    assert log_a.loc[1:4].tolist() == log_b.loc[1:4].tolist()
+    assert log_a.loc[5] != log_b.loc[5]
+
+
 def test_checkpoints_of_other_parameters_are_not_resumed(trained, tmp_path):
     results, _ = trained
     with pytest.raises(ValueError, match="other model/training parameters"):
         diffusion.train(results, settings(max_steps=14, learning_rate=1e-3), progress=False)
+    with pytest.raises(ValueError, match="other model/training parameters"):
+        diffusion.train(results, settings(max_steps=14, seed=4), progress=False)
 
 
 def test_pipeline_round_trip_gives_identical_outputs(trained):
@@ -231,9 +264,35 @@ def test_guided_diffusion_schedule_and_attention_levels():
 
 
 def test_zero_init_starts_every_residual_branch_at_identity():
+    """Not only the output conv: every res-block returns its shortcut and
+    every attention block its input, as guided-diffusion's zero_module."""
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.resnet import ResnetBlock2D
+
     unet = diffusion.build_unet(settings(), channels=2, image_size=16)
+    seen = {"resnet": 0, "attention": 0}
+
+    def resnet_hook(block, args, output):
+        x = args[0]
+        shortcut = block.conv_shortcut(x) if block.conv_shortcut is not None else x
+        assert torch.allclose(output, shortcut / block.output_scale_factor, rtol=0, atol=1e-6)
+        seen["resnet"] += 1
+
+    def attention_hook(block, args, output):
+        assert torch.allclose(output, args[0], rtol=0, atol=1e-6)
+        seen["attention"] += 1
+
+    for module in unet.modules():
+        if isinstance(module, ResnetBlock2D):
+            module.register_forward_hook(resnet_hook)
+        elif isinstance(module, Attention):
+            module.register_forward_hook(attention_hook)
     out = unet(torch.randn(2, 2, 16, 16), torch.tensor([3, 7])).sample
     assert torch.count_nonzero(out) == 0
+    # 2 levels × 1 down block + 2 × 2 up blocks + the 2 middle blocks; attention at 8²: 1 + 2 + the middle one
+    assert seen == {"resnet": 8, "attention": 4}
+    assert torch.count_nonzero(diffusion.build_unet(settings(zero_init=False), 2, 16)(
+        torch.randn(1, 2, 16, 16), torch.tensor([3])).sample) > 0
 
 
 @pytest.mark.gpu

@@ -243,9 +243,11 @@ def test_resume_equals_uninterrupted_training(tmp_path):
     sg.train(straight, cfg, seed=3, progress=False)
     resumed = make_results(tmp_path / "b")
     first = sg.train(resumed, cfg, seed=3, progress=False, stop_after_steps=5)  # stops between checkpoints
-    assert first["steps_done"] == 5 and not first["complete"]
+    assert (first["steps_done"], first["resumed_from_step"], first["steps_run"]) == (5, 0, 5)
+    assert not first["complete"]
     second = sg.train(resumed, cfg, seed=3, progress=False)
-    assert second["resumed_from_step"] == 5 and second["complete"]
+    assert (second["resumed_from_step"], second["steps_run"], second["steps_done"]) == (5, 7, 12)
+    assert second["complete"]
 
     a, b = _final_state(straight), _final_state(resumed)
     assert a["step"] == b["step"] == 12
@@ -281,18 +283,61 @@ def test_training_outputs_and_rerun_is_a_no_op(tmp_path):
     G = sg.load_generator(results, device="cpu")
     assert G.resolution == 16
     again = sg.train(results, cfg, seed=0, progress=False)
-    assert again["resumed_from_step"] == 12 and again["steps_done"] == 12
+    assert (again["resumed_from_step"], again["steps_run"], again["steps_done"]) == (12, 0, 12)
     assert len(pd.read_csv(out / "loss_log.csv")) == 6
 
 
-def test_resume_with_other_settings_is_refused(tmp_path):
+def test_resume_with_other_settings_seed_or_data_is_refused(tmp_path):
+    """Whatever changes the result refuses a resume and names the key; a
+    longer run of the same identity continues."""
     results = make_results(tmp_path)
     sg.train(results, tiny_config(), seed=0, progress=False, stop_after_steps=4)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"other settings \{'lr_g': \(0.002, 0.01\)\}"):
         sg.train(results, tiny_config(lr_g=0.01), seed=0, progress=False)
-    # a longer run of the same settings continues
+    with pytest.raises(ValueError, match=r"other settings \{'seed': \(0, 1\)\}.*checkpoint's values to resume"):
+        sg.train(results, tiny_config(), seed=1, progress=False)
+    images = np.load(results / "data" / "train.npy")
+    np.save(results / "data" / "train.npy", images[::-1].copy())
+    with pytest.raises(ValueError, match=r"other settings \{'data': "):
+        sg.train(results, tiny_config(), seed=0, progress=False)
+    np.save(results / "data" / "train.npy", images)
     longer = sg.train(results, tiny_config(total_kimg=0.064), seed=0, progress=False, stop_after_steps=1)
-    assert longer["resumed_from_step"] == 4
+    assert (longer["resumed_from_step"], longer["steps_run"]) == (4, 1)
+
+
+def test_a_checkpoint_from_before_the_seed_check_is_resumed_saying_so(tmp_path, capsys):
+    results = make_results(tmp_path)
+    sg.train(results, tiny_config(), seed=0, progress=False, stop_after_steps=4)
+    path = checkpoints.checkpoint_path(results / "stylegan" / "checkpoints", 4)
+    state = checkpoints.load_state(path)
+    state["config"] = {k: v for k, v in state["config"].items() if k not in ("seed", "data")}
+    state["config_hash"] = common.stable_hash(state["config"])
+    checkpoints.save_state(path, state)
+    summary = sg.train(results, tiny_config(), seed=0, progress=False, stop_after_steps=1)
+    assert summary["resumed_from_step"] == 4
+    assert "predates the data and seed check" in capsys.readouterr().out
+
+
+def test_a_resumed_run_starts_from_the_checkpoint_s_weights(tmp_path):
+    """The weights of a tampered checkpoint show in the next logged losses
+    and the final weights: a run that ignored the checkpoint and trained
+    from step 0 again would end as the untouched one."""
+    cfg = tiny_config(total_kimg=0.032, log_every=1)  # 8 steps, checkpoint every 4
+    straight, tampered = make_results(tmp_path / "a"), make_results(tmp_path / "b")
+    sg.train(straight, cfg, seed=3, progress=False)
+    sg.train(tampered, cfg, seed=3, progress=False, stop_after_steps=4)
+    path = checkpoints.checkpoint_path(tampered / "stylegan" / "checkpoints", 4)
+    state = checkpoints.load_state(path)
+    name = next(k for k in state["D"] if k.endswith("weight"))
+    state["D"][name] = state["D"][name] * 1.5
+    checkpoints.save_state(path, state)
+    summary = sg.train(tampered, cfg, seed=3, progress=False)
+    assert (summary["resumed_from_step"], summary["steps_run"], summary["steps_done"]) == (4, 4, 8)
+    a, b = _final_state(straight), _final_state(tampered)
+    assert not torch.equal(a["D"][name], b["D"][name])
+    log_a, log_b = (pd.read_csv(r / "stylegan" / "loss_log.csv").set_index("step") for r in (straight, tampered))
+    assert log_a.loc[1:4, "loss_D"].tolist() == log_b.loc[1:4, "loss_D"].tolist()
+    assert log_a.loc[5, "loss_D"] != log_b.loc[5, "loss_D"]
 
 
 def test_bad_training_data_is_reported(tmp_path):

@@ -44,6 +44,9 @@ def train(results_dir: str | os.PathLike, settings: TrainDiffusionSettings | Map
 
     ``stop_after`` ends this call after that many steps *in total* (a
     checkpoint is written there): tests use it to simulate a killed run.
+    The summary (and the early return) records the step this call started
+    at (``resumed_from_step``) and how many it ran (``steps_run``). Over
+    several processes, all must end with the same weights (checked).
     """
     if not isinstance(settings, TrainDiffusionSettings):
         settings = config.build("train_diffusion", dict(settings))
@@ -70,7 +73,8 @@ def train(results_dir: str | os.PathLike, settings: TrainDiffusionSettings | Map
                          f"raise max_steps or delete the checkpoints to train a shorter run")
     summary_path = out / "summary.json"
     if found and start >= settings.max_steps and _pipeline_is(results_dir, start, identity_hash):
-        return read_json(summary_path) if summary_path.exists() else {"step": start}
+        stored = read_json(summary_path) if summary_path.exists() else {"step": start}
+        return {**stored, "resumed_from_step": start, "steps_run": 0}  # this call ran nothing
 
     setup = setup_training(settings, data.channels, data.image_size, device=device,
                            resume_state=found[1] if found else None)
@@ -129,21 +133,48 @@ def train(results_dir: str | os.PathLike, settings: TrainDiffusionSettings | Map
         bar.update(1)
     bar.close()
     seconds = elapsed + time.perf_counter() - t0
+    digests = _weight_digests(setup)
     if end < settings.max_steps:
-        return {"step": end, "complete": False, "seconds": seconds}
+        return {"step": end, "complete": False, "seconds": seconds, "resumed_from_step": start,
+                "steps_run": end - start}
     if end == start and found is None:
         raise RuntimeError("no training step was run")
-    summary = {"step": settings.max_steps, "images_seen": settings.max_steps * settings.batch_size,
+    summary = {"step": settings.max_steps, "resumed_from_step": start, "steps_run": end - start,
+               "images_seen": settings.max_steps * settings.batch_size,
                "epochs": settings.max_steps * settings.batch_size / len(data), "n_params": n_params,
                "seconds": seconds, "final_loss": _final_loss(out / "loss_log.csv"),
                "device": str(device_), "processes": world,
                "threads": threads, "options": setup.options,
-               "identity_hash": identity_hash, "pipeline": str(pipeline_dir(results_dir))}
+               "identity_hash": identity_hash, "pipeline": str(pipeline_dir(results_dir)),
+               "weights_sha256_by_process": digests}
     if acc.is_main_process:
         save_pipeline(setup, pipeline_dir(results_dir), {"step": settings.max_steps, "identity_hash": identity_hash})
         write_json(summary_path, summary)
     acc.wait_for_everyone()
     return summary
+
+
+def weights_sha256(parameters) -> str:
+    """sha256 of the parameters' float32 bytes, in order."""
+    import hashlib
+
+    sha = hashlib.sha256()
+    for p in parameters:
+        sha.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()
+
+
+def _weight_digests(setup: TrainingSetup) -> list[str]:
+    """Every process's weights digest (rank order). All must be equal (the
+    gradients are averaged, the updates identical): compared at the end
+    instead of assumed, and recorded in the summary."""
+    from ..distributed import gather
+
+    digests = gather(weights_sha256(setup.unet.parameters()))
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"the {len(digests)} training processes ended with different weights "
+                           f"(digests {digests}); the run cannot be trusted")
+    return digests
 
 
 def _save_checkpoint(setup: TrainingSetup, folder: Path, step: int, identity_hash: str, seconds: float) -> None:

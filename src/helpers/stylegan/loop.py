@@ -29,7 +29,10 @@ def train(results_dir: str | os.PathLike, config: TrainStyleGANSettings, seed: i
     """Train (or resume) StyleGAN2-ADA on ``results_dir/data/train.npy``.
 
     Resumes from the newest checkpoint in ``stylegan/checkpoints`` when its
-    settings match (``total_kimg`` may grow). Checkpoints (every
+    settings, seed and data match (``total_kimg`` may grow); otherwise it
+    refuses, naming what differs. The summary records where this call
+    started (``resumed_from_step``) and how many steps it ran
+    (``steps_run``). Checkpoints (every
     ``checkpoint_kimg``, the last ``keep_checkpoints`` kept) hold G, D, G_ema, both
     optimizers, pl_mean, ADA's p and statistic, the step, RNG states and the
     loss statistics not yet logged; at each one a fixed-seed grid of G_ema
@@ -46,7 +49,7 @@ def train(results_dir: str | os.PathLike, config: TrainStyleGANSettings, seed: i
     ckpt_dir, grid_dir = out / "checkpoints", out / "grids"
     data = TrainingImages(results_dir, seed)
     out.mkdir(parents=True, exist_ok=True)
-    trainer = StyleGANTrainer(config, data.shape, seed=seed, device=device)
+    trainer = StyleGANTrainer(config, data.shape, seed=seed, device=device, data_fingerprint=data.fingerprint())
     cfg = trainer.cfg
     pending: dict[str, list[torch.Tensor]] = {}
 
@@ -129,6 +132,7 @@ def train(results_dir: str | os.PathLike, config: TrainStyleGANSettings, seed: i
         "images_seen": trainer.step_count * cfg.batch_size,
         "complete": trainer.step_count >= total,
         "resumed_from_step": start,
+        "steps_run": trainer.step_count - start,  # by this call: 0 for a finished run found again
         "train_time_s": round(trainer.time_s, 1),
         "augment_p": trainer.augment.p,
         "loss_G": last.get("loss_G"),

@@ -143,8 +143,9 @@ class StyleGANTrainer:
     """
 
     def __init__(self, config: TrainStyleGANSettings, image_shape: tuple[int, int, int], seed: int = 0,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, data_fingerprint: str | None = None) -> None:
         self.cfg, self.seed = config, int(seed)
+        self.data_fingerprint = data_fingerprint
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         channels, res, res_w = image_shape
         if res != res_w:
@@ -276,8 +277,8 @@ class StyleGANTrainer:
             "step": self.step_count,
             "images_seen": self.step_count * self.cfg.batch_size,
             "time_s": self.time_s,
-            "config": self.cfg.identity(),
-            "config_hash": stable_hash(self.cfg.identity()),
+            "config": self.identity(),
+            "config_hash": stable_hash(self.identity()),
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
             "G_ema": self.G_ema.state_dict(),
@@ -288,19 +289,36 @@ class StyleGANTrainer:
             "rng": checkpoints.rng_state(),
         }
 
+    def identity(self) -> dict:
+        """What fixes the run's result: the settings (:meth:`TrainStyleGANSettings.identity`),
+        the seed and, where known, the training data's fingerprint. A
+        checkpoint of another identity is not resumed."""
+        out = {**self.cfg.identity(), "seed": self.seed}
+        if self.data_fingerprint is not None:
+            out["data"] = self.data_fingerprint
+        return out
+
     def load_state(self, state: Mapping[str, Any], source: str = "checkpoint") -> None:
-        wanted = stable_hash(self.cfg.identity())
-        if state.get("config_hash") != wanted:
-            old, new = state.get("config", {}), self.cfg.identity()
-            diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+        new = self.identity()
+        if state.get("config_hash") != stable_hash(new):
+            old = dict(state.get("config", {}))
+            # checkpoints written before the seed and the data were part of the identity cannot say
+            # which they had: those keys are taken as equal, and the resume says so
+            unknown = sorted(k for k in ("seed", "data") if k in new and k not in old)
+            diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+                    if k not in unknown and old.get(k) != new.get(k)}
             if set(diff) == {"processes"}:
                 raise ValueError(f"{source}: this run was trained with {old.get('processes') or 1} process(es); "
                                  f"resume it with --processes {old.get('processes') or 1} (every step's random "
                                  "draws depend on it), or delete that folder to start afresh")
-            raise ValueError(
-                f"{source}: written by a run with other settings {diff} (old, new); delete that "
-                "stylegan/checkpoints folder or use another results_dir to start afresh"
-            )
+            if diff:
+                raise ValueError(
+                    f"{source}: written by a run with other settings {diff} (old, new); set them back to the "
+                    "checkpoint's values to resume, or delete that stylegan/checkpoints folder or use another "
+                    "results_dir to start afresh"
+                )
+            print(f"{source}: the checkpoint predates the {' and '.join(unknown)} check; resuming on the "
+                  f"assumption that they are the same")
         for name in ("G", "D", "G_ema"):
             getattr(self, name).load_state_dict(state[name])
         self.opt_G.load_state_dict(state["opt_G"])
