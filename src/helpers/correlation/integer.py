@@ -164,9 +164,10 @@ def _gram_sums(unit: IntegerUnit, part, n_pad: int):
     the integer unit: the rows times 8 rows of ones, and the diagonal of
     each tile of rows times itself (no copies; cheaper than a NumPy pass
     over the pixels, whose int8 -> wider conversions cost more). On the CPU
-    the small tile products run one thread each, tiles spread over the
-    cores: split over threads inside, each waited for the slowest thread
-    (several times slower on a busy machine)."""
+    the tiles are spread over the cores and each small product runs on one
+    torch thread (torch's thread count is set to 1 meanwhile): split inside
+    torch, every small product waits for its slowest thread, several times
+    slower on a busy machine."""
     torch = unit.torch
     s = unit.mm(part, torch.ones((8, part.shape[1]), dtype=torch.int8, device=unit.device))[:, 0]
     q = torch.empty(n_pad, dtype=torch.int32, device=unit.device)
