@@ -140,6 +140,24 @@ def test_images_over_the_int32_bound_are_split_by_default():
     assert res.best_index[1] == 3 and res.best_correlation[1] == 1.0
 
 
+def test_very_large_images_keep_exact_integers_in_int64():
+    """Beyond ~741 000 values D * sum x'y' leaves float64's exact integers:
+    the numerators are formed in int64 (six pixel blocks here)."""
+    d = 760_000
+    syn = RNG.integers(0, 256, (3, d), dtype=np.uint8)
+    tra = RNG.integers(0, 256, (4, d), dtype=np.uint8)
+    tra[2] = syn[0]
+    tra[3, : d // 2] = syn[1, : d // 2]  # r ~ 0.5
+    res = run(syn, tra, k=2)
+    assert res.stats["plan"]["pixel_blocks"] == {"selection": 6}
+    assert res.best_index[0] == 2 and res.best_correlation[0] == 1.0
+    for i in range(3):
+        row = np.array([pearsonr(syn[i].astype(float), t.astype(float))[0] for t in tra])
+        order = np.lexsort((np.arange(4), -row))[:2]
+        np.testing.assert_array_equal(res.index[i], order)
+        np.testing.assert_allclose(res.correlation[i], row[order], atol=1e-12, rtol=0)
+
+
 def _padded():
     """The integer path with the padding a CUDA GPU needs (rows to 32,
     widths to 8), run on the CPU."""
