@@ -8,17 +8,21 @@ Known generators (no model is trained): ``copier`` (training images drawn
 with replacement: fitted, copying), ``held_out`` (the held-out subjects' real
 slices: what a generator that learnt the population and copies nothing
 would give), ``unseen`` (training-pool slices of subjects outside this
-size's subset), the Gaussian control, ``blur`` (copies blurred by σ = 1
+size's subset), the Gaussian control (``gaussian``, independent pixels) and
+the full-covariance Gaussian (``gauss_full``, a model of the training images,
+not a control), ``blur`` (copies blurred by σ = 1
 pixel), ``speckle`` (copies plus Gaussian noise of σ 12 grey levels) and
 ``mean_blob`` (the smoothed mean training image, every sample alike: the
 featureless oval of an untrained generator). A measure fit for purpose
-calls the last four unfitted at every size.
+calls the Gaussian control, blur, speckle and mean blob unfitted at every size.
 
-Columns: precision/recall/density/coverage against the training subset
-(``T``) and against the held-out images (``H``); the logistic two-sample
-accuracy against T and H (``lr``: near 1 = told apart) and the 1-NN one
-against T (``nn``: well below 0.5 = copies); Meehan et al.'s C_T (≪ 0
-copying, ≫ 0 underfitting).
+Columns, in the ``full`` feature space: precision/recall/density/coverage
+against the training subset (``T``) and against the held-out images
+(``H``); the logistic two-sample accuracy against T and H (``lr``: near 1 =
+told apart) and the 1-NN one against T (``nn``: well below 0.5 = copies);
+Meehan et al.'s C_T (≪ 0 copying, ≫ 0 underfitting). In the ``texture``
+space: the logistic two-sample accuracy against the whole training pool
+(``P``) and against T.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ def known_generators(train: np.ndarray, pool: np.ndarray, held_out: np.ndarray, 
         "held_out": held_out,
         "unseen": unseen if len(unseen) >= 2 else held_out,
         "gaussian": GaussianControl(train).sample(range(n)),
+        "gauss_full": GaussianControl(train, covariance="full").sample(range(n)),
         "blur": np.clip(gaussian_filter(copies.astype(float), sigma=(0, 0, 1, 1)), 0, 255).round().astype(np.uint8),
         "speckle": np.clip(copies + rng.normal(0, 12, copies.shape), 0, 255).round().astype(np.uint8),
         "mean_blob": np.repeat(np.clip(smooth_mean, 0, 255).round().astype(np.uint8)[None], n, axis=0),
@@ -62,11 +67,14 @@ def main() -> None:
     args = parser.parse_args()
     pool = np.load(args.run / "data" / "train.npy")
     held_out = np.load(args.run / "data" / "test.npy")
-    space = FeatureSpace.fit(np.concatenate([pool, held_out]))
+    real = np.concatenate([pool, held_out])
+    space, texture = FeatureSpace.fit(real), FeatureSpace.fit(real, kind="texture")
     f_held = space.embed(held_out, what="held-out images")
+    t_pool = texture.embed(pool, what="training pool")
     for folder in sorted((args.run / "sizes").glob("n*")):
         train = np.load(folder / "data" / "train.npy")
         f_train = space.embed(train, what=f"{folder.name} training images")
+        t_train = texture.embed(train, what=f"{folder.name} training images")
         print(f"== {folder.name}: {len(train)} training images, {len(held_out)} held out")
         for name, images in known_generators(train, pool, held_out, args.samples).items():
             f = space.embed(images, what=name)
@@ -74,10 +82,13 @@ def main() -> None:
             lr_t, lr_h = classifier_two_sample(f_train, f, what=name), classifier_two_sample(f_held, f, what=name)
             nn_t = nearest_neighbour_two_sample(f_train, f, what=name)
             ct = copying_statistic(f_train, f_held, f, what=name)
+            t = texture.embed(images, what=name)
+            tex_p, tex_t = classifier_two_sample(t_pool, t, what=name), classifier_two_sample(t_train, t, what=name)
             print(f"{name:10s} T: P {p_t['precision']:.2f} R {p_t['recall']:.2f} D {p_t['density']:.2f} "
                   f"C {p_t['coverage']:.2f} (k {p_t['k_used']}) | H: P {p_h['precision']:.2f} R {p_h['recall']:.2f} "
                   f"D {p_h['density']:.2f} C {p_h['coverage']:.2f} | lr T {lr_t.accuracy:.2f} H {lr_h.accuracy:.2f} "
-                  f"nn T {nn_t.accuracy:.2f} | C_T {ct.statistic:6.2f} ({ct.n_cells_used}/{ct.n_cells} cells)")
+                  f"nn T {nn_t.accuracy:.2f} | C_T {ct.statistic:6.2f} ({ct.n_cells_used}/{ct.n_cells} cells) | "
+                  f"texture lr P {tex_p.accuracy:.2f} T {tex_t.accuracy:.2f}")
 
 
 if __name__ == "__main__":

@@ -120,26 +120,33 @@ def test_measures_name_the_model_on_bad_features(bad):
 
 # --- the Gaussian control -----------------------------------------------------------------------
 
-def test_gaussian_control_one_seed_per_image_and_moments():
+@pytest.mark.parametrize("covariance", ["pixel", "full"])
+def test_gaussian_control_one_seed_per_image_and_moments(covariance):
     rng = np.random.default_rng(2)
     training = rng.integers(100, 150, size=(6, 2, 8, 8), dtype=np.uint8)   # far from 0 and 255: no clipping
-    control = GaussianControl(training)
+    control = GaussianControl(training, covariance=covariance)
     both = control.sample([11, 12])
     assert both.dtype == np.uint8 and both.shape == (2, 2, 8, 8)
     np.testing.assert_array_equal(control.sample([12])[0], both[1])
     many = control.sample(range(4000)).reshape(4000, -1).astype(float)
     flat = training.reshape(6, -1).astype(float)
-    np.testing.assert_allclose(many.mean(axis=0), flat.mean(axis=0), atol=4 * flat.std(axis=0, ddof=1).max() / np.sqrt(4000))
-    # the covariance is the training images' (rank 5), up to sampling error and rounding
-    np.testing.assert_allclose(np.cov(many.T), np.cov(flat.T), atol=0.1 * np.cov(flat.T).max())
+    sd = flat.std(axis=0, ddof=1)
+    np.testing.assert_allclose(many.mean(axis=0), flat.mean(axis=0), atol=4 * sd.max() / np.sqrt(4000))
+    # pixel: each pixel's variance, pixels independent; full: the training images' covariance (rank 5);
+    # up to sampling error and rounding
+    expected = np.diag(sd ** 2) if covariance == "pixel" else np.cov(flat.T)
+    np.testing.assert_allclose(np.cov(many.T), expected, atol=0.1 * expected.max())
     assert not any((s == training.reshape(6, -1)).all(axis=1).any() for s in many.astype(np.uint8))
 
 
 def test_gaussian_control_of_one_image_is_that_image():
     image = np.arange(2 * 8 * 8, dtype=np.uint8).reshape(1, 2, 8, 8)
     np.testing.assert_array_equal(GaussianControl(image).sample([0, 1]), np.repeat(image, 2, axis=0))
+    np.testing.assert_array_equal(GaussianControl(image, "full").sample([0]), image)
     with pytest.raises(ValueError, match="N×C×H×W"):
         GaussianControl(image[0])
+    with pytest.raises(ValueError, match="covariance must be 'pixel' or 'full', not 'diag'"):
+        GaussianControl(image, covariance="diag")
 
 
 # --- the feature space and the study's cases, on a parametric population ------------------------
@@ -188,6 +195,26 @@ def test_feature_space_is_fixed_and_checks_its_input(population):
         space.embed(np.where(np.arange(3)[:, None, None, None] == 1, np.nan, images.astype(float)), what="model y")
     with pytest.raises(ValueError, match="too small"):
         space.embed(np.zeros((2, 1, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match="kind must be one of"):
+        FeatureSpace.fit(images, kind="layout")
+
+
+def test_texture_two_sample_test_tells_blur_and_noise_not_a_fresh_draw():
+    """In the texture embedding a fresh draw of the population mixes with the training images;
+    blurred and noised copies and the Gaussian control do not."""
+    training, fresh = _population(64, 0), _population(64, 1)
+    texture = FeatureSpace.fit(np.concatenate([training, fresh]), kind="texture")
+    f_train = texture.embed(training)
+    rng = np.random.default_rng(6)
+    cases = {
+        "fresh real": fresh,
+        "gaussian control": GaussianControl(training).sample(range(64)),
+        "blur": gaussian_filter(training.astype(float), sigma=(0, 0, 1.0, 1.0)).round(),
+        "speckle": np.clip(training + rng.normal(0, 12, training.shape), 0, 255).round(),
+    }
+    accuracy = {k: classifier_two_sample(f_train, texture.embed(v), what=k).accuracy for k, v in cases.items()}
+    assert accuracy["fresh real"] < 0.7, accuracy
+    assert min(accuracy["gaussian control"], accuracy["blur"], accuracy["speckle"]) > 0.8, accuracy
 
 
 def test_two_sample_tests_on_the_study_cases(population):

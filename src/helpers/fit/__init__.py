@@ -16,7 +16,7 @@ the classifier two-sample test, Meehan et al.'s data-copying statistic) and
 """
 
 from .controls import GaussianControl
-from .features import EMBEDDING_SEED, FeatureSpace, raw_embedding
+from .features import EMBEDDING_SEED, EMBEDDINGS, FeatureSpace, raw_embedding
 from .measures import (
                        PRDC_NAMES,
                        CopyingResult,
@@ -28,6 +28,6 @@ from .measures import (
 )
 
 __all__ = [
-    "EMBEDDING_SEED", "PRDC_NAMES", "CopyingResult", "FeatureSpace", "GaussianControl", "TwoSampleResult",
+    "EMBEDDING_SEED", "EMBEDDINGS", "PRDC_NAMES", "CopyingResult", "FeatureSpace", "GaussianControl", "TwoSampleResult",
     "classifier_two_sample", "copying_statistic", "nearest_neighbour_two_sample", "prdc", "raw_embedding",
 ]

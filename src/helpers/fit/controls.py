@@ -1,14 +1,19 @@
-"""The underfitting control: a generator that knows only the first- and
-second-order statistics of its training images.
+"""The underfitting control: a generator that knows only the first-order
+statistics of its training images — every pixel's mean and variance, pixels
+drawn independently (``covariance="pixel"``, the control of the study).
 
-Samples are drawn from the Gaussian with the training images' mean and
-pixel covariance (every channel together, in 0–255 units), then clipped and
-rounded to uint8 as the models' samples are. The covariance of N images has
-rank at most N − 1, so the Gaussian is sampled through the SVD of the
-centred images: mean + z·(S/√(N−1))·Vᵀ with z standard normal. It can
-neither copy (a draw lands on a training image with probability 0) nor draw
-anatomy it was not given as a mean or a principal component: every fit
-measure should call it unfitted at every size.
+It can neither copy (a draw lands on a training image with probability 0)
+nor draw any structure beyond the mean image: every fit measure should call
+it unfitted at every size.
+
+``covariance="full"`` draws from the Gaussian with the training images'
+whole pixel covariance instead (rank ≤ N − 1, sampled through the SVD of the
+centred images: mean + z·(S/√(N−1))·Vᵀ). It is *not* the study's control:
+on 4 phantom slices its draws are blends of the 4 slices that look like
+brain slices (benchmarks/probe_fit_measures.py shows them), a model of the
+4 images rather than a generator that learnt nothing.
+
+Samples are clipped and rounded to uint8, as the models' samples are.
 
 One seed per image, so any image can be drawn again on its own.
 """
@@ -21,16 +26,21 @@ import numpy as np
 
 
 class GaussianControl:
-    """The Gaussian fitted to ``training`` (uint8 N×C×H×W)."""
+    """The Gaussian fitted to ``training`` (uint8 N×C×H×W): independent pixels
+    (``covariance="pixel"``) or the whole covariance (``"full"``)."""
 
-    def __init__(self, training):
+    def __init__(self, training, covariance: str = "pixel"):
         array = np.asarray(training)
         if array.ndim != 4 or len(array) == 0:
             raise ValueError(f"Gaussian control: expected training images as N×C×H×W, got shape {array.shape}")
+        if covariance not in ("pixel", "full"):
+            raise ValueError(f"Gaussian control: covariance must be 'pixel' or 'full', not {covariance!r}")
+        self.covariance = covariance
         self.shape = array.shape[1:]
         flat = array.reshape(len(array), -1).astype(np.float64)
         self.mean = flat.mean(axis=0)
-        if len(array) > 1:
+        self.pixel_sd = flat.std(axis=0, ddof=1) if len(array) > 1 else np.zeros_like(self.mean)
+        if covariance == "full" and len(array) > 1:
             _, s, vt = np.linalg.svd(flat - self.mean, full_matrices=False)
             self.components = (s / np.sqrt(len(array) - 1))[:, None] * vt     # rank × D
         else:
@@ -40,7 +50,10 @@ class GaussianControl:
         """One uint8 image per seed (the image of a seed never depends on the others)."""
         out = np.empty((len(seeds), *self.shape), dtype=np.uint8)
         for i, seed in enumerate(seeds):
-            z = np.random.default_rng(int(seed)).standard_normal(len(self.components))
-            image = self.mean + z @ self.components
+            rng = np.random.default_rng(int(seed))
+            if self.covariance == "pixel":
+                image = self.mean + rng.standard_normal(self.mean.shape) * self.pixel_sd
+            else:
+                image = self.mean + rng.standard_normal(len(self.components)) @ self.components
             out[i] = np.clip(np.rint(image), 0, 255).astype(np.uint8).reshape(self.shape)
         return out

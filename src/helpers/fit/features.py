@@ -10,10 +10,13 @@ channel, at several scales — and the network is the same for every model,
 size and run (Naeem et al., ICML 2020, show that randomly initialised
 embeddings rank generators as pretrained ones do).
 
-The embedding of an image is, for each of four conv → ReLU → 2×2-pool
-stages, the spatial mean and standard deviation of every feature map
-(texture statistics), plus the last stage pooled to 2×2 (coarse layout:
-where the anatomy is). Features are then standardized with the mean and
+Two embeddings of one network. ``"full"``: for each of four conv → ReLU →
+2×2-pool stages, the spatial mean and standard deviation of every feature
+map, plus the last stage pooled to 2×2 (coarse layout: where the anatomy
+is). ``"texture"``: the standard deviations of the first two stages only —
+local contrast and edges, blind to layout, so that a new subject does not
+stand out for being a new subject while blur and noise do (measured on the
+phantom: benchmarks/probe_fit_measures.py). Features are then standardized with the mean and
 standard deviation of a *real* reference set, so no model's samples move
 the space the models are measured in.
 """
@@ -30,6 +33,7 @@ from torch.nn import functional as F
 #: widths of the four stages; the seed of their weights
 WIDTHS = (32, 64, 128, 256)
 EMBEDDING_SEED = 20231105
+EMBEDDINGS = ("full", "texture")
 
 
 class _RandomNet(nn.Module):
@@ -49,7 +53,14 @@ class _RandomNet(nn.Module):
             previous = width
         self.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kind: str = "full") -> torch.Tensor:
+        if kind == "texture":
+            parts = []
+            for conv in self.convs[:2]:
+                x = F.relu(conv(x))
+                parts.append(x.std(dim=(2, 3), unbiased=False))
+                x = F.avg_pool2d(x, 2)
+            return torch.cat(parts, dim=1)
         parts = []
         for conv in self.convs:
             x = F.relu(conv(x))
@@ -72,9 +83,12 @@ def _check_images(images, what: str) -> np.ndarray:
     return array
 
 
-def raw_embedding(images, *, batch_size: int = 256, seed: int = EMBEDDING_SEED, what: str = "images") -> np.ndarray:
+def raw_embedding(images, *, kind: str = "full", batch_size: int = 256, seed: int = EMBEDDING_SEED,
+                  what: str = "images") -> np.ndarray:
     """Unstandardized random-CNN features (float64, N × F) of uint8 images
     (or floats on 0–255), N×C×H×W of any channel count and size ≥ 8."""
+    if kind not in EMBEDDINGS:
+        raise ValueError(f"fit features: kind must be one of {EMBEDDINGS}, not {kind!r}")
     array = _check_images(images, what)
     if min(array.shape[-2:]) < 8:
         raise ValueError(f"{what}: images of {array.shape[-2]}×{array.shape[-1]} are too small for the fit features (≥ 8×8)")
@@ -83,7 +97,7 @@ def raw_embedding(images, *, batch_size: int = 256, seed: int = EMBEDDING_SEED, 
     with torch.no_grad():
         for lo in range(0, len(array), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(array[lo:lo + batch_size], dtype=np.float32))
-            out.append(net(batch / 127.5 - 1.0).double().numpy())
+            out.append(net(batch / 127.5 - 1.0, kind).double().numpy())
     return np.concatenate(out)
 
 
@@ -93,15 +107,16 @@ class FeatureSpace:
 
     mean: np.ndarray
     scale: np.ndarray
+    kind: str = "full"
     seed: int = EMBEDDING_SEED
 
     @classmethod
-    def fit(cls, real_images, *, seed: int = EMBEDDING_SEED) -> FeatureSpace:
-        raw = raw_embedding(real_images, seed=seed, what="real reference images")
+    def fit(cls, real_images, *, kind: str = "full", seed: int = EMBEDDING_SEED) -> FeatureSpace:
+        raw = raw_embedding(real_images, kind=kind, seed=seed, what="real reference images")
         scale = raw.std(axis=0)
         # a feature that no real image varies in carries no information: unit scale keeps it finite
         scale = np.where(scale > 1e-12, scale, 1.0)
-        return cls(mean=raw.mean(axis=0), scale=scale, seed=seed)
+        return cls(mean=raw.mean(axis=0), scale=scale, kind=kind, seed=seed)
 
     def embed(self, images, *, what: str = "images") -> np.ndarray:
-        return (raw_embedding(images, seed=self.seed, what=what) - self.mean) / self.scale
+        return (raw_embedding(images, kind=self.kind, seed=self.seed, what=what) - self.mean) / self.scale
