@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the study: ./runall.sh [DATASET] [--data DIR] [--profile smoke|cpu|gpu|paper]
-#                            [--from NN] [--only NN] [--force] [--results DIR]
+#                            [--from NN] [--only NN] [--to NN] [--force] [--results DIR]
 #        ./runall.sh compare        # cross-dataset comparison of what exists
 #        ./runall.sh lab            # open the notebooks in JupyterLab (installed on first use)
 # Sets up .venv on first use (see scripts/bootstrap.sh). See README.md.

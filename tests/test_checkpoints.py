@@ -65,3 +65,28 @@ def test_foreign_safetensors_file_is_refused_with_its_name(tmp_path):
 def test_unsupported_objects_are_refused(tmp_path):
     with pytest.raises(TypeError, match="object"):
         checkpoints.save_state(tmp_path / "bad.safetensors", {"x": object()})
+
+
+def test_a_checkpoint_killed_before_its_rename_leaves_the_one_before_to_resume_from(tmp_path):
+    """SIGKILL with the new checkpoint whole but not yet renamed (the fault
+    hook): the folder lists only the one before, which loads; the killed
+    run's temporary goes when the next run takes the folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import common
+
+    checkpoints.save_checkpoint(tmp_path, 1, {"w": torch.ones(3), "step": 1})
+    env = {**os.environ, "STUDY_FAULT": "publish:step_000000002.safetensors"}
+    env.pop("STUDY_RUNNER_PID", None)
+    code = (f"import torch; from helpers import checkpoints; checkpoints.save_checkpoint({str(tmp_path)!r}, 2, "
+            "{'w': torch.zeros(3), 'step': 2}); print('saved')")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL and "saved" not in done.stdout
+    assert [step for step, _ in checkpoints.list_checkpoints(tmp_path)] == [1]
+    step, state = checkpoints.load_latest_checkpoint(tmp_path)
+    assert step == 1 and state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert [p.name.startswith("step_000000002.tmp") for p in common.remove_temporaries(tmp_path)] == [True]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000000001.safetensors"]

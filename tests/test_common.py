@@ -50,3 +50,26 @@ def test_progress_outside_a_terminal_is_silent_for_short_work(capsys):
         pass
     assert "short" not in capsys.readouterr().err
     assert tqdm.auto.tqdm is common.TextBar, "libraries' tqdm.auto bars must be the study's text bar"
+
+
+def test_a_publish_killed_before_its_rename_keeps_the_old_file_and_the_next_run_removes_the_temporary(tmp_path):
+    """SIGKILL between a whole temporary file and its rename (the fault
+    hook): readers see the old file; the temporary is recognisable and goes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "sub" / "table.json"
+    common.write_json(target, {"v": "old"})
+    env = {**os.environ, "STUDY_FAULT": "publish:table.json"}
+    env.pop("STUDY_RUNNER_PID", None)
+    done = subprocess.run([sys.executable, "-c", f"from helpers import common; common.write_json({str(target)!r}, "
+                           "{'v': 'new'}); print('published')"], env=env, capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL and "published" not in done.stdout
+    assert common.read_json(target) == {"v": "old"}
+    (left,) = [p for p in target.parent.iterdir() if p != target]
+    assert common.TEMP_NAME.match(left.name) and common.read_json(left) == {"v": "new"}  # whole, fsynced
+    (tmp_path / "x.partial.npy").write_bytes(b"resumable state, not a temporary")
+    assert common.remove_temporaries(tmp_path) == [left]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["table.json"] and (tmp_path / "x.partial.npy").exists()

@@ -135,3 +135,23 @@ def test_executed_notebooks_name_no_machine_folder(tmp_path):
         text = (out / name).read_text()
         assert str(tmp_path) not in text, name
     assert "data/phantom" in (out / "01_prepare_data.ipynb").read_text()
+
+
+def test_from_to_and_only_select_steps(tmp_path):
+    steps = [pipeline.Step(f"0{i}_s", tmp_path / f"0{i}_s.ipynb") for i in range(1, 7)]
+    names = lambda selected: [s.number for s in selected]  # noqa: E731
+    assert names(pipeline._select(steps, None, None, "05")) == ["01", "02", "03", "04", "05"]
+    assert names(pipeline._select(steps, "02", None, "04")) == ["02", "03", "04"]
+    assert names(pipeline._select(steps, None, "3")) == ["03"]
+    with pytest.raises(pipeline.PipelineError, match="--to 9: no notebook"):
+        pipeline._select(steps, None, None, "9")
+
+
+def test_the_runners_own_files_are_no_steps_outputs(tmp_path):
+    """The plan and the landing page (rewritten around the steps) and the
+    locks must not count as a step's outputs, or a later run would find the
+    step's outputs changed and run it again."""
+    for rel in ("plan.txt", "index.html", ".study.lock", "sizes/n1/.study.lock", "sizes/n1/plan.txt", "data/x.npy"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    assert sorted(pipeline.snapshot(tmp_path)) == ["data/x.npy", "sizes/n1/plan.txt"]

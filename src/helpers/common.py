@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -87,14 +88,25 @@ def display_path(path: str | os.PathLike) -> str:
 # Atomic writes: a reader never sees half a file, a crash never leaves one.
 # --------------------------------------------------------------------------
 
+#: what :func:`atomic_path` names its temporary files: ``<stem>.tmp<8 random characters><suffix>``
+TEMP_NAME = re.compile(r"^.+\.tmp[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only
-    if the block finishes without an exception.
+    """Yield a temporary path beside ``path``; publish it as ``path`` only
+    if the block finishes without an exception: the file's data is flushed
+    to disk (fsync), then renamed onto ``path``, then the folder's entry
+    flushed. A reader, or a resumed run, sees the old file or the whole new
+    one, never a part, even after a kill or a power cut.
 
     The temporary name keeps the file's suffix (``x.tmp123.npy``) so that
-    libraries which add or check suffixes (NumPy, safetensors) behave.
+    libraries which add or check suffixes (NumPy, safetensors) behave; a
+    killed run's leftovers match :data:`TEMP_NAME`, which the next run
+    removes (:func:`remove_temporaries`).
     """
+    from .lifetime import fault_point
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".tmp", suffix=path.suffix, dir=path.parent)
@@ -102,10 +114,42 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        fsync(tmp)
+        fault_point("publish", path.name)  # the kill test: between a whole temporary file and its rename
         os.replace(tmp, path)
+        fsync(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def fsync(path: str | os.PathLike) -> None:
+    """Flush a file's data, or a folder's entries, to the disk (where the
+    file system supports it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # e.g. a folder on a file system that cannot fsync one
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files (:data:`TEMP_NAME`) that a killed run left
+    under ``folder``; only for a folder no other process writes to (the run
+    holds its lock). Returns what was removed."""
+    removed = []
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            if TEMP_NAME.match(name):
+                path = Path(dirpath) / name
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

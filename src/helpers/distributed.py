@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import lifetime, runlock
 from .common import display_path
 
 JOBS = ("train_stylegan", "train_diffusion", "sample", "correlate")
@@ -147,7 +148,13 @@ def launch(job: str, results_dir: str | os.PathLike, settings: dict, processes: 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "--log-dir", str(log_dir), "--redirects", "3", "--tee", "3", "--local-ranks-filter", "0",
                "-m", "helpers.distributed", job, str(results_dir), str(settings_file)]
-    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    from . import sweep
+
+    # the agent dies with this process (its ranks with the agent: main()); an
+    # interrupt here SIGKILLs the agent (subprocess.run) and so the ranks
+    with runlock.for_runs(sweep.run_dirs(results_dir).values()):  # by hand; the runner holds them otherwise
+        done = subprocess.run(command, preexec_fn=lifetime.die_with_parent,
+                              env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     if done.returncode != 0:
         raise DistributedError(_failure(log_dir, job, done.returncode))
 
@@ -232,8 +239,9 @@ def audit_every_run(results_dir: str | os.PathLike, cfg) -> dict[str, Any]:
     runs = sweep.run_dirs(results_dir)
     if cfg.processes > 1:
         launch("correlate", results_dir, as_dict(cfg), cfg.processes, Path(results_dir) / "logs" / "correlate")
-    return {label: correlate.audit_study(run, cfg, engine_cache=engine_cache(run) if cfg.processes > 1 else None)
-            for label, run in runs.items()}
+    with runlock.for_runs(runs.values()):  # a notebook run by hand; under ./runall.sh the runner holds them
+        return {label: correlate.audit_study(run, cfg, engine_cache=engine_cache(run) if cfg.processes > 1 else None)
+                for label, run in runs.items()}
 
 
 # --------------------------------------------------------------------------
@@ -276,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     job, results_dir, settings_file = args
+    lifetime.bind_to_parent()  # a rank dies with torchrun's agent, and with the runner
     _init()
     import torch.distributed as dist
 

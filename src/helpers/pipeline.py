@@ -7,6 +7,14 @@ resolved parameters and its inputs (the raw data folder for step 01, the
 files every earlier step wrote) are unchanged since it last succeeded and
 its own outputs are still there; ``--force`` runs it anyway. A failed step
 keeps its partial notebook as ``NN_name.failed.ipynb`` and stops the run.
+
+One run per results folder (:mod:`helpers.runlock`): a second runner on the
+same folder is refused at once. No process outlives the runner
+(:mod:`helpers.lifetime`): its kernels, their side-by-side workers and
+torchrun jobs die with it however it dies, and Ctrl-C, ``kill`` or a closed
+terminal stop them all within seconds and say what was kept. A killed run
+resumes to the same result: every result file is published atomically, and
+the files a killed attempt of a step wrote count as that step's outputs.
 """
 
 from __future__ import annotations
@@ -22,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import common, config, plan, report
+from . import common, config, lifetime, plan, report, runlock
 
 KERNEL_NAME = "beware-study"
 SKIP_DIRS = {"notebooks", ".stamps"}
+SKIP_FILES = {"plan.txt", "index.html"}  # the runner's own, written around the steps, not by them
 COMPARE_NOTEBOOK = "compare_datasets"
 
 
@@ -45,6 +54,17 @@ class Step:
 
 class PipelineError(RuntimeError):
     """A problem the user must fix; printed as one line, exit status 1."""
+
+
+class Interrupted(PipelineError):
+    """Ctrl-C, ``kill`` or a closed terminal during a step."""
+
+    def __init__(self, step: Step, partial: Path) -> None:
+        self.step = step
+        super().__init__(
+            f"interrupted during step {step.name}; every process of the step is stopped. Kept: the steps before "
+            f"it, and what it had finished (checkpoints, finished sample batches, written tables; partial "
+            f"notebook: {common.display_path(partial)}). Run the same command again to continue from there")
 
 
 # --------------------------------------------------------------------------
@@ -86,15 +106,19 @@ def notebook_parameters(step: Step, resolved: config.Resolved, results: Path, ro
 # --------------------------------------------------------------------------
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime_ns) of every file under ``folder`` except the runner's own."""
+    """(size, mtime_ns) of every file under ``folder`` except the runner's
+    own (notebooks, stamps, locks, the plan, the landing page)."""
     out: dict[str, tuple[int, int]] = {}
     if not folder.is_dir():
         return out
     for dirpath, dirnames, filenames in os.walk(folder):
         rel = Path(dirpath).relative_to(folder)
-        if rel == Path("."):
+        top = rel == Path(".")
+        if top:
             dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
         for name in filenames:
+            if name == runlock.LOCK_NAME or (top and name in SKIP_FILES):
+                continue
             path = Path(dirpath) / name
             try:
                 stat = path.stat()
@@ -170,6 +194,12 @@ def _kernel_manager_class():
             super().__init__(**kwargs)
             self.transport = "ipc"
 
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            # the kernel dies with the runner (its parent-death signal, armed
+            # between fork and exec); its workers die with the kernel
+            kw.setdefault("preexec_fn", lifetime.die_with_parent)
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+
     return LocalSocketKernelManager
 
 
@@ -205,17 +235,23 @@ def execute_step(step: Step, params: dict, out_dir: Path, root: Path, kernel: st
             cwd=str(root), progress_bar=sys.stderr.isatty(), log_output=True,
             kernel_manager_class=_kernel_manager_class(),
         )
-    except BaseException as err:  # also Ctrl-C: keep what ran
+    except KeyboardInterrupt as err:  # Ctrl-C, kill, a closed terminal: stop every process, keep what ran
+        lifetime.stop_descendants()
         if tmp.exists():
             os.replace(tmp, failed)
-        reason = "interrupted" if isinstance(err, KeyboardInterrupt) else _failure_reason(err)
+        raise Interrupted(step, failed) from err
+    except BaseException as err:
+        lifetime.stop_descendants()  # a kernel that died leaves no worker behind
+        if tmp.exists():
+            os.replace(tmp, failed)
         raise PipelineError(
-            f"step {step.name} failed: {reason} (partial notebook: {failed}; log: {log_path})"
+            f"step {step.name} failed: {_failure_reason(err)} (partial notebook: {failed}; log: {log_path})"
         ) from err
     finally:
         logger.removeHandler(handler)
         handler.close()
     seconds = time.perf_counter() - start
+    lifetime.stop_descendants()  # nothing of a finished step lives on (e.g. a kernel's multiprocessing helper)
     strip_machine_paths(tmp, root)
     os.replace(tmp, final)
     failed.unlink(missing_ok=True)
@@ -223,28 +259,54 @@ def execute_step(step: Step, params: dict, out_dir: Path, root: Path, kernel: st
     return seconds
 
 
-def _select(steps: list[Step], start: str | None, only: str | None) -> list[Step]:
+def _select(steps: list[Step], start: str | None, only: str | None, stop: str | None = None) -> list[Step]:
     numbers = [s.number for s in steps]
-    for flag, value in (("--from", start), ("--only", only)):
+    for flag, value in (("--from", start), ("--only", only), ("--to", stop)):
         if value is not None and value.zfill(2) not in numbers:
             raise PipelineError(f"{flag} {value}: no notebook with that number (have {', '.join(numbers)})")
     if only is not None:
         return [s for s in steps if s.number == only.zfill(2)]
-    if start is not None:
-        return [s for s in steps if s.number >= start.zfill(2)]
-    return steps
+    return [s for s in steps if (start is None or s.number >= start.zfill(2))
+            and (stop is None or s.number <= stop.zfill(2))]
 
 
-def _interrupt(signum, frame):  # a `kill` keeps the partial notebook like Ctrl-C does
+def _interrupt(signum, frame):  # a `kill` or a closed terminal stops the run like Ctrl-C does
     raise KeyboardInterrupt
+
+
+def _size_folders(results: Path) -> list[Path]:
+    """The sweep's size folders that step 01 listed (``data/sizes.json``)."""
+    path = results / "data" / "sizes.json"
+    try:
+        rows = common.read_json(path)["sizes"] if path.is_file() else []
+    except (ValueError, KeyError, TypeError):
+        return []
+    return [results / row["folder"] for row in rows if isinstance(row, dict) and "folder" in row]
+
+
+def _lock(locks: runlock.Locks, results: Path) -> None:
+    """Hold the results folder and its size folders; a first hold also
+    removes the temporary files a killed run left (nothing else writes there)."""
+    first = results.resolve() not in locks.held
+    locks.take([results, *_size_folders(results)])
+    if first:
+        left = common.remove_temporaries(results)
+        if left:
+            print(f"study: removed {len(left)} temporary file(s) a killed run left, "
+                  f"e.g. {common.display_path(left[0])}")
 
 
 def run(args: argparse.Namespace) -> int:
     import signal
 
-    import papermill
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+    with runlock.Locks() as locks:
+        return _run(args, locks)
 
-    signal.signal(signal.SIGTERM, _interrupt)
+
+def _run(args: argparse.Namespace, locks: runlock.Locks) -> int:
+    import papermill
 
     root = common.repo_root()
     results_root = Path(args.results).resolve() if args.results else (
@@ -253,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
     if args.processes is not None:
         overrides.setdefault("common", {})["processes"] = args.processes
     if args.dataset == "compare":
-        return run_compare(root, results_root, overrides, args.show_params)
+        return run_compare(root, results_root, overrides, args.show_params, locks)
 
     # the terminal shows what the notebooks write to stderr (progress bars,
     # warnings); everything they print is in notebooks/NN_name.log and the
@@ -271,12 +333,14 @@ def run(args: argparse.Namespace) -> int:
     out_dir = results / "notebooks"
     stamps = results / ".stamps"
     steps, missing = discover_steps(root)
-    selected = _select(steps, args.start, args.only)
+    selected = _select(steps, args.start, args.only, args.stop)
     kernel = ensure_kernel()
 
-    if args.plan:
+    if args.plan:  # read-only: no lock
         return plan.print_plan(resolved, results)
 
+    _lock(locks, results)
+    lifetime.become_runner()
     print(f"study: dataset={args.dataset} profile={profile} results={results}")
     if missing:
         print(f"study: contract steps without a notebook yet (not run): {', '.join(missing)}")
@@ -307,7 +371,12 @@ def run(args: argparse.Namespace) -> int:
             plan.check_before_run(resolved, results, [s.number for s in selected if s.number >= step.number],
                                   args.force)
         print(f"{label}: running …", flush=True)
-        before = snapshot(results)
+        # the folder as it was before the first attempt at this step: what a
+        # killed attempt wrote and the resumed one kept counts as the step's
+        attempt_file = stamps / f"{step.name}.before.json"
+        before = {rel: tuple(sig) for rel, sig in common.read_json(attempt_file).items()} \
+            if attempt_file.is_file() else snapshot(results)
+        common.write_json(attempt_file, before)
         seconds = execute_step(step, params, out_dir, root, kernel)
         after = snapshot(results)
         # what this run wrote, plus what an earlier run of the step wrote and
@@ -318,9 +387,11 @@ def run(args: argparse.Namespace) -> int:
         stamp = {"key": key, "seconds": round(seconds, 1), "profile": profile,
                  "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "outputs": outputs}
         common.write_json(stamp_file, stamp)
+        attempt_file.unlink(missing_ok=True)
         upstream.append(stamp)
         run_log.append((step.name, seconds))
         print(f"{label}: done in {seconds:.0f} s", flush=True)
+        _lock(locks, results)  # after step 01: the sweep's size folders too
 
     if run_log:
         total = sum(s for _, s in run_log)
@@ -331,8 +402,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_compare(root: Path, results_root: Path, overrides: Mapping | None = None,
-                show_params: bool = False) -> int:
-    """The cross-dataset comparison over every results/<name>/ present."""
+                show_params: bool = False, locks: runlock.Locks | None = None) -> int:
+    """The cross-dataset comparison over every results/<name>/ present
+    (read-only there: it holds the lock of its own folder only)."""
     import papermill
 
     unknown = sorted(set(overrides or {}) - {"compare"})
@@ -348,6 +420,9 @@ def run_compare(root: Path, results_root: Path, overrides: Mapping | None = None
     if not notebook.exists():
         raise PipelineError(f"{notebook} does not exist yet")
     out_dir = results_root / "compare"
+    if locks is not None:
+        locks.take([out_dir])
+        lifetime.become_runner()
     declared = papermill.inspect_notebook(str(notebook))
     params = {"results_root": common.display_path(results_root), "out_dir": common.display_path(out_dir),
               "settings": config.as_dict(settings)}
@@ -369,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", help="smoke | cpu | gpu | paper (default: gpu with CUDA, else cpu)")
     parser.add_argument("--from", dest="start", metavar="NN", help="start at step NN")
     parser.add_argument("--only", metavar="NN", help="run only step NN")
+    parser.add_argument("--to", dest="stop", metavar="NN", help="stop after step NN")
     parser.add_argument("--force", action="store_true",
                         help="re-run steps even when up to date; start even when the disk looks too small")
     parser.add_argument("--results", metavar="DIR", help="results root (default: results/ or $STUDY_RESULTS)")
@@ -395,9 +471,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return run(args)
-    except (PipelineError, FileNotFoundError, ValueError, plan.PlanError) as err:
+    except Interrupted as err:
+        print(f"study: {err}", file=sys.stderr)
+        return 130
+    except (PipelineError, FileNotFoundError, ValueError, plan.PlanError, runlock.RunLockError) as err:
         print(f"study: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # between steps: nothing of a step is running
+        print("study: interrupted between steps; every finished step is kept. Run the same command again "
+              "to continue", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .common import image_seeds, read_json, write_csv, write_json
+from .common import fsync, image_seeds, read_json, write_csv, write_json
 from .common import progress as progress_bar
 from .distributed import barrier, rank_world
+from .lifetime import fault_point
 
 Generator = Callable[[Sequence[int]], np.ndarray]
 
@@ -72,20 +73,29 @@ def sample_to_npy(
     seeds = image_seeds(n_images, first_seed)
     shape = (n_images, *image_shape)
     seeds_csv = out_path.with_name(out_path.stem + "_seeds.csv")
-    if finished_samples(out_path, n_images, first_seed, image_shape):
-        return out_path
     partial = out_path.with_name(out_path.stem + ".partial.npy")
     flags_path = out_path.with_name(out_path.stem + ".partial.done.npy")
     record = out_path.with_name(out_path.stem + ".partial.json")
+    if finished_samples(out_path, n_images, first_seed, image_shape):
+        barrier()  # every rank has looked before rank 0 tidies up what a kill after the rename left
+        if rank == 0:
+            for leftover in (record, flags_path):
+                leftover.unlink(missing_ok=True)
+        return out_path
     wanted = {"n_images": n_images, "first_seed": first_seed, "shape": list(shape), "batch_size": batch_size}
     n_batches = -(-n_images // batch_size)
 
     if rank == 0:
-        resumable = (partial.exists() and flags_path.exists() and record.exists()
+        # the record is published last and removed first: a state that a kill
+        # interrupted while it was being made is never taken for a resumable one
+        resumable = (record.exists() and partial.exists() and flags_path.exists()
                      and {k: read_json(record).get(k) for k in wanted} == wanted)
         if not resumable:
+            record.unlink(missing_ok=True)
             np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape).flush()
             np.lib.format.open_memmap(flags_path, mode="w+", dtype=np.uint8, shape=(n_batches,)).flush()
+            fsync(partial)
+            fsync(flags_path)
             write_json(record, wanted)
     barrier()
     array = np.lib.format.open_memmap(partial, mode="r+")
@@ -103,9 +113,10 @@ def sample_to_npy(
                     f"generator returned {batch.dtype} {batch.shape}, expected uint8 {(hi - lo, *image_shape)}"
                 )
             array[lo:hi] = batch
-            array.flush()
+            array.flush()  # the images on disk before the flag that says they are there
             flags[b] = 1
             flags.flush()
+            fault_point("sample-batch", out_path.name)
             bar.update(hi - lo)
     del array
     barrier()
@@ -115,7 +126,9 @@ def sample_to_npy(
             raise RuntimeError(f"{partial}: {missing} of {n_batches} batches were not written; re-run to resume")
         del flags
         write_csv(seeds_csv, pd.DataFrame({"index": np.arange(n_images), "seed": seeds}))
+        fault_point("sample-publish", out_path.name)  # the kill test: every batch written, not yet renamed
         os.replace(partial, out_path)
+        fsync(out_path.parent)
         record.unlink(missing_ok=True)
         flags_path.unlink(missing_ok=True)
     barrier()

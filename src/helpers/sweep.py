@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import common
+from . import common, lifetime, runlock
 from .correlate.tables import BASELINE_NAME
 from .data import load_split
 from .sampling import samples_path
@@ -174,7 +174,10 @@ def run_dirs(results_dir: str | os.PathLike) -> dict[str, Path]:
 # Runs side by side
 # --------------------------------------------------------------------------
 
-def _one_thread_worker(threads: int) -> None:  # pragma: no cover - runs in the worker
+def _one_thread_worker(threads: int, parent: int) -> None:  # pragma: no cover - runs in the worker
+    """A side-by-side worker's start: it dies with the process that started
+    it (and with the runner), so no worker of a killed run writes on."""
+    lifetime.bind_to_parent(parent)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
@@ -188,14 +191,23 @@ def run_side_by_side(function: Callable[..., Any], jobs: Sequence[tuple], worker
     trainings of one thread each use two cores better than one training with
     two threads, whose threads wait on each other). Results in job order;
     the first failure is raised after the other jobs finished (their
-    outputs, e.g. checkpoints, are kept)."""
+    outputs, e.g. checkpoints, are kept). The workers die with this process
+    (:func:`helpers.lifetime.bind_to_parent`); an interrupt (Ctrl-C, or the
+    runner stopping the kernel) stops them before it is raised."""
     if workers <= 1 or len(jobs) <= 1:
         return [function(*job) for job in jobs]
     context = get_context("spawn")  # no forked torch/OpenMP state
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
-                             initializer=_one_thread_worker, initargs=(threads_per_worker,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
+                               initializer=_one_thread_worker, initargs=(threads_per_worker, os.getpid()))
+    try:
         futures = [pool.submit(function, *job) for job in jobs]
         errors = [f.exception() for f in futures]
+    except BaseException:  # KeyboardInterrupt: no worker goes on writing after the notebook stopped
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     for error in errors:
         if error is not None:
             raise error
@@ -261,8 +273,9 @@ def for_every_run(results_dir: str | os.PathLike, job: Callable, settings) -> di
     folder, ``settings.parallel_runs`` of them side by side; ``{label: result}``."""
     runs = run_dirs(results_dir)
     parallel = settings.parallel_runs > 1 and len(runs) > 1
-    results = run_side_by_side(job, [(str(path), settings, parallel) for path in runs.values()],
-                               workers=settings.parallel_runs if parallel else 1)
+    with runlock.for_runs(runs.values()):  # a notebook run by hand; under ./runall.sh the runner holds them
+        results = run_side_by_side(job, [(str(path), settings, parallel) for path in runs.values()],
+                                   workers=settings.parallel_runs if parallel else 1)
     return dict(zip(runs, results))
 
 

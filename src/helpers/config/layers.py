@@ -17,7 +17,16 @@ import yaml
 from pydantic import ValidationError
 
 from ..common import repo_root, work_from_checkout
-from .schema import COMMON, COMMON_KEYS, SCHEMAS, CompareSettings, ConfigError, as_dict, field_names
+from .schema import (
+    COMMON,
+    COMMON_KEYS,
+    SCHEMAS,
+    CompareSettings,
+    ConfigError,
+    SettingError,
+    as_dict,
+    field_names,
+)
 
 # ==========================================================================
 # Layers: which file says what
@@ -154,9 +163,14 @@ def build(section: str, values: Mapping[str, Any], sources: Mapping[str, str] | 
     except ValidationError as err:
         problems = []
         for e in err.errors():
-            key = str(e["loc"][0]) if e.get("loc") else "?"
+            cause = (e.get("ctx") or {}).get("error")
+            if isinstance(cause, SettingError):  # a check across keys, in the schema's __post_init__
+                key, value, msg = cause.key, cause.value, cause.allowed
+            else:
+                key = str(e["loc"][0]) if e.get("loc") else "?"
+                value, msg = values.get(key), e["msg"]
             where = (sources or {}).get(key, "the given settings")
-            problems.append(f"{where}: {section}.{key} = {values.get(key)!r}: {e['msg']}")
+            problems.append(f"{where}: {section}.{key} = {value!r}: {msg}")
         raise ConfigError("; ".join(problems)) from None
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{section} ({', '.join(sorted(set((sources or {}).values())))}): {err}") from None
@@ -180,7 +194,40 @@ def resolve_layers(layers: Sequence[Layer], sections: Sequence[str] | None = Non
                         where[key] = layer.source if part == section else f"{layer.source} ({COMMON})"
         settings[section] = build(section, values, where)
         sources[section] = where
+    check_across_steps(settings, sources)
     return Resolved(dataset, profile, settings, sources)
+
+
+def check_across_steps(settings: Mapping[str, Any], sources: Mapping[str, Mapping[str, str]]) -> None:
+    """The ranges that depend on another step's settings: the image size
+    that step 01 writes against the diffusion UNet's levels, its attention
+    resolutions and the sampler's steps. One line per problem, naming the
+    key and where its value came from."""
+    problems = []
+
+    def require(ok: bool, section: str, key: str, allowed: str) -> None:
+        if not ok:
+            value = getattr(settings[section], key)
+            problems.append(f"{sources[section][key]}: {section}.{key} = {value!r}: {allowed}")
+
+    prepare, diffusion, sample = (settings.get(s) for s in ("prepare_data", "train_diffusion", "sample"))
+    if prepare is not None and any(v != "default" for v in sources["prepare_data"].values()):
+        for key, allowed in prepare.data_problems():  # the schema's defaults alone: the authors' BraTS counts
+            require(False, "prepare_data", key, allowed)
+    if prepare is not None and diffusion is not None:
+        size, levels = prepare.image_size, len(diffusion.block_out_channels)
+        maps = [size // 2**i for i in range(levels)]
+        require(size % 2 ** (levels - 1) == 0 and maps[-1] >= 1, "train_diffusion", "block_out_channels",
+                f"at most {size.bit_length()} levels: each level halves the {size}² images "
+                f"(prepare_data.image_size)")
+        require(all(r in maps for r in diffusion.attention_resolutions), "train_diffusion", "attention_resolutions",
+                f"feature-map sizes of this UNet: {maps} ({size}² images, {levels} levels)")
+    if diffusion is not None and sample is not None and sample.diffusion_inference_steps is not None:
+        require(sample.diffusion_inference_steps <= diffusion.num_train_timesteps, "sample",
+                "diffusion_inference_steps", f"at most train_diffusion.num_train_timesteps="
+                f"{diffusion.num_train_timesteps}")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def resolve(dataset: str, profile: str, overrides: Mapping | None = None, raw_dir: str | None = None,

@@ -17,7 +17,12 @@ from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
+# ranges checked as the settings are read, before any step runs (one line per bad value)
 Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 MODELS = ("stylegan", "diffusion")
 ModelName = Literal["stylegan", "diffusion", "optimal_denoiser"]  # the last: a memorizer by construction
 
@@ -35,6 +40,30 @@ class ConfigError(ValueError):
     file and key, and what is allowed."""
 
 
+class SettingError(ValueError):
+    """One setting out of its range (raised by a schema's checks that span
+    several keys); :func:`helpers.config.build` names the file it came from."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key} = {value!r}: {allowed}")
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise SettingError(key, value, allowed)
+
+
+def power_of_two(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+def _check_batch(settings) -> None:
+    """A global batch the processes can share (each takes batch_size / processes)."""
+    _require(settings.batch_size % settings.processes == 0, "batch_size", settings.batch_size,
+             f"a multiple of processes={settings.processes} (each process takes batch_size / processes images)")
+
+
 # ==========================================================================
 # The schemas
 # ==========================================================================
@@ -43,7 +72,7 @@ class ConfigError(ValueError):
 class StepSettings:
     """What every step shares (the ``common`` section of a dataset file)."""
 
-    seed: int = 0  # every random draw of a step derives from it
+    seed: NonNegative = 0  # every random draw of a step derives from it
     parallel_runs: Positive = 1  # a sweep's runs side by side, one process (of one thread) each
     processes: Positive = 1  # torch.distributed processes for training, sampling and correlation (one per
                              # GPU); > 1: runs go one after another, each over all processes (--processes N)
@@ -62,27 +91,64 @@ class PrepareDataSettings(StepSettings):
 
     source: Literal["phantom_brats", "phantom_cxr", "brats", "cxr"] = "phantom_brats"
     raw_dir: str | None = None                # --data; None: the phantoms are generated and cached
-    image_size: int = 256                     # the authors: 256²
-    channels: list[str] | None = None         # None: all (BraTS: t1, t2, t1ce, flair, seg; x-ray: gray)
-    pad_to: int = 256                         # the authors pad 240² slices to 256²
+    image_size: int = 256                     # the authors: 256²; a power of two (the networks halve it)
+    channels: Annotated[list[str], Field(min_length=1)] | None = None  # None: all (BraTS: t1, t2, t1ce, flair, seg; x-ray: gray)
+    pad_to: Positive = 256                         # the authors pad 240² slices to 256²
     t1_threshold: float = 50.0                # keep a slice when > min_brain_fraction of the padded
-    min_brain_fraction: float = 0.15          # slice has (scaled, unrounded) T1 > t1_threshold
-    slice_stride: int = 1                     # the authors keep every slice
+    min_brain_fraction: Fraction = 0.15          # slice has (scaled, unrounded) T1 > t1_threshold
+    slice_stride: Positive = 1                     # the authors keep every slice
     split: Literal["seeded", "authors"] = "seeded"  # authors: their published BraTS subject order
-    n_test_subjects: int = 56                 # seeded split: held-out subjects (the authors: 56)
-    n_train_subjects: int | None = None       # the first K training subjects (None: all)
-    train_sizes: list[int] | None = None      # a size sweep: nested training sets of these many images
+    n_test_subjects: Positive = 56                 # seeded split: held-out subjects (the authors: 56)
+    n_train_subjects: Positive | None = None       # the first K training subjects (None: all)
+    train_sizes: Annotated[list[Positive], Field(min_length=1)] | None = None
+                                              # a size sweep: nested training sets of these many images
                                               # (whole subjects in split order); None: one run on all
-    subset_rules: list[Literal["whole_subjects", "one_per_subject"]] = _list("whole_subjects")
-                                              # one_per_subject: as many slices, one per subject (2D-from-3D arm)
-    test_fraction: float = 0.1                # chest x-ray: share of each class's patients held out
+    subset_rules: Annotated[list[Literal["whole_subjects", "one_per_subject"]], Field(min_length=1)] = \
+        _list("whole_subjects")               # one_per_subject: as many slices, one per subject (2D-from-3D arm)
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1                # chest x-ray: share of each class's patients held out
     on_bad_subject: Literal["fail", "skip"] = "fail"
-    n_workers: int = 2                        # threads reading volumes ahead of the writer
+    n_workers: Positive = 2                        # threads reading volumes ahead of the writer
     phantom_kind: Literal["brats2021", "brats2020"] = "brats2021"
     phantom_seed: int = 0
     phantom_cache: str = "data/phantom"
     phantom_brats_sizes: dict[str, Any] = _dict(n_subjects=24)
     phantom_cxr_sizes: dict[str, Any] = _dict(n_normal=100, n_pneumonia=200)
+
+    #: slices of a BraTS volume (and of the brain phantom's): the most one subject can give
+    SLICES_PER_VOLUME: ClassVar[int] = 155
+
+    def __post_init__(self) -> None:
+        _require(power_of_two(self.image_size) and self.image_size >= 4, "image_size", self.image_size,
+                 "a power of two ≥ 4 (4, 8, 16, 32, …, 256): the networks halve it down to 4×4")
+        n = self.phantom_brats_sizes.get("n_subjects", 2)
+        _require(isinstance(n, int) and not isinstance(n, bool) and n >= 2, "phantom_brats_sizes",
+                 self.phantom_brats_sizes, "n_subjects must be a whole number ≥ 2 (training and held-out subjects)")
+
+    def data_problems(self) -> list[tuple[str, str]]:
+        """``(key, what is allowed)`` for every count the data cannot hold:
+        held-out and training subjects of the brain phantom, and sweep sizes
+        beyond what the training subjects' slices give. (Not a check at
+        construction: the schema's defaults are the authors' BraTS counts,
+        which a phantom dataset file overrides.)"""
+        problems = []
+        subjects = self.n_train_subjects
+        if self.source == "phantom_brats":
+            n = self.phantom_brats_sizes.get("n_subjects", 0)
+            if self.n_test_subjects >= n:
+                problems.append(("n_test_subjects", f"fewer than the phantom's {n} subjects "
+                                                    f"(phantom_brats_sizes.n_subjects), so that some train"))
+            available = max(0, n - self.n_test_subjects)
+            if subjects is not None and subjects > available:
+                problems.append(("n_train_subjects", f"at most the {available} subjects left after "
+                                                     f"{self.n_test_subjects} held out (phantom_brats_sizes.n_subjects={n})"))
+            subjects = min(available, subjects or available)
+        if self.source in ("phantom_brats", "brats") and self.train_sizes and subjects:
+            per = -(-self.SLICES_PER_VOLUME // self.slice_stride)
+            if max(self.train_sizes) > subjects * per:
+                problems.append(("train_sizes", f"sizes of at most {subjects * per} training images: {subjects} "
+                                                f"training subject(s) × {per} slices (every {self.slice_stride}. of "
+                                                f"{self.SLICES_PER_VOLUME}) cannot hold more"))
+        return problems
 
 
 @dataclass(config=_STRICT)
@@ -91,48 +157,48 @@ class TrainStyleGANSettings(StepSettings):
     at the authors' flags (γ 5, batch 32, ADA, 25 000 kimg; their mirror flag
     had no effect, see ``mirror``)."""
 
-    num_threads: int = 0                      # torch CPU threads, 0: all cores
-    time_limit_min: float | None = None       # stop (with a checkpoint) after this long; a re-run continues
+    num_threads: NonNegative = 0              # torch CPU threads, 0: all cores
+    time_limit_min: PositiveFloat | None = None       # stop (with a checkpoint) after this long; a re-run continues
     # generator / discriminator
-    z_dim: int = 512
-    w_dim: int = 512
-    mapping_layers: int = 8
-    mapping_lr_multiplier: float = 0.01
-    channel_base: int = 32768                 # width at resolution r: min(channel_base / r, channel_max)
-    channel_max: int = 512
-    mbstd_group: int = 4
+    z_dim: Positive = 512
+    w_dim: Positive = 512
+    mapping_layers: Positive = 8
+    mapping_lr_multiplier: PositiveFloat = 0.01
+    channel_base: Positive = 32768                 # width at resolution r: min(channel_base / r, channel_max)
+    channel_max: Positive = 512
+    mbstd_group: Positive = 4
     mixed_precision: bool = False             # bf16 in the top num_fp16_res resolutions, CUDA only
-    num_fp16_res: int = 4
-    conv_clamp: float | None = None
+    num_fp16_res: NonNegative = 4
+    conv_clamp: PositiveFloat | None = None
     # optimization
-    batch_size: int = 32
-    total_kimg: float = 25000.0               # thousands of real images shown to D
-    lr_g: float = 0.002
-    lr_d: float = 0.002
-    beta1: float = 0.0
-    beta2: float = 0.99
-    r1_gamma: float = 5.0
-    r1_interval: int = 16
-    pl_weight: float = 2.0
-    pl_interval: int = 4
-    pl_batch_shrink: int = 2
-    pl_decay: float = 0.01
-    style_mixing_prob: float = 0.9
-    ema_kimg: float = 10.0
-    ema_rampup: float | None = 0.05
+    batch_size: Positive = 32
+    total_kimg: PositiveFloat = 25000.0               # thousands of real images shown to D
+    lr_g: PositiveFloat = 0.002
+    lr_d: PositiveFloat = 0.002
+    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    r1_gamma: NonNegativeFloat = 5.0
+    r1_interval: Positive = 16
+    pl_weight: NonNegativeFloat = 2.0
+    pl_interval: Positive = 4
+    pl_batch_shrink: Positive = 2
+    pl_decay: Fraction = 0.01
+    style_mixing_prob: Fraction = 0.9
+    ema_kimg: NonNegativeFloat = 10.0
+    ema_rampup: NonNegativeFloat | None = 0.05
     # adaptive discriminator augmentation
     mirror: bool = False                      # x-flips; the authors pass --mirror=1, but the flip in their
                                               # dataset's __getitem__ is commented out: no flipped images
     augment: str = "xflip,rotate90,xint,scale,brightness,contrast"
-    augment_p: float = 0.0
-    ada_target: float | None = 0.6
-    ada_interval: int = 4
-    ada_kimg: float = 500.0
+    augment_p: Fraction = 0.0
+    ada_target: Fraction | None = 0.6
+    ada_interval: Positive = 4
+    ada_kimg: PositiveFloat = 500.0
     # bookkeeping
-    checkpoint_kimg: float = 200.0
-    keep_checkpoints: int = 3
-    log_every: int = 100
-    grid_seeds: int = 8
+    checkpoint_kimg: PositiveFloat = 200.0
+    keep_checkpoints: NonNegative = 3         # the newest kept; 0: every one
+    log_every: Positive = 100
+    grid_seeds: Positive = 8
 
     #: fields that may change between a run and its resume
     RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = (
@@ -142,8 +208,15 @@ class TrainStyleGANSettings(StepSettings):
     NOT_IDENTITY: ClassVar[tuple[str, ...]] = ("seed", "parallel_runs")
 
     def __post_init__(self) -> None:
-        if self.batch_size % min(self.mbstd_group, self.batch_size):
-            raise ValueError(f"batch_size {self.batch_size} must be a multiple of mbstd_group {self.mbstd_group}")
+        _check_batch(self)
+        per = self.batch_size // self.processes
+        group = min(self.mbstd_group, self.batch_size)
+        _require(per % group == 0, "batch_size", self.batch_size,
+                 f"batch_size {self.batch_size} must be a multiple of mbstd_group {self.mbstd_group}"
+                 + (f" in each of the {self.processes} processes ({per} images each)" if self.processes > 1 else "")
+                 + " (the discriminator's minibatch-std groups)")
+        _require(per // self.pl_batch_shrink >= 1, "pl_batch_shrink", self.pl_batch_shrink,
+                 f"at most the {per} images each process takes per step (the path-length batch is their share)")
 
     @property
     def total_steps(self) -> int:
@@ -167,44 +240,44 @@ class TrainDiffusionSettings(StepSettings):
 
     # model (UNet2DModel)
     block_out_channels: list[int] = _list(64, 64, 128, 128, 256, 256)  # 64·(1,1,2,2,4,4) at 256²
-    layers_per_block: int = 3
-    attention_resolutions: list[int] = _list(16, 8)  # feature-map sizes with attention
-    attention_head_dim: int = 64
-    norm_num_groups: int = 32
+    layers_per_block: Positive = 3
+    attention_resolutions: list[Positive] = _list(16, 8)  # feature-map sizes with attention
+    attention_head_dim: Positive = 64
+    norm_num_groups: Positive = 32
     scale_shift_norm: bool = True
     zero_init: bool = True
-    dropout: float = 0.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     # noise schedule (DDPMScheduler)
-    num_train_timesteps: int = 4000
+    num_train_timesteps: Positive = 4000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
-    beta_start: float | None = None           # None: guided-diffusion's 1000/T scaling
-    beta_end: float | None = None
+    beta_start: Annotated[float, Field(gt=0, lt=1)] | None = None           # None: guided-diffusion's 1000/T scaling
+    beta_end: Annotated[float, Field(gt=0, lt=1)] | None = None
     variance_type: Literal["fixed_large", "fixed_small"] = "fixed_large"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     # optimisation
-    batch_size: int = 32                      # global (all processes together)
-    max_steps: int = 30000                    # the authors sampled their 30 000-step checkpoint
-    learning_rate: float = 1e-4
-    lr_warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = None        # None: no clipping (guided-diffusion does not clip)
-    ema_decay: float = 0.9999
+    batch_size: Positive = 32                 # global (all processes together)
+    max_steps: Positive = 30000                    # the authors sampled their 30 000-step checkpoint
+    learning_rate: PositiveFloat = 1e-4
+    lr_warmup_steps: NonNegative = 0
+    weight_decay: NonNegativeFloat = 0.0
+    max_grad_norm: PositiveFloat | None = None        # None: no clipping (guided-diffusion does not clip)
+    ema_decay: Fraction = 0.9999
     ema_warmup: bool = False                  # True: diffusers' (1+s)/(10+s) ramp up to ema_decay
     horizontal_flip: bool = False
     # bookkeeping
-    checkpoint_every: int = 5000
-    keep_checkpoints: int = 3
-    log_every: int = 100
+    checkpoint_every: Positive = 5000
+    keep_checkpoints: NonNegative = 3         # the newest kept; 0: every one
+    log_every: Positive = 100
     # speed (None = chosen by device)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] | None = None
     channels_last: bool | None = None
     fused_adamw: bool | None = None
     compile: bool = False
-    num_threads: int = 0                      # CPU threads; 0: measured (the faster of 1 and all cores)
+    num_threads: NonNegative = 0              # CPU threads; 0: measured (the faster of 1 and all cores)
     # a first look at a few samples after training (notebook 03)
-    preview_images: int = 4
+    preview_images: Positive = 4
     preview_sampler: Literal["ddpm", "ddim"] = "ddpm"
-    preview_steps: int | None = None          # None: all T timesteps
+    preview_steps: Positive | None = None          # None: all T timesteps
 
     #: what may change between a run and its resume
     RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = (
@@ -214,14 +287,16 @@ class TrainDiffusionSettings(StepSettings):
 
     def __post_init__(self) -> None:
         widths = list(self.block_out_channels)
-        if not widths or any(w <= 0 for w in widths):
-            raise ValueError(f"block_out_channels must be positive widths, got {widths}")
+        _require(bool(widths) and all(w > 0 for w in widths), "block_out_channels", widths,
+                 "one positive width per level, e.g. [64, 128]")
         bad = [w for w in widths if w % self.norm_num_groups]
-        if bad:
-            raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every width; {bad} do not")
-        for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "num_train_timesteps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        _require(not bad, "norm_num_groups", self.norm_num_groups,
+                 f"norm_num_groups={self.norm_num_groups} must divide every width of block_out_channels; {bad} do not")
+        _require(self.beta_start is None or self.beta_end is None or self.beta_start < self.beta_end, "beta_end",
+                 self.beta_end, f"greater than beta_start={self.beta_start}")
+        _require(self.preview_steps is None or self.preview_steps <= self.num_train_timesteps, "preview_steps",
+                 self.preview_steps, f"at most num_train_timesteps={self.num_train_timesteps}")
+        _check_batch(self)
 
     def identity(self) -> dict:
         """What fixes the training trajectory; a checkpoint made with other
@@ -235,14 +310,20 @@ class SampleSettings(StepSettings):
     """Step 04: image i of a model has seed first_seed + i."""
 
     models: list[ModelName] = _list(*MODELS)
-    n_stylegan: int = 100001                  # the authors: seeds 2..100002
-    n_diffusion: int = 100000                 # not stated by the authors: as many as StyleGAN's, rounded
-    n_optimal_denoiser: int = 0               # the positive control (when in models)
-    first_seed: int = 2
-    batch_size: int = 64
+    n_stylegan: NonNegative = 100001                  # the authors: seeds 2..100002
+    n_diffusion: NonNegative = 100000                 # not stated by the authors: as many as StyleGAN's, rounded
+    n_optimal_denoiser: NonNegative = 0               # the positive control (when in models)
+    first_seed: NonNegative = 2
+    batch_size: Positive = 64
     truncation_psi: float = 1.0               # StyleGAN; 1 = no truncation, as the authors
     diffusion_sampler: Literal["ddpm", "ddim"] = "ddpm"   # full ancestral loop, as the authors
-    diffusion_inference_steps: int | None = None          # DDIM only
+    diffusion_inference_steps: Positive | None = None     # DDIM only
+
+    def __post_init__(self) -> None:
+        for model in ("stylegan", "diffusion"):
+            key = f"n_{model}"
+            _require(model not in self.models or getattr(self, key) > 0, key, getattr(self, key),
+                     f"a positive number of images ({model} is in models; leave it out of models to sample none)")
 
 
 @dataclass(config=_STRICT)
@@ -251,14 +332,14 @@ class CorrelateSettings(StepSettings):
     modality at a time as the authors (and all channels jointly, ours)."""
 
     models: list[ModelName] = _list(*MODELS)  # audited when samples/<model>.npy exists
-    channels: list[str] | None = None         # modalities correlated one at a time; None: every channel
+    channels: Annotated[list[str], Field(min_length=1)] | None = None  # modalities correlated one at a time; None: every channel
     joint: bool = True                        # also all channels as one vector (this study's measure)
     headline_channel: str | None = None       # the paper's figure modality; None: the first image channel
-    top_k: int = 5                            # training matches kept per synthetic image
+    top_k: Positive = 5                            # training matches kept per synthetic image
     backend: Literal["auto", "numpy", "cupy"] = "auto"
-    memory_budget_gb: float = 2.0             # engine: resident synthetic block + chunk products
-    n_control: int = 64                       # planted-copy positive control
-    control_noise_sd: float = 8.0             # grey levels of noise in the planted "noise" copies
+    memory_budget_gb: PositiveFloat = 2.0             # engine: resident synthetic block + chunk products
+    n_control: NonNegative = 64                       # planted-copy positive control
+    control_noise_sd: NonNegativeFloat = 8.0             # grey levels of noise in the planted "noise" copies
 
 
 @dataclass(config=_STRICT)
@@ -267,13 +348,13 @@ class FiguresSettings(StepSettings):
 
     models: list[ModelName] = _list(*MODELS)  # missing ones are listed, not fatal
     figure_channel: str = ""                  # channel of the image figures; empty: the headline
-    n_top: int = 4
-    n_typical: int = 2
-    n_montage: int = 16
-    n_most_copied: int = 10
+    n_top: Positive = 4
+    n_typical: NonNegative = 2
+    n_montage: Positive = 16
+    n_most_copied: Positive = 10
     finding_threshold: str = "baseline_p99"   # threshold of the written finding and the size plot
-    hist_bins: int = 40
-    loss_smooth: int = 5
+    hist_bins: Positive = 40
+    loss_smooth: Positive = 5
     pdf: bool = True
 
 
@@ -281,7 +362,7 @@ class FiguresSettings(StepSettings):
 class CompareSettings(StepSettings):
     """``./runall.sh compare``: every dataset's results side by side."""
 
-    threshold_names: list[str] = _list("fixed_0.95", "baseline_p95", "baseline_p99")
+    threshold_names: Annotated[list[str], Field(min_length=1)] = _list("fixed_0.95", "baseline_p95", "baseline_p99")
     pdf: bool = True
 
 
