@@ -84,6 +84,12 @@ class IntegerUnit:
     def is_gpu(self) -> bool:
         return self.device.type == "cuda"
 
+    def host_buffer(self, shape: tuple[int, int]) -> np.ndarray:
+        """A fresh uint8 host array from torch's allocator: on the VMs here a
+        first touch of NumPy's fresh memory cost ~8 ns/byte (1.5 s for one
+        3 000-image block of 256²), torch's ~0.4 ns/byte (measured)."""
+        return self.torch.empty(shape, dtype=self.torch.uint8).numpy()
+
     def upload(self, host: np.ndarray):
         t = self.torch.from_numpy(host)
         return t if not self.is_gpu else t.to(self.device)
@@ -212,7 +218,7 @@ def prepare_int(unit: IntegerUnit, raw: np.ndarray, start: int, blocks: list[tup
         w_pad = _round_up(hi - lo, unit.col_multiple)
         buf = buffers[b] if buffers is not None and b < len(buffers) else None
         if buf is None or buf.shape[0] < n_pad or buf.shape[1] != w_pad:
-            buf = np.empty((n_pad, w_pad), np.uint8)
+            buf = unit.host_buffer((n_pad, w_pad))
             if buffers is not None:
                 buffers[b:b + 1] = [buf]
         buf = buf[:n_pad]
