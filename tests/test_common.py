@@ -73,3 +73,15 @@ def test_a_publish_killed_before_its_rename_keeps_the_old_file_and_the_next_run_
     (tmp_path / "x.partial.npy").write_bytes(b"resumable state, not a temporary")
     assert common.remove_temporaries(tmp_path) == [left]
     assert sorted(p.name for p in target.parent.iterdir()) == ["table.json"] and (tmp_path / "x.partial.npy").exists()
+
+
+def test_the_temporary_a_killed_safetensors_save_leaves_is_removed(tmp_path):
+    """safetensors (Rust's tempfile crate) writes ``.tmp<6 characters>`` beside the file it saves and
+    renames it; the kill test found one left by a kill in between. Other names stay."""
+    left = tmp_path / ".tmpT6m7Fl"
+    left.write_bytes(b"half a checkpoint")
+    kept = [tmp_path / n for n in (".tmpnotes.txt", ".tmp12345", "a.tmp.csv", "model.safetensors")]
+    for path in kept:
+        path.write_text("kept")
+    assert common.remove_temporaries(tmp_path) == [left]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)

@@ -88,8 +88,10 @@ def display_path(path: str | os.PathLike) -> str:
 # Atomic writes: a reader never sees half a file, a crash never leaves one.
 # --------------------------------------------------------------------------
 
-#: what :func:`atomic_path` names its temporary files: ``<stem>.tmp<8 random characters><suffix>``
-TEMP_NAME = re.compile(r"^.+\.tmp[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+#: temporary files a killed run can leave: :func:`atomic_path`'s ``<stem>.tmp<8 random characters><suffix>``,
+#: and ``.tmp<6 random characters>``, which safetensors (Rust's ``tempfile`` crate) writes beside the file it
+#: saves before renaming it (found by the kill test: a checkpoint killed inside ``save_file``)
+TEMP_NAME = re.compile(r"^(.+\.tmp[a-z0-9_]{8}(\.[A-Za-z0-9]+)?|\.tmp[A-Za-z0-9]{6})$")
 
 
 @contextlib.contextmanager
