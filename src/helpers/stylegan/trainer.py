@@ -136,10 +136,14 @@ class StyleGANTrainer:
     gradients of every phase (G, path length, D, R1) are averaged over the
     processes before the optimizer steps, so all processes hold the same
     networks. ADA's sign statistic, the path-length mean, G's tracked w
-    average and the logged statistics are averaged too. One difference from
-    a single process of the whole batch remains: the small gradient that
+    average and the logged statistics are averaged too. Two differences from
+    a single process of the whole batch remain: the small gradient that
     flows through the path-length running mean (weight ``pl_decay``) is the
-    process's own.
+    process's own; and D's minibatch-std groups are formed within each
+    process's share (images {0,1},{2,3} of the global batch over 2 processes
+    of 2, where one process groups {0,2},{1,3}), so D sees the same group
+    size but other groupings (the 2-process gradient test reorders the batch
+    to match).
     """
 
     def __init__(self, config: TrainStyleGANSettings, image_shape: tuple[int, int, int], seed: int = 0,
