@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 from helpers import checkpoints
+from helpers.common import read_json
 from helpers.config.schema import TrainStyleGANSettings
 from helpers.correlation import top_matches
 from helpers.fit import FeatureSpace, GaussianControl, classifier_two_sample, nearest_neighbour_two_sample, prdc
@@ -82,7 +83,7 @@ def main() -> None:
     print(scores("held-out", held_out))
     print(scores("copier", subset[rng.integers(0, len(subset), args.samples)]))
     print(scores("gaussian", GaussianControl(subset).sample(range(args.samples))))
-    generator_kwargs = yaml.safe_load((args.out / "stylegan" / "generator.json").read_text())["generator"]
+    generator_kwargs = read_json(args.out / "stylegan" / "generator.json")["generator"]
     for path in sorted((args.out / "stylegan" / "checkpoints").glob("step_*.safetensors")):
         G = Generator(**generator_kwargs)
         G.load_state_dict(checkpoints.load_state(path)["G_ema"])

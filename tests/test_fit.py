@@ -50,7 +50,8 @@ def test_prdc_equal_sizes_and_small_sets():
     real, fake = rng.normal(size=(4, 3)), rng.normal(size=(13, 3))
     out = prdc(real, fake, k=5)
     assert (out["k_used"], out["n_per_set"], out["n_chunks"]) == (3, 4, 3)   # 3 chunks of 4; one fake image left out
-    with pytest.raises(ValueError, match="model x: precision/recall need at least 2 real and 2 generated"):
+    with pytest.raises(ValueError,
+                       match="model x: too few images for precision/recall: at least 2 real and 2 generated are needed"):
         prdc(real, fake[:1], what="model x")
 
 

@@ -71,16 +71,30 @@ def _chunks(n_large: int, n_small: int, rng: np.random.Generator) -> list[np.nda
     return [order[i:i + n_small] for i in range(0, n_large - n_small + 1, n_small)]
 
 
+def _balanced_pairs(real: np.ndarray, fake: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    n = min(len(real), len(fake))
+    rng = np.random.default_rng(seed)
+    if len(fake) >= len(real):
+        return [(real, fake[idx]) for idx in _chunks(len(fake), n, rng)]
+    return [(real[idx], fake) for idx in _chunks(len(real), n, rng)]
+
+
+def _two_sets(real, fake, what: str, measure: str = "the two-sample test") -> tuple[np.ndarray, np.ndarray]:
+    """Both feature arrays checked; at least 2 images in each (a measure of one image means nothing)."""
+    real = _features(real, "real images")
+    fake = _features(fake, what)
+    if min(len(real), len(fake)) < 2:
+        raise ValueError(f"{what}: too few images for {measure}: at least 2 real and 2 generated are needed, "
+                         f"got {len(real)} real and {len(fake)} generated")
+    return real, fake
+
+
 def prdc(real, fake, k: int = 5, *, seed: int = 0, what: str = "samples") -> dict[str, float]:
     """Precision, recall, density and coverage of ``fake`` against ``real``
     at equal set sizes (averaged over chunks of the larger set), with
     ``k_used = min(k, n - 1)`` for sets smaller than k + 1 (reported)."""
-    real = _features(real, "real images")
-    fake = _features(fake, what)
+    real, fake = _two_sets(real, fake, what, "precision/recall")
     n = min(len(real), len(fake))
-    if n < 2:
-        raise ValueError(f"{what}: precision/recall need at least 2 real and 2 generated images, "
-                         f"got {len(real)} real and {len(fake)} generated")
     k_used = min(int(k), n - 1)
     values = [_prdc_once(r, f, k_used) for r, f in _balanced_pairs(real, fake, seed)]
     out = {name: float(np.mean([v[name] for v in values])) for name in PRDC_NAMES}
@@ -95,23 +109,6 @@ class TwoSampleResult:
     ci_high: float
     n_real: int
     n_fake: int
-
-
-def _balanced_pairs(real: np.ndarray, fake: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    n = min(len(real), len(fake))
-    rng = np.random.default_rng(seed)
-    if len(fake) >= len(real):
-        return [(real, fake[idx]) for idx in _chunks(len(fake), n, rng)]
-    return [(real[idx], fake) for idx in _chunks(len(real), n, rng)]
-
-
-def _two_sets(real, fake, what: str) -> tuple[np.ndarray, np.ndarray]:
-    real = _features(real, "real images")
-    fake = _features(fake, what)
-    if min(len(real), len(fake)) < 2:
-        raise ValueError(f"{what}: the two-sample test needs at least 2 real and 2 generated images, "
-                         f"got {len(real)} real and {len(fake)} generated")
-    return real, fake
 
 
 def classifier_two_sample(real, fake, *, folds: int = 5, seed: int = 0, what: str = "samples") -> TwoSampleResult:
