@@ -155,3 +155,24 @@ def test_the_runners_own_files_are_no_steps_outputs(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x")
     assert sorted(pipeline.snapshot(tmp_path)) == ["data/x.npy", "sizes/n1/plan.txt"]
+
+
+def test_kernel_sockets_live_in_a_private_folder_removed_with_the_kernel(tmp_path, monkeypatch):
+    """A real kernel: its IPC sockets are not written into the working
+    directory (they were left in the user's checkout), and go with it."""
+    from jupyter_client.utils import run_sync
+
+    monkeypatch.chdir(tmp_path)
+    manager = pipeline._kernel_manager_class()(kernel_name=pipeline.ensure_kernel())
+    run_sync(manager.start_kernel)()
+    client = manager.blocking_client()
+    try:
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        sockets = list(Path(manager.ipc_dir).glob("kernel-*"))
+        assert sockets, "the kernel's sockets should be in its private folder"
+        assert not list(tmp_path.iterdir()), "nothing is written into the working directory"
+    finally:
+        client.stop_channels()
+        run_sync(manager.shutdown_kernel)(now=True)
+    assert not Path(manager.ipc_dir).exists()

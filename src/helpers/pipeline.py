@@ -23,7 +23,9 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -193,6 +195,16 @@ def _kernel_manager_class():
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             self.transport = "ipc"
+            # the sockets live in a private folder, removed with the kernel;
+            # jupyter_client's default puts them in the working directory,
+            # where a killed kernel left them in the user's checkout
+            self.ipc_dir = tempfile.mkdtemp(prefix="study-kernel-")
+            self.ip = os.path.join(self.ipc_dir, "kernel")
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart=restart)
+            if not restart:
+                shutil.rmtree(self.ipc_dir, ignore_errors=True)
 
         async def _async_launch_kernel(self, kernel_cmd, **kw):
             # the kernel dies with the runner (its parent-death signal, armed
