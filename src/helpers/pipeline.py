@@ -324,6 +324,8 @@ def _run(args: argparse.Namespace, locks: runlock.Locks) -> int:
     results_root = Path(args.results).resolve() if args.results else (
         Path(os.environ["STUDY_RESULTS"]).resolve() if os.environ.get("STUDY_RESULTS") else root / "results")
     overrides = config.parse_overrides(args.set)
+    if args.compare_with and not Path(args.compare_with).is_dir():
+        raise PipelineError(f"--compare-with {args.compare_with}: no such results folder (e.g. results/phantom)")
     if args.processes is not None:
         overrides.setdefault("common", {})["processes"] = args.processes
     if args.dataset == "compare":
@@ -410,6 +412,10 @@ def _run(args: argparse.Namespace, locks: runlock.Locks) -> int:
         print("study: " + ", ".join(f"{n} {s:.0f} s" for n, s in run_log) + f"; total {total:.0f} s")
     index = report.write_index(results, f"Study results: {name} ({args.dataset}, profile {profile})")
     print(f"study: executed notebooks and HTML in {common.display_path(out_dir)}; start at {common.display_path(index)}")
+    if args.compare_with:  # a reviewer's check: does this run reproduce the reference? (helpers.verify)
+        from . import verify
+
+        return verify.main([str(results), args.compare_with]) and 3
     return 0
 
 
@@ -471,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plan", action="store_true",
                         help="print the time, memory and disk steps 02-05 will take here (a few iterations "
                              "measured); run nothing")
+    parser.add_argument("--compare-with", metavar="DIR",
+                        help="after the run, list every table and number that differs from the results folder DIR "
+                             "(e.g. results/phantom; python -m helpers.verify); exit status 3 when any differs")
     parser.add_argument("--register-kernel", action="store_true",
                         help="register this environment as the Jupyter kernel the notebooks name; run nothing")
     return parser
