@@ -13,8 +13,9 @@ What is not a result is left out: the runner's own files (executed
 notebooks, logs, stamps, the landing page), timings and speeds (``seconds``,
 ``time_s``, ``…_per_second``) and each file's provenance (time, host,
 commit; summarized once, so a reader sees that the two runs came from
-different commits). Paths that name the results folder itself are
-compared relative to it.
+different commits) and speeds a text quotes (step 05's "6.2× the float
+path"). Paths that name the results folder itself are compared relative
+to it.
 
 Exit status: 0 when everything compared agrees, 1 when something differs
 or a file is on one side only, 2 when a folder is missing.
@@ -43,6 +44,8 @@ SKIP_SUFFIXES = {".log", ".lock", ".tmp"}
 #: keys and columns that hold wall-clock time or speed, not results (names, and name endings)
 VOLATILE = {"seconds", "time_s", "images_per_s", "time_utc", "finished", "started", "wall_s"}
 VOLATILE_ENDINGS = ("_seconds", "_time_s", "_per_second", "_per_s")
+#: speeds measured on the machine and quoted in a text (step 05's choice of arithmetic says why)
+VOLATILE_TEXT = re.compile(r"\d+(?:\.\d+)?× the float path|\d[\d,]*(?:\.\d+)? pairs/s")
 #: the subtree of every params.yaml that says how a file was made (time, host, commit)
 PROVENANCE = "provenance"
 
@@ -118,7 +121,7 @@ class _Context:
     def text(self, value: str, side: str) -> str:
         for prefix in self.prefixes[side]:
             value = value.replace(prefix, "<results>")
-        return value
+        return VOLATILE_TEXT.sub("<measured>", value)
 
     def same(self, a: Any, b: Any) -> bool:
         if _is_number(a) and _is_number(b):
@@ -372,9 +375,16 @@ def format_report(result: Comparison, max_per_file: int = 20) -> str:
              f"({result.n_values} values); {len(result.only_in_run)} only in the run, "
              f"{len(result.only_in_reference)} only in the reference; {len(result.not_compared)} not compared "
              f"(images, checkpoints: --binary compares their bytes)"]
-    commits = {k: v for k, v in result.provenance.items() if k.endswith(("git_commit", "git_dirty", "torch"))}
-    if commits:
-        lines.append("  made with: " + "; ".join(f"{k} {', '.join(sorted(v))}" for k, v in sorted(commits.items())))
+    made = []
+    for side in ("run", "reference"):
+        commits = sorted(c[:7] for c in result.provenance.get(f"{side}: git_commit", ()) if c != "None")
+        if commits:
+            dirty = "True" in result.provenance.get(f"{side}: git_dirty", set())
+            torch = ", ".join(sorted(result.provenance.get(f"{side}: torch", ())))
+            made.append(f"{side} at commit {', '.join(commits)}" + (" with uncommitted changes" if dirty else "")
+                        + (f" (torch {torch})" if torch else ""))
+    if made:
+        lines.append("  made: " + "; ".join(made))
     lines.append("  result: " + ("the same" if result.ok else "DIFFERENT"))
     if result.differ:
         lines.append("")
