@@ -29,8 +29,7 @@ import numpy as np
 import torch
 import yaml
 
-from helpers import checkpoints, config
-from helpers.common import read_json
+from helpers import config
 from helpers.correlation import top_matches
 from helpers.fit import FitRule, fit_table
 
@@ -52,29 +51,17 @@ def settings_for(model: str, overrides: list[str]):
 
 
 def stylegan_checkpoints(out: Path, cfg, n: int):
-    from helpers.stylegan import Generator, generate_images
+    from helpers.stylegan import checkpoint_generator, checkpoint_steps, generate_images
 
-    kwargs = read_json(out / "stylegan" / "generator.json")["generator"]
-    for path in sorted((out / "stylegan" / "checkpoints").glob("step_*.safetensors")):
-        G = Generator(**kwargs)
-        G.load_state_dict(checkpoints.load_state(path)["G_ema"])
-        step = int(path.stem.split("_")[1])
-        yield step * cfg.batch_size, generate_images(G.eval().requires_grad_(False), list(range(n)))
+    for step in checkpoint_steps(out):
+        yield step * cfg.batch_size, generate_images(checkpoint_generator(out, step, "cpu"), list(range(n)))
 
 
-def diffusion_checkpoints(out: Path, cfg, n: int, channels: int, size: int):
-    from diffusers import UNet2DModel
+def diffusion_checkpoints(out: Path, cfg, n: int):
+    from helpers.diffusion import checkpoint_pipeline, checkpoint_steps, make_generate
 
-    from helpers.diffusion import sample_images, setup_training
-
-    for path in sorted((out / "diffusion" / "checkpoints").glob("step_*.safetensors")):
-        state = checkpoints.load_state(path)
-        setup = setup_training(cfg, channels, size, device="cpu", resume_state=state)
-        unet = UNet2DModel.from_config(setup.unet.config)
-        setup.ema.copy_to(unet.parameters())
-        x = sample_images(unet.eval(), setup.noise_scheduler, list(range(n)))
-        images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-        yield int(state["step"]) * cfg.batch_size, images
+    for step in checkpoint_steps(out):
+        yield step * cfg.batch_size, make_generate(checkpoint_pipeline(out, step), device="cpu")(list(range(n)))
 
 
 def main() -> None:
@@ -113,7 +100,7 @@ def main() -> None:
     if args.model == "stylegan":
         series = stylegan_checkpoints(args.out, cfg, args.samples)
     else:
-        series = diffusion_checkpoints(args.out, cfg, args.samples, subset.shape[1], subset.shape[-1])
+        series = diffusion_checkpoints(args.out, cfg, args.samples)
     rows, first = [], True
     for i, (seen, images) in enumerate(series):
         if i % args.every:
