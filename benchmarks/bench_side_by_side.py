@@ -6,7 +6,7 @@ model at a profile's settings, three ways, measured in one run.
 - ``1 training, 1 thread``: one process, ``torch.set_num_threads(1)``;
 - ``1 training, N threads``: one process using every core;
 - ``N trainings side by side``: N processes of one thread each (what the
-  sweep does with ``parallel_runs: N``, through ``helpers.sweep.run_side_by_side``),
+  sweep does with ``parallel_runs: N``, through ``helpers.parallel.run_side_by_side``),
   reported as the sum of their images/s.
 
 Each measurement trains the real model (StyleGAN2-ADA: G, D, lazy R1/PL,
@@ -70,7 +70,7 @@ def _time(step, batch: int, seconds: float) -> float:
 
 
 def main() -> None:
-    from helpers import sweep
+    from helpers import parallel
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu")
@@ -80,9 +80,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for model in args.models.split(","):
-        one = sweep.run_side_by_side(_images_per_s, [(model, args.profile, args.seconds, 1)])[0]
-        many = sweep.run_side_by_side(_images_per_s, [(model, args.profile, args.seconds, args.cores)])[0]
-        side = sweep.run_side_by_side(_images_per_s, [(model, args.profile, args.seconds, 1)] * args.cores,
+        one = parallel.run_side_by_side(_images_per_s, [(model, args.profile, args.seconds, 1)])[0]
+        many = parallel.run_side_by_side(_images_per_s, [(model, args.profile, args.seconds, args.cores)])[0]
+        side = parallel.run_side_by_side(_images_per_s, [(model, args.profile, args.seconds, 1)] * args.cores,
                                       workers=args.cores, threads_per_worker=1)
         result = {"model": model, "profile": args.profile, "cores": args.cores,
                   "one_thread": round(one, 1), f"one_training_{args.cores}_threads": round(many, 1),

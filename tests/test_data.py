@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import data
+from helpers import data, phantom
 
 # Small volumes: X=20, Y=16 (non-square, to catch transposes), Z=10 slices.
 SHAPE = (20, 16, 10)
@@ -694,7 +694,7 @@ def test_npy_appender_publishes_atomically(tmp_path):
 # --------------------------------------------------------------------------
 
 def test_end_to_end_on_brain_phantom(tmp_path):
-    raw = data.locate_raw_data("phantom_brats", None, phantom_kind="brats2020", phantom_cache=tmp_path / "cache",
+    raw = phantom.locate_raw_data("phantom_brats", None, phantom_kind="brats2020", phantom_cache=tmp_path / "cache",
                                phantom_sizes={"n_subjects": 3, "shape": [40, 40, 28]})
     assert raw.name == "MICCAI_BraTS2020_TrainingData"
     before = listing(raw)
@@ -713,7 +713,7 @@ def test_end_to_end_on_brain_phantom(tmp_path):
 
 
 def test_end_to_end_on_xray_phantom(tmp_path):
-    raw = data.locate_raw_data("phantom_cxr", None, phantom_cache=tmp_path / "cache",
+    raw = phantom.locate_raw_data("phantom_cxr", None, phantom_cache=tmp_path / "cache",
                                phantom_sizes={"n_normal": 8, "n_pneumonia": 8, "width_range": [64, 96]})
     meta = data.prepare_dataset("phantom_cxr", raw, tmp_path / "results", image_size=32, test_fraction=0.25,
                                 progress=False)

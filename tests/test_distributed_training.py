@@ -11,22 +11,22 @@ import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_distributed import run_ranks
+from test_parallel import run_ranks
 from test_stylegan import make_results, tiny_config
 
-from helpers import checkpoints, common, config, diffusion, distributed
+from helpers import checkpoints, common, config, diffusion, parallel, steps
 from helpers import stylegan as sg
 from helpers.diffusion.loop import weights_sha256
 
 
 def _same_in_every_process(module: torch.nn.Module) -> None:
     digest = common.stable_hash([p.detach().numpy().tobytes().hex() for p in module.parameters()])
-    digests = distributed.gather(digest)
+    digests = parallel.gather(digest)
     assert len(set(digests)) == 1, f"the processes hold different networks: {digests}"
 
 
 def _train_stylegan(results, cfg, stop_after_steps=None, start=0):
-    _, world = distributed.rank_world()
+    _, world = parallel.rank_world()
     assert world == 2
     summary = sg.train(results, cfg, seed=3, progress=False, stop_after_steps=stop_after_steps)
     assert summary["processes"] == 2
@@ -91,11 +91,11 @@ def test_diffusion_over_two_processes_through_torchrun_resumes_exactly(tmp_path)
                                                 "processes": processes})
 
     straight, resumed, one = (diffusion_results(tmp_path / name) for name in ("straight", "resumed", "one"))
-    summary = distributed.train_every_run(straight, "train_diffusion", settings(10, 2))["all"]
+    summary = steps.train_every_run(straight, "train_diffusion", settings(10, 2))["all"]
     assert summary["processes"] == 2 and summary["step"] == 10
     assert (straight / "diffusion" / "pipeline" / "model_index.json").is_file()
-    first = distributed.train_every_run(resumed, "train_diffusion", settings(6, 2))["all"]
-    second = distributed.train_every_run(resumed, "train_diffusion", settings(10, 2))["all"]
+    first = steps.train_every_run(resumed, "train_diffusion", settings(6, 2))["all"]
+    second = steps.train_every_run(resumed, "train_diffusion", settings(10, 2))["all"]
     assert (first["resumed_from_step"], first["steps_run"]) == (0, 6)
     assert (second["resumed_from_step"], second["steps_run"], second["step"]) == (6, 4, 10)
     a, b = (checkpoints.load_latest_checkpoint(r / "diffusion" / "checkpoints") for r in (straight, resumed))
@@ -109,7 +109,7 @@ def test_diffusion_over_two_processes_through_torchrun_resumes_exactly(tmp_path)
     logs = [pd.read_csv(r / "diffusion" / "loss_log.csv").drop(columns="seconds") for r in (straight, resumed)]
     pd.testing.assert_frame_equal(logs[0], logs[1])
 
-    alone = distributed.train_every_run(one, "train_diffusion", settings(10, 1))["all"]
+    alone = steps.train_every_run(one, "train_diffusion", settings(10, 1))["all"]
     assert alone["processes"] == 1 and len(alone["weights_sha256_by_process"]) == 1
     assert np.isclose(summary["final_loss"], alone["final_loss"], rtol=0.25), (summary, alone)
 
@@ -134,7 +134,7 @@ def _averaged_gradients_equal_one_process(cfg):
     gradients with the other's; one process on the whole batch must get the
     same gradient. The whole batch is ordered a0 b0 a1 b1 so that D's
     minibatch-std groups (images j, j + N/2) are the processes' pairs."""
-    rank, world = distributed.rank_world()
+    rank, world = parallel.rank_world()
     rng = np.random.default_rng(0)
     fake = torch.from_numpy(rng.uniform(-1, 1, (4, 2, 16, 16)).astype(np.float32))
     reals = torch.from_numpy(rng.uniform(-1, 1, (4, 2, 16, 16)).astype(np.float32))
@@ -154,7 +154,7 @@ def _averaged_gradients_equal_one_process(cfg):
         else:
             _g_objective(ours.G, ours.D, z[mine]).backward()
             _g_objective(alone.G, alone.D, z[one_process_order]).backward()
-        distributed.average_gradients(getattr(ours, name))
+        parallel.average_gradients(getattr(ours, name))
         for (key, a), b in zip(getattr(ours, name).named_parameters(), getattr(alone, name).parameters()):
             assert a.grad is not None, f"{name}.{key} got no gradient"
             assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7), (name, key, float((a.grad - b.grad).abs().max()))

@@ -74,9 +74,9 @@ def test_side_by_side_workers_die_with_a_killed_parent():
     went on writing after their parent was killed."""
     parent = start("""
         import os, time
-        from helpers import sweep
+        from helpers import parallel
         print(os.getpid(), flush=True)
-        sweep.run_side_by_side(time.sleep, [(60,), (60,)], workers=2)
+        parallel.run_side_by_side(time.sleep, [(60,), (60,)], workers=2)
     """, start_new_session=True)
     (pid,) = read_pids(parent, 1)
     deadline = time.monotonic() + 60
@@ -135,7 +135,7 @@ def test_ctrl_c_during_a_step_stops_kernel_and_workers_within_seconds_and_says_w
         root = Path({str(tmp_path)!r})
         nb = nbformat.v4.new_notebook()
         nb.cells = [nbformat.v4.new_code_cell(
-            "import time\\nfrom helpers import sweep\\nsweep.run_side_by_side(time.sleep, [(60,), (60,)], workers=2)")]
+            "import time\\nfrom helpers import parallel\\nparallel.run_side_by_side(time.sleep, [(60,), (60,)], workers=2)")]
         nbformat.write(nb, root / "02_x.ipynb")
         lifetime.become_runner()
         try:

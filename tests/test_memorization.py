@@ -204,13 +204,13 @@ def test_criteria_table():
     table = mem.criteria_table(flags, size=120, n_subjects=3)
     assert list(table.columns) == mem.TABLE_COLUMNS
     first = table.iloc[0]
-    assert (first["size"], first.n_subjects, first.group, first.criterion, first.n, first.k) == \
+    assert (first["size"], first.n_subjects, first.group, first.criterion, first.n_images, first.n_above) == \
         (120, 3, "diffusion", "l2_ratio", 3, 2)
     assert first.fraction == pytest.approx(2 / 3)
-    assert (first.ci_low, first.ci_high) == pytest.approx(mem.wilson_interval(2, 3))
-    assert table.iloc[2].k == 0 and table.iloc[2].ci_low == 0.0
+    assert (first.wilson_low, first.wilson_high) == pytest.approx(mem.wilson_interval(2, 3))
+    assert table.iloc[2].n_above == 0 and table.iloc[2].wilson_low == 0.0
     empty = mem.criteria_table({"g": {"c": np.array([np.nan])}}, size=1)
-    assert empty.n.iloc[0] == 0 and math.isnan(empty.fraction.iloc[0]) and empty.n_subjects.isna().all()
+    assert empty.n_images.iloc[0] == 0 and math.isnan(empty.fraction.iloc[0]) and empty.n_subjects.isna().all()
 
 
 def series(fractions, sizes=(100, 200, 400, 800), n=20, group="diffusion", criterion="l2_ratio"):

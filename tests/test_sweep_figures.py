@@ -8,13 +8,14 @@ matplotlib.use("Agg")
 
 import pandas as pd  # noqa: E402
 
-from helpers import common, memorization, sweep, sweep_figures  # noqa: E402
+from helpers import common, memorization, sweep_figures
+from helpers import criteria as judged  # noqa: E402
 
-L2 = sweep.L2_CRITERION
+L2 = judged.L2_CRITERION
 
 
 def criteria() -> pd.DataFrame:
-    k = {"stylegan": [8, 2, 0, 0], "diffusion": [32, 31, 4, 0], "optimal_denoiser": [32] * 4, sweep.REAL: [0] * 4}
+    k = {"stylegan": [8, 2, 0, 0], "diffusion": [32, 31, 4, 0], "optimal_denoiser": [32] * 4, judged.REAL: [0] * 4}
     frames = []
     for j, size in enumerate((4, 16, 64, 256)):
         flags = {g: {c: [1.0] * k[g][j] + [0.0] * (32 - k[g][j])

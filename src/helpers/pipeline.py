@@ -317,6 +317,19 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, locks)
 
 
+def check_model_names(resolved) -> None:
+    """Every ``models`` key names a registered model (the registry sits above
+    the settings' schema, so the names are checked here, before any step)."""
+    from . import models
+
+    for section, settings in resolved.settings.items():
+        unknown = [m for m in getattr(settings, "models", ()) if m not in models.REGISTRY]
+        if unknown:
+            where = resolved.sources[section].get("models", "the settings")
+            raise config.ConfigError(f"{where}: {section}.models: unknown model(s) {', '.join(map(repr, unknown))}; "
+                                     f"registered (helpers.models): {', '.join(models.REGISTRY)}")
+
+
 def _run(args: argparse.Namespace, locks: runlock.Locks) -> int:
     import papermill
 
@@ -339,6 +352,7 @@ def _run(args: argparse.Namespace, locks: runlock.Locks) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[console])
     profile = args.profile or config.default_profile()
     resolved = config.resolve(args.dataset, profile, overrides, raw_dir=args.data, root=root)
+    check_model_names(resolved)
     if args.show_params:
         print(resolved.describe())
         return 0

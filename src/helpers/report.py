@@ -91,7 +91,7 @@ def finding_markdown(results_dir: str | os.PathLike) -> str:
     """What the run found, from its result files (never typed by hand): the
     sweep's capacity and comparison sentences when the run has a sweep,
     else the one-run finding of step 05's summary."""
-    from . import figures, sweep_figures
+    from . import criteria, figures, sweep_figures
 
     results = Path(results_dir)
     tables = sweep_figures.load_sweep(results)
@@ -100,7 +100,10 @@ def finding_markdown(results_dir: str | os.PathLike) -> str:
                 + sweep_figures.comparison_text(tables["criteria"]))
     summary_path = results / "correlation" / "summary.json"
     if summary_path.exists():
-        return figures.finding_text(common.read_json(summary_path), "baseline_p99")
+        text = figures.finding_text(common.read_json(summary_path), "baseline_p99")
+        judged = criteria.headline_markdown(criteria.load_run_criteria(results))
+        return text + (f"\n\n**The pre-declared criteria** (images memorized of those judged):\n\n{judged}"
+                       if judged else "")
     return "No correlation results yet: run steps 01–05 (`./runall.sh`)."
 
 

@@ -24,8 +24,8 @@ import pandas as pd
 
 from .common import fsync, image_seeds, read_json, write_csv, write_json
 from .common import progress as progress_bar
-from .distributed import barrier, rank_world
 from .lifetime import fault_point
+from .parallel import barrier, rank_world
 
 Generator = Callable[[Sequence[int]], np.ndarray]
 

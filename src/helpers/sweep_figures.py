@@ -12,15 +12,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import sweep
+from . import criteria as judged
+from . import models
 
-#: group → (label, colour, marker); the order of the legend
-GROUPS = {
-    "stylegan": ("StyleGAN", "tab:blue", "o"),
-    "diffusion": ("diffusion", "tab:orange", "s"),
-    "optimal_denoiser": ("optimal denoiser (memorizes by construction)", "tab:red", "^"),
-    sweep.REAL: ("real held-out images", "0.45", "D"),
-}
+REAL_STYLE = ("real held-out images", "0.45", "D")
+
+
+def groups() -> dict[str, tuple[str, str, str]]:
+    """group → (label, colour, marker), the order of the legend: every
+    registered model (:mod:`helpers.models`), then the held-out real images."""
+    out = {m.name: (m.legend or m.display, m.colour, m.marker) for m in models.REGISTRY.values()}
+    return out | {judged.REAL: REAL_STYLE}
+
+
+def _dashed(group: str) -> bool:
+    """Controls and the real images: references, drawn dashed."""
+    return group == judged.REAL or (group in models.REGISTRY and models.REGISTRY[group].control)
 
 
 def load_sweep(results_dir: str | os.PathLike) -> dict[str, pd.DataFrame] | None:
@@ -28,15 +35,16 @@ def load_sweep(results_dir: str | os.PathLike) -> dict[str, pd.DataFrame] | None
     folder = Path(results_dir) / "sweep"
     if not (folder / "criteria.csv").is_file():
         return None
-    return {name: pd.read_csv(folder / f"{name}.csv") for name in ("criteria", "coverage", "capacity")}
+    return {name: judged.in_vocabulary(pd.read_csv(folder / f"{name}.csv"))
+            for name in ("criteria", "coverage", "capacity")}
 
 
 def headline_criteria(criteria: pd.DataFrame) -> list[str]:
     """The criteria the figure shows: the paper's on the headline modality
     (fixed 0.95 and the baseline's 99th percentile) and Gu et al.'s ℓ2 ratio."""
     headline = str(criteria["headline"].iloc[0])
-    return [sweep.correlation_criterion(headline, "fixed_0.95"),
-            sweep.correlation_criterion(headline, "baseline_p99"), sweep.L2_CRITERION]
+    return [judged.correlation_criterion(headline, "fixed_0.95"),
+            judged.correlation_criterion(headline, "baseline_p99"), judged.L2_CRITERION]
 
 
 def plot_sweep(criteria: pd.DataFrame, shown: Sequence[str] | None = None, dodge: float = 0.06):
@@ -47,20 +55,21 @@ def plot_sweep(criteria: pd.DataFrame, shown: Sequence[str] | None = None, dodge
 
     shown = list(shown or headline_criteria(criteria))
     fig, axes = plt.subplots(1, len(shown), figsize=(4.6 * len(shown), 4.0), sharey=True, squeeze=False)
-    groups = [g for g in GROUPS if g in set(criteria["group"])]
+    styles = groups()
+    present = [g for g in styles if g in set(criteria["group"])]
     for ax, criterion in zip(axes[0], shown):
         rows = criteria[criteria["criterion"] == criterion]
-        for j, group in enumerate(groups):
+        for j, group in enumerate(present):
             part = rows[rows["group"] == group].sort_values("size")
             if part.empty:
                 continue
-            label, colour, marker = GROUPS[group]
-            x = part["size"].to_numpy(float) * 10 ** (dodge * (j - (len(groups) - 1) / 2))
+            label, colour, marker = styles[group]
+            x = part["size"].to_numpy(float) * 10 ** (dodge * (j - (len(present) - 1) / 2))
             y = part["fraction"].to_numpy(float)
-            err = np.vstack([y - part["ci_low"].to_numpy(float), part["ci_high"].to_numpy(float) - y])
+            err = np.vstack([y - part["wilson_low"].to_numpy(float), part["wilson_high"].to_numpy(float) - y])
             ax.errorbar(x, 100 * y, yerr=100 * err, color=colour, marker=marker, ms=5, capsize=3, lw=1.2,
-                        ls="--" if group in ("optimal_denoiser", sweep.REAL) else "-", label=label)
-        ax.axhline(100 * sweep.CAPACITY_FRACTION, color="k", lw=0.6, ls=":")
+                        ls="--" if _dashed(group) else "-", label=label)
+        ax.axhline(100 * judged.CAPACITY_FRACTION, color="k", lw=0.6, ls=":")
         ax.set_xscale("log")
         sizes = sorted(rows["size"].unique())
         ax.set_xticks(sizes, [f"{s}\n({int(rows[rows['size'] == s]['n_subjects'].iloc[0])} subj.)" for s in sizes])
@@ -78,10 +87,11 @@ def sweep_table(criteria: pd.DataFrame, shown: Sequence[str] | None = None) -> p
     shown = list(shown or headline_criteria(criteria))
     rows = criteria[criteria["criterion"].isin(shown)].copy()
     rows["cell"] = [f"{k}/{n} ({100 * f:.0f} %, {100 * lo:.0f}–{100 * hi:.0f})" if n else "–"
-                    for k, n, f, lo, hi in rows[["k", "n", "fraction", "ci_low", "ci_high"]].itertuples(index=False)]
+                    for k, n, f, lo, hi in rows[["n_above", "n_images", "fraction", "wilson_low", "wilson_high"]]
+                    .itertuples(index=False)]
     table = rows.pivot_table(index=["size", "n_subjects", "group"], columns="criterion", values="cell",
                              aggfunc="first")[shown].reset_index()
-    order = {g: i for i, g in enumerate(GROUPS)}
+    order = {g: i for i, g in enumerate(groups())}
     return table.sort_values(["size", "group"], key=lambda c: c.map(order) if c.name == "group" else c)
 
 
@@ -89,7 +99,7 @@ def capacity_text(capacity: pd.DataFrame, criteria: pd.DataFrame) -> str:
     """One sentence per model and shown criterion (computed, never typed)."""
     shown = headline_criteria(criteria)
     lines = []
-    for group in (g for g in GROUPS if g != sweep.REAL):
+    for group in (g for g in groups() if g != judged.REAL):
         rows = capacity[(capacity["group"] == group) & capacity["criterion"].isin(shown)]
         for row in rows.itertuples():
             lines.append(f"- {row.message}")
@@ -110,16 +120,16 @@ def comparison_text(criteria: pd.DataFrame, criterion: str | None = None) -> str
         if not {"stylegan", "diffusion"} <= set(by.index):
             continue
         d, s = by.loc["diffusion"], by.loc["stylegan"]
-        if d["ci_low"] > s["ci_high"]:
+        if d["wilson_low"] > s["wilson_high"]:
             verdict = "diffusion memorizes more"
-        elif s["ci_low"] > d["ci_high"]:
+        elif s["wilson_low"] > d["wilson_high"]:
             verdict = "StyleGAN memorizes more"
         else:
             verdict = "no difference the intervals can show"
         label = f"{size} training images" + (f" ({rule})" if several_rules else "")
         out.append(f"- {label}: diffusion {100 * d['fraction']:.0f} % "
-                   f"({100 * d['ci_low']:.0f}–{100 * d['ci_high']:.0f}), StyleGAN {100 * s['fraction']:.0f} % "
-                   f"({100 * s['ci_low']:.0f}–{100 * s['ci_high']:.0f}): {verdict}.")
+                   f"({100 * d['wilson_low']:.0f}–{100 * d['wilson_high']:.0f}), StyleGAN {100 * s['fraction']:.0f} % "
+                   f"({100 * s['wilson_low']:.0f}–{100 * s['wilson_high']:.0f}): {verdict}.")
     return f"By `{criterion}`:\n" + "\n".join(out) if out else ""
 
 
@@ -128,11 +138,11 @@ def collect_sweeps(results_root: str | os.PathLike) -> pd.DataFrame:
     ``dataset`` column (for ``./runall.sh compare``)."""
     frames = []
     for path in sorted(Path(results_root).glob("*/sweep/criteria.csv")):
-        frames.append(pd.read_csv(path).assign(dataset=path.parent.parent.name))
+        frames.append(judged.in_vocabulary(pd.read_csv(path)).assign(dataset=path.parent.parent.name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def plot_compare_sweeps(frame: pd.DataFrame, criterion: str = sweep.L2_CRITERION):
+def plot_compare_sweeps(frame: pd.DataFrame, criterion: str = judged.L2_CRITERION):
     """One panel per dataset's sweep (whole-subject subsets), the same
     criterion in each (for correlation criteria: each dataset's headline)."""
     import matplotlib.pyplot as plt
@@ -142,17 +152,18 @@ def plot_compare_sweeps(frame: pd.DataFrame, criterion: str = sweep.L2_CRITERION
     for ax, dataset in zip(axes[0], datasets):
         part = frame[(frame["dataset"] == dataset) & (frame["rule"] == "whole_subjects")]
         shown = criterion if criterion in set(part["criterion"]) else \
-            sweep.correlation_criterion(str(part["headline"].iloc[0]), criterion)
+            judged.correlation_criterion(str(part["headline"].iloc[0]), criterion)
         rows = part[part["criterion"] == shown]
-        for j, group in enumerate(g for g in GROUPS if g in set(rows["group"])):
+        styles = groups()
+        for j, group in enumerate(g for g in styles if g in set(rows["group"])):
             g = rows[rows["group"] == group].sort_values("size")
-            label, colour, marker = GROUPS[group]
+            label, colour, marker = styles[group]
             y = g["fraction"].to_numpy(float)
-            err = np.vstack([y - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - y])
+            err = np.vstack([y - g["wilson_low"].to_numpy(float), g["wilson_high"].to_numpy(float) - y])
             ax.errorbar(g["size"].to_numpy(float) * 10 ** (0.05 * (j - 1.5)), 100 * y, yerr=100 * err,
                         color=colour, marker=marker, ms=5, capsize=3, lw=1.2, label=label)
         ax.set_xscale("log")
-        ax.axhline(100 * sweep.CAPACITY_FRACTION, color="k", lw=0.6, ls=":")
+        ax.axhline(100 * judged.CAPACITY_FRACTION, color="k", lw=0.6, ls=":")
         ax.set(title=f"{dataset}: {shown}", xlabel="training images", ylim=(-5, 105))
     axes[0][0].set_ylabel("% of images memorized")
     axes[0][-1].legend(fontsize=7)

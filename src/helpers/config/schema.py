@@ -24,7 +24,9 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 MODELS = ("stylegan", "diffusion")
-ModelName = Literal["stylegan", "diffusion", "optimal_denoiser"]  # the last: a memorizer by construction
+#: a model or control of the registry (helpers.models: stylegan, diffusion, optimal_denoiser, …); the
+#: registry sits above the settings, so the runner checks the names (helpers.pipeline, helpers.steps)
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 def _list(*values):

@@ -19,7 +19,7 @@ import numpy as np
 from .. import correlation
 from ..common import atomic_path, read_json, write_csv, write_json
 from ..config import MODELS
-from ..distributed import rank_world
+from ..parallel import rank_world
 from .control import control_summary, control_table, make_control, scored_control
 from .measures import Measure, study_measures
 from .result import StudyAudit
@@ -50,7 +50,7 @@ def run_engine(synthetic, training, groups: Mapping[str, Any] | None = None, *, 
     with a memory budget in GiB. With ``cache`` (a folder), results are kept
     there under a hash of the images' contents, the measures and k, and a
     later call with the same inputs reads them back instead of computing:
-    how a multi-process job (:mod:`helpers.distributed`) hands its results
+    how a multi-process job (:mod:`helpers.steps`) hands its results
     to the notebook, which then runs this same audit."""
     path = None
     if cache is not None:

@@ -76,7 +76,7 @@ from typing import Any
 
 import numpy as np
 
-from ..distributed import gather, rank_world, share
+from ..parallel import gather, rank_world, share
 from .arithmetic import Arithmetic, choose_arithmetic
 from .backend import Backend, get_backend
 from .exact import _exact_pairs, _prepare

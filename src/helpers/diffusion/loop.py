@@ -168,7 +168,7 @@ def _weight_digests(setup: TrainingSetup) -> list[str]:
     """Every process's weights digest (rank order). All must be equal (the
     gradients are averaged, the updates identical): compared at the end
     instead of assumed, and recorded in the summary."""
-    from ..distributed import gather
+    from ..parallel import gather
 
     digests = gather(weights_sha256(setup.unet.parameters()))
     if len(set(digests)) > 1:

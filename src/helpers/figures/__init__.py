@@ -27,7 +27,7 @@ Modules, one per kind of output: :mod:`.results` (loaders), :mod:`.style`
 """
 
 from .compare import collect_summaries, compare_table, compare_text, one_measure, plot_compare
-from .curves import LOSS_COLUMNS, plot_loss_log, plot_training_curves
+from .curves import plot_loss_log, plot_training_curves
 from .distributions import max_correlations, plot_max_correlation, plot_max_correlation_by_measure
 from .images import montage, plot_sample_grids
 from .output import (
@@ -97,7 +97,7 @@ from .text import finding_text
 from .top_matches import intensity_histogram, plot_top_matches, select_matches
 
 __all__ = [
-    "BASELINE", "COLOURS", "CONTROL", "DISPLAY_NAMES", "LOSS_COLUMNS", "MODELS", "THRESHOLD_NAMES", "ResultMissing",
+    "BASELINE", "COLOURS", "CONTROL", "DISPLAY_NAMES", "MODELS", "THRESHOLD_NAMES", "ResultMissing",
     "available", "channel_index", "collect_summaries", "compare_table", "compare_text", "display_name",
     "finding_text", "headline", "intensity_histogram", "interval_columns", "load_baseline", "load_control",
     "load_exceedances", "load_images", "load_index", "load_leakage", "load_loss_log", "load_matches", "load_meta",

@@ -8,10 +8,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from .. import models as registry
 from .results import load_loss_log
 from .style import MODELS, display_name
-
-LOSS_COLUMNS = {"stylegan": ("loss_G", "loss_D", "r1", "augment_p"), "diffusion": ("loss", "lr")}
 
 
 def plot_training_curves(results_dir, models: Sequence[str] = MODELS, smooth: int = 5) -> dict:
@@ -23,7 +22,9 @@ def plot_training_curves(results_dir, models: Sequence[str] = MODELS, smooth: in
             continue
         log = load_loss_log(results_dir, model)
         x = "images_seen" if "images_seen" in log.columns else "step"
-        out[model] = plot_loss_log(log, LOSS_COLUMNS.get(model, [c for c in log.columns if c != x]), x=x,
+        entry = registry.REGISTRY.get(model)
+        columns = list(entry.loss_columns) if entry and entry.loss_columns else [c for c in log.columns if c != x]
+        out[model] = plot_loss_log(log, columns, x=x,
                                    title=f"{display_name(model)} training", smooth=smooth)
     return out
 

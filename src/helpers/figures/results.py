@@ -14,18 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import models as registry
 from ..common import read_json
 from ..correlate import JOINT, is_label_channel, measure_summary
 from .style import MODELS, display_name
 
-# Which notebook writes which top-level folder of results_dir.
-_PRODUCERS = {
-    "data": "01_prepare_data",
-    "stylegan": "02_train_stylegan",
-    "diffusion": "03_train_diffusion",
-    "samples": "04_sample",
-    "correlation": "05_correlate",
-}
+# Which notebook writes which top-level folder of results_dir (a model's: its registry entry's).
+_STEP_PRODUCERS = {"data": "01_prepare_data", "samples": "04_sample", "correlation": "05_correlate"}
 
 
 
@@ -36,7 +31,10 @@ class ResultMissing(FileNotFoundError):
 def producer(relpath: str | os.PathLike) -> str:
     """The notebook that writes ``relpath`` (relative to results_dir)."""
     top = Path(relpath).parts[0]
-    return _PRODUCERS.get(top, "an earlier step")
+    model = registry.REGISTRY.get(top)
+    if model is not None and model.notebook:
+        return model.notebook
+    return _STEP_PRODUCERS.get(top, "an earlier step")
 
 
 def result_file(results_dir: str | os.PathLike, relpath: str) -> Path:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from .. import models as registry
 from ..config import MODELS
 from ..correlate import BASELINE_NAME as BASELINE
 from ..correlate import CONTROL_NAME as CONTROL
@@ -21,13 +22,32 @@ __all__ = ["BASELINE", "COLOURS", "CONTROL", "DISPLAY_NAMES", "MODELS", "THRESHO
 THRESHOLD_NAMES: tuple[str, ...] = (*(f"fixed_{t:.2f}" for t in FIXED_THRESHOLDS),
                                     *(f"baseline_p{p}" for p in BASELINE_PERCENTILES))
 
-DISPLAY_NAMES = {
-    "stylegan": "StyleGAN",
-    "diffusion": "diffusion",
-    BASELINE: "real held-out (baseline)",
-    CONTROL: "positive control (planted copies)",
-}
-COLOURS = {"stylegan": "tab:blue", "diffusion": "tab:orange", BASELINE: "0.35", CONTROL: "tab:green"}
+#: the audit's reference groups; every model's name and colour is its registry entry (:mod:`helpers.models`)
+REFERENCE_NAMES = {BASELINE: "real held-out (baseline)", CONTROL: "positive control (planted copies)"}
+REFERENCE_COLOURS = {BASELINE: "0.35", CONTROL: "tab:green"}
+
+
+class _Registered(Mapping):
+    """A read-only view of every registered model's ``field``, then the references'."""
+
+    def __init__(self, field: str, references: Mapping[str, str]) -> None:
+        self._field, self._references = field, references
+
+    def _items(self) -> dict[str, str]:
+        return {m.name: getattr(m, self._field) for m in registry.REGISTRY.values()} | dict(self._references)
+
+    def __getitem__(self, key: str) -> str:
+        return self._items()[key]
+
+    def __iter__(self):
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+
+DISPLAY_NAMES: Mapping[str, str] = _Registered("display", REFERENCE_NAMES)
+COLOURS: Mapping[str, str] = _Registered("colour", REFERENCE_COLOURS)
 
 
 def display_name(model: str) -> str:

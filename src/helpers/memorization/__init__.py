@@ -18,10 +18,10 @@ Two kinds of criterion are judged per synthetic (or held-out real) image:
 A *flag array* holds one value per judged image: boolean, or float 1/0 with
 NaN where the criterion cannot judge that image (a constant image has no
 correlation; a one-image training set has no second neighbour). NaN images
-count in neither n nor k.
+count in neither n_images nor n_above.
 
 Counts become a tidy table (:func:`criteria_table`: size, n_subjects,
-group, criterion, n, k, fraction, Wilson 95 % interval); the training-set
+group, criterion, n_images, n_above, fraction, Wilson 95 % interval); the training-set
 coverage (:func:`coverage`) says how much of the training set leaks; and
 :func:`memorization_capacity` reads the largest training-set size at which
 a model still memorizes at least 90 % of its samples.

@@ -60,7 +60,7 @@ def memorization_capacity(table: pd.DataFrame, criterion: str, group: str, fract
     the target and the ``conservative`` capacity (up to which every size
     reaches it)."""
     rows = table[(table["group"] == group) & (table["criterion"] == criterion)]
-    rows = rows[rows["n"] > 0]
+    rows = rows[rows["n_images"] > 0]
     if rows.empty:
         raise ValueError(f"no rows with n > 0 for group {group!r} and criterion {criterion!r}")
     if rows["size"].duplicated().any():

@@ -20,7 +20,10 @@ FIXED_THRESHOLDS: tuple[float, ...] = (0.90, 0.95, 0.99)
 CRITERION_THRESHOLDS: tuple[float, ...] = FIXED_THRESHOLDS[1:]
 #: percentiles of the held-out real images' best correlations used as thresholds
 BASELINE_PERCENTILES: tuple[int, ...] = (95, 99)
-TABLE_COLUMNS = ["size", "n_subjects", "group", "criterion", "n", "k", "fraction", "ci_low", "ci_high"]
+#: the tidy table's columns: the audit's vocabulary (exceedances.csv, summary.json): n_images judged,
+#: n_above memorized, their fraction and its Wilson interval
+TABLE_COLUMNS = ["size", "n_subjects", "group", "criterion", "n_images", "n_above", "fraction", "wilson_low",
+                 "wilson_high"]
 
 
 def l2_ratio_flags(nearest_distance, second_distance, ratio: float = GU_RATIO) -> np.ndarray:
@@ -102,8 +105,8 @@ def criteria_table(flags: Mapping[str, Mapping[str, Any]], size: int, n_subjects
                    confidence: float = 0.95) -> pd.DataFrame:
     """The tidy criteria table of one training set: for every ``group``
     (a model, ``optimal_denoiser``, the held-out real images …) and every
-    ``criterion`` of ``flags[group]``, n (judged images), k (memorized),
-    fraction and its Wilson interval. ``size`` is the number of training
+    ``criterion`` of ``flags[group]``, n_images (judged), n_above
+    (memorized), fraction and its Wilson interval. ``size`` is the number of training
     images, ``n_subjects`` the number of training subjects. Tables of
     several training-set sizes are simply concatenated (``pd.concat``)."""
     rows = []
@@ -112,8 +115,8 @@ def criteria_table(flags: Mapping[str, Mapping[str, Any]], size: int, n_subjects
             k, n = count_flags(values)
             lo, hi = wilson_interval(k, n, confidence)
             rows.append({"size": int(size), "n_subjects": pd.NA if n_subjects is None else int(n_subjects),
-                         "group": str(group), "criterion": str(criterion), "n": n, "k": k,
-                         "fraction": k / n if n else math.nan, "ci_low": lo, "ci_high": hi})
+                         "group": str(group), "criterion": str(criterion), "n_images": n, "n_above": k,
+                         "fraction": k / n if n else math.nan, "wilson_low": lo, "wilson_high": hi})
     frame = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     frame["n_subjects"] = frame["n_subjects"].astype("Int64")
     return frame

@@ -32,5 +32,5 @@ from .brain import (
                     brats_subject_id,
                     make_brats_cohort,
 )
-from .cache import KINDS, MARKER, PHANTOM_VERSION, ensure_phantom, phantom_params
+from .cache import KINDS, MARKER, PHANTOM_VERSION, ensure_phantom, locate_raw_data, phantom_params
 from .chest import CXR_CLASSES, CXR_FOLDER, DEFAULT_CXR_NORMAL, DEFAULT_CXR_PNEUMONIA, cxr_patient_id, make_cxr_cohort

@@ -117,3 +117,18 @@ def ensure_phantom(
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"phantom {kind}: generated {final / cohort} in {time.perf_counter() - start:.1f} s")
     return final / cohort
+
+
+def locate_raw_data(source: str, raw_dir: str | os.PathLike | None = None, dataset: str | None = None, *,
+                    phantom_kind: str = "brats2021", phantom_sizes: dict | None = None, phantom_seed: int = 0,
+                    phantom_cache: str | os.PathLike = "data/phantom") -> Path:
+    """The raw folder step 01 reads: for a ``phantom_*`` source without
+    ``raw_dir`` the generator's cached cohort (made on first use); otherwise
+    :func:`helpers.data.locate_raw_data` (``raw_dir`` checked to exist)."""
+    from ..data import SOURCES
+    from ..data import locate_raw_data as locate_real
+
+    if source.startswith("phantom_") and source in SOURCES and raw_dir is None:
+        kind = "cxr" if source == "phantom_cxr" else phantom_kind
+        return Path(ensure_phantom(kind, cache_root=phantom_cache, seed=phantom_seed, **(phantom_sizes or {})))
+    return locate_real(source, raw_dir, dataset=dataset)

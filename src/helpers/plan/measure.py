@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common import write_json
+from ..models import sample_counts
 
 GIB = 2**30
 #: most pixels (batch × C × H × W) timed in one step on a CPU; a larger
@@ -162,8 +163,7 @@ def estimate_sampling(cfg, stylegan_cfg, diffusion_cfg, shape, runs, device: str
     from ..stylegan.sampling import generate_images
 
     gpus = processes if device == "cuda" else 1
-    counts = {"stylegan": cfg.n_stylegan, "diffusion": cfg.n_diffusion, "optimal_denoiser": cfg.n_optimal_denoiser}
-    counts = {m: n for m, n in counts.items() if m in cfg.models and n > 0}
+    counts = sample_counts(cfg)
     _reset_memory(device)
     seconds, parts = 0.0, []
     if "stylegan" in counts:
@@ -212,9 +212,7 @@ def estimate_correlation(cfg, sample_cfg, channel_names, shape, runs, device: st
     measures, _ = study_measures(channel_names, cfg.channels, each=True, joint=cfg.joint,
                                  headline=cfg.headline_channel)
     groups = {m.name: list(m.index) for m in measures}
-    counts = {"stylegan": sample_cfg.n_stylegan, "diffusion": sample_cfg.n_diffusion,
-              "optimal_denoiser": sample_cfg.n_optimal_denoiser}
-    n_synthetic = sum(n for m, n in counts.items() if m in cfg.models and m in sample_cfg.models)
+    n_synthetic = sum(n for m, n in sample_counts(sample_cfg).items() if m in cfg.models)
     rng = np.random.default_rng(0)
     backend = cfg.backend if device == "cuda" else "numpy"
     # the arithmetic the run would use (the integer path where its probe is faster);

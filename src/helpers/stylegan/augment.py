@@ -173,7 +173,7 @@ class AdaptiveAugment(nn.Module):
         """In a torch.distributed job, the statistic of all processes: sum
         and count averaged (their ratio is the pooled r_t); every process
         then holds the same values, which is also what a checkpoint saves."""
-        from ..distributed import average, rank_world
+        from ..parallel import average, rank_world
 
         if rank_world()[1] > 1:
             pooled = average(torch.tensor([float(self._sign_sum), float(self._sign_count)], dtype=torch.float64))

@@ -13,7 +13,7 @@ from .. import checkpoints
 from ..common import progress as progress_bar
 from ..common import write_json
 from ..config import TrainStyleGANSettings
-from ..distributed import average, barrier
+from ..parallel import average, barrier
 from ..training import LossLog, TrainingImages, count_parameters, shortest_float
 from .sampling import GENERATOR_WEIGHTS, export_generator, generate_images, save_grid
 from .trainer import StyleGANTrainer

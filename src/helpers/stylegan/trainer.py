@@ -16,7 +16,7 @@ from torch import nn
 from .. import checkpoints
 from ..common import stable_hash
 from ..config import TrainStyleGANSettings
-from ..distributed import average, average_gradients, check_processes, rank_world
+from ..parallel import average, average_gradients, check_processes, rank_world
 from ..training import TrainingImages, step_seed
 from .augment import AdaptiveAugment
 from .networks import Discriminator, Generator

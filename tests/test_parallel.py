@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch.multiprocessing as mp
 
-from helpers import correlation, distributed, sampling
+from helpers import correlation, parallel, sampling, steps
 
 
 def _entry(rank, world, init_method, fn, args):
@@ -61,7 +61,7 @@ def _sample(out, n, fail_at=None):
 
 
 def _match(synthetic, training, out):
-    rank, world = distributed.rank_world()
+    rank, world = parallel.rank_world()
     assert world == 2
     res = correlation.match_groups(synthetic, training, {"a": [0], "all": None}, k=3, progress=False)
     if rank == 0:
@@ -70,9 +70,9 @@ def _match(synthetic, training, out):
 
 
 def test_outside_a_job_it_is_one_process():
-    assert distributed.rank_world() == (0, 1)
-    assert distributed.gather({"x": 1}) == [{"x": 1}]
-    assert distributed.share(7) == range(7)
+    assert parallel.rank_world() == (0, 1)
+    assert parallel.gather({"x": 1}) == [{"x": 1}]
+    assert parallel.share(7) == range(7)
 
 
 def test_sampling_over_two_processes_equals_one_process(tmp_path):
@@ -114,16 +114,16 @@ def test_correlation_over_two_processes_equals_one_process_ties_included(tmp_pat
 
 
 def test_a_failed_rank_is_named_with_its_log(tmp_path):
-    with pytest.raises(distributed.DistributedError,
+    with pytest.raises(steps.DistributedError,
                        match=r"sample: rank \d failed: .*no_such_setting.*\(log: .*stderr.log\)"):
-        distributed.launch("sample", tmp_path, {"no_such_setting": 1}, 2, tmp_path / "logs")
+        steps.launch("sample", tmp_path, {"no_such_setting": 1}, 2, tmp_path / "logs")
 
 
 def test_processes_the_batch_cannot_take_are_refused_before_anything_starts():
     with pytest.raises(ValueError, match="batch_size=30 is not divisible by processes=4"):
-        distributed.check_processes(4, batch_size=30)
+        parallel.check_processes(4, batch_size=30)
     with pytest.raises(ValueError, match="processes must be ≥ 1"):
-        distributed.check_processes(0)
+        parallel.check_processes(0)
 
 
 def test_the_engine_cache_knows_a_whole_file_by_its_identity_and_a_part_by_its_values(tmp_path):
@@ -145,3 +145,27 @@ def test_the_engine_cache_knows_a_whole_file_by_its_identity_and_a_part_by_its_v
     np.save(train, np.load(train)[::-1].copy())  # other values in the same file
     os.utime(train)
     assert engine_key(syn, train, {"all": None}, 3) != key
+
+
+def _pid_and_threads(x):
+    import torch
+
+    return x, os.getpid(), torch.get_num_threads()
+
+
+def test_runs_side_by_side_in_worker_processes_of_one_thread():
+    out = parallel.run_side_by_side(_pid_and_threads, [(1,), (2,), (3,)], workers=2)
+    assert [x for x, _, _ in out] == [1, 2, 3]
+    assert all(pid != os.getpid() and threads == 1 for _, pid, threads in out)
+    assert parallel.run_side_by_side(_pid_and_threads, [(1,)], workers=2)[0][1] == os.getpid()
+
+
+def _fail_on_two(x):
+    if x == 2:
+        raise ValueError("run 2 broke")
+    return x
+
+
+def test_a_failed_run_is_raised_after_the_others_finished():
+    with pytest.raises(ValueError, match="run 2 broke"):
+        parallel.run_side_by_side(_fail_on_two, [(1,), (2,), (3,)], workers=2)

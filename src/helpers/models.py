@@ -1,0 +1,191 @@
+"""The model registry: one entry per generator and per control, the one
+place that knows which models exist.
+
+An entry names the model (the key of ``models`` in the settings and of
+``samples/<name>.npy``), how tables and figures call and colour it, the
+settings section and notebook of its training step (none for a control
+that needs no training), and two functions with one signature for all:
+
+    train(run, settings, *, progress, parallel) -> summary dict
+    sample(run, settings, *, progress, parallel) -> samples file, or None
+
+``run`` is one run folder (a results folder, or a sweep's size folder);
+``settings`` the step's resolved settings (:mod:`helpers.config.schema`);
+``parallel`` says that runs go side by side (one thread each). The step
+runner (:mod:`helpers.steps`), the sample counts of the plan, the figures'
+names and colours, the sweep's legend and the loss curves all read this
+table. Adding a model: its package, one :func:`register` call here (or in
+its package, imported by a test), and its settings section.
+
+Model code is imported inside the entry's functions: this module imports
+no torch, so figures and reports may read names and colours anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TrainFn = Callable[..., dict]
+SampleFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Model:
+    """One generator or control (see the module docstring)."""
+
+    name: str
+    display: str                      # how tables and figures name it
+    colour: str                       # matplotlib colour, the same in every figure
+    sample: SampleFn                  # sample(run, settings, *, progress, parallel) -> Path | None
+    train: TrainFn | None = None      # train(run, settings, *, progress, parallel) -> summary; None: nothing to train
+    section: str | None = None        # settings section of its training step ("train_<name>")
+    notebook: str | None = None       # the notebook of that step (named when a result is missing)
+    loss_columns: tuple[str, ...] = ()  # the loss-log columns its training curves show
+    marker: str = "o"                 # the sweep plot's marker
+    legend: str | None = None         # the sweep plot's legend (default: display)
+    control: bool = False             # a control: a memorizer or underfitter by construction, not a model studied
+    n_samples: Callable[[Any], int] | None = None  # images to sample from the sample settings (default n_<name>)
+    check_processes: Callable[[Any, int], None] | None = None  # refuses settings a multi-process training cannot
+                                                               # share (default: batch_size divisible by processes)
+
+    def samples_wanted(self, settings) -> int:
+        """How many images step 04 samples from this model."""
+        if self.n_samples is not None:
+            return int(self.n_samples(settings))
+        return int(getattr(settings, f"n_{self.name}", 0))
+
+    @property
+    def output(self) -> str:
+        """Its training outputs' folder under a run (``<name>/``)."""
+        return self.name
+
+    def trained(self, run: str | Path) -> bool:
+        """Whether this run holds its training's outputs (always, for a model with nothing to train)."""
+        return self.train is None or (Path(run) / self.output).is_dir()
+
+
+REGISTRY: dict[str, Model] = {}
+
+
+def register(model: Model, *, replace: bool = False) -> Model:
+    """Add ``model`` to the registry (``replace``: over an entry of that name)."""
+    if not model.name.isidentifier():
+        raise ValueError(f"model name {model.name!r}: a Python identifier (it names files and settings keys)")
+    if model.name in REGISTRY and not replace:
+        raise ValueError(f"model {model.name!r} is registered already")
+    if model.train is not None and model.section is None:
+        raise ValueError(f"model {model.name!r} trains but names no settings section")
+    REGISTRY[model.name] = model
+    return model
+
+
+def unregister(name: str) -> None:
+    REGISTRY.pop(name, None)
+
+
+def get(name: str, key: str = "models") -> Model:
+    """The entry of ``name``; an unknown name is an error naming ``key``."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"{key}: unknown model {name!r}; registered: {', '.join(REGISTRY)}") from None
+
+
+def check_names(names: Sequence[str], key: str = "models") -> None:
+    for name in names:
+        get(name, key)
+
+
+def names(*, controls: bool = True) -> list[str]:
+    return [m.name for m in REGISTRY.values() if controls or not m.control]
+
+
+def trainable() -> list[Model]:
+    return [m for m in REGISTRY.values() if m.train is not None]
+
+
+def by_section(section: str) -> Model:
+    """The model trained by the step of settings section ``section``."""
+    for model in REGISTRY.values():
+        if model.section == section:
+            return model
+    raise KeyError(f"no registered model trains in section {section!r}; "
+                   f"sections: {', '.join(m.section for m in trainable())}")
+
+
+def display_name(name: str) -> str:
+    return REGISTRY[name].display if name in REGISTRY else name
+
+
+def sample_counts(settings) -> dict[str, int]:
+    """``{model: images}`` of step 04's ``settings`` (models with none left out)."""
+    counts = {name: get(name, "sample.models").samples_wanted(settings) for name in settings.models}
+    return {name: n for name, n in counts.items() if n > 0}
+
+
+def one_thread(settings, parallel: bool):
+    """``settings`` with one torch thread when runs go side by side."""
+    if parallel and hasattr(settings, "num_threads"):
+        return dataclasses.replace(settings, num_threads=1)
+    return settings
+
+
+# --------------------------------------------------------------------------
+# The entries: StyleGAN2-ADA, DDPM, and the optimal denoiser (a control)
+# --------------------------------------------------------------------------
+
+def _train_stylegan(run, settings, *, progress: bool = True, parallel: bool = False) -> dict:
+    from . import stylegan
+
+    settings = one_thread(settings, parallel)
+    return stylegan.train(run, settings, seed=settings.seed, time_limit_min=settings.time_limit_min,
+                          progress=progress)
+
+
+def _check_stylegan(settings, processes: int) -> None:
+    from .stylegan.trainer import check_batch
+
+    check_batch(settings, processes)  # also the minibatch-std group of each process's share
+
+
+def _sample_stylegan(run, settings, *, progress: bool = True, parallel: bool = False) -> Path:
+    from . import stylegan
+
+    return stylegan.sample(run, settings.n_stylegan, settings.first_seed, settings.batch_size,
+                           truncation_psi=settings.truncation_psi, progress=progress)
+
+
+def _train_diffusion(run, settings, *, progress: bool = True, parallel: bool = False) -> dict:
+    from . import diffusion
+
+    return diffusion.train(run, one_thread(settings, parallel), progress=progress)
+
+
+def _sample_diffusion(run, settings, *, progress: bool = True, parallel: bool = False) -> Path:
+    from . import diffusion
+
+    return diffusion.sample(run, settings.n_diffusion, settings.first_seed, settings.batch_size,
+                            sampler=settings.diffusion_sampler, num_inference_steps=settings.diffusion_inference_steps,
+                            progress=progress, num_threads=1 if parallel else 0)
+
+
+def _sample_optimal_denoiser(run, settings, *, progress: bool = True, parallel: bool = False) -> Path:
+    from . import optimal_denoiser
+
+    return optimal_denoiser.sample(run, settings.n_optimal_denoiser, settings.first_seed, settings.batch_size,
+                                   sampler=settings.diffusion_sampler,
+                                   num_inference_steps=settings.diffusion_inference_steps,
+                                   progress=progress, num_threads=1 if parallel else 0)
+
+
+register(Model("stylegan", "StyleGAN", "tab:blue", _sample_stylegan, _train_stylegan, section="train_stylegan",
+               notebook="02_train_stylegan", loss_columns=("loss_G", "loss_D", "r1", "augment_p"), marker="o",
+               check_processes=_check_stylegan))
+register(Model("diffusion", "diffusion", "tab:orange", _sample_diffusion, _train_diffusion, section="train_diffusion",
+               notebook="03_train_diffusion", loss_columns=("loss", "lr"), marker="s"))
+register(Model("optimal_denoiser", "optimal denoiser", "tab:red", _sample_optimal_denoiser, marker="^",
+               legend="optimal denoiser (memorizes by construction)", control=True))

@@ -1,0 +1,187 @@
+"""The step-runner layer: any step on every run of a results folder.
+
+Notebooks 02-05 call :func:`train_every_run`, :func:`sample_every_run` and
+:func:`audit_every_run`; each runs its step on every run (the sweep's size
+folders, or the one results folder) in one of three ways, chosen by the
+settings: one process, one after another; ``parallel_runs`` runs side by
+side (:func:`helpers.parallel.run_side_by_side`); or, with
+``processes > 1``, a torchrun job (:func:`launch`) in which every run is
+shared by all processes. Whichever way, each run's job writes its outputs
+into the run's folder, and the results handed back are read the same way
+(a training's ``summary.json``, the samples files, the audit).
+
+Which models exist, and how each trains and samples, is the model registry
+(:mod:`helpers.models`); which criteria judge a run, the criteria registry
+(:mod:`helpers.criteria`). This is the top layer: nothing below imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .. import lifetime, models, runlock, sweep
+from ..common import display_path, read_json
+from ..config import as_dict
+from ..parallel import check_processes, run_side_by_side
+
+STEP_JOBS = ("sample", "correlate")  # with every trainable model's section: the jobs torchrun runs
+
+
+def jobs() -> tuple[str, ...]:
+    """The jobs a torchrun launch accepts: each registered model's training, sampling, the audit."""
+    return (*(m.section for m in models.trainable()), *STEP_JOBS)
+
+
+class DistributedError(RuntimeError):
+    """A multi-process step failed; the message names the rank and its log."""
+
+
+# --------------------------------------------------------------------------
+# One run's job of each step
+# --------------------------------------------------------------------------
+
+def train_run(section: str) -> Callable[..., dict]:
+    """``job(run, settings, parallel)`` training the model of ``section`` on one run."""
+    model = models.by_section(section)
+
+    def job(run, settings, parallel: bool = False) -> dict:
+        return model.train(Path(run), settings, progress=not parallel, parallel=parallel)
+
+    job.__name__ = job.__qualname__ = f"train_{model.name}_run"
+    return job
+
+
+def _train_job(run, settings, parallel: bool, section: str) -> dict:
+    """A picklable one-run training (what side-by-side workers run)."""
+    return train_run(section)(run, settings, parallel)
+
+
+def sample_run(run_dir: str | os.PathLike, settings, parallel: bool = False) -> dict[str, str]:
+    """Every model of ``settings.models`` that this run trained (a control
+    needs no training) and that has images to sample, ``first_seed + i``
+    for image i: ``{model: samples file}``."""
+    run_dir = Path(run_dir)
+    written: dict[str, str] = {}
+    for name in settings.models:
+        model = models.get(name, "sample.models")
+        if model.trained(run_dir) and model.samples_wanted(settings) > 0:
+            path = model.sample(run_dir, settings, progress=not parallel, parallel=parallel)
+            if path is not None:
+                written[name] = str(path)
+    return written
+
+
+def for_every_run(results_dir: str | os.PathLike, job: Callable, settings, *extra) -> dict[str, Any]:
+    """``job(run_dir, settings, parallel, *extra)`` for every run of the
+    results folder, ``settings.parallel_runs`` of them side by side;
+    ``{label: result}``."""
+    runs = sweep.run_dirs(results_dir)
+    parallel = settings.parallel_runs > 1 and len(runs) > 1
+    with runlock.for_runs(runs.values()):  # a notebook run by hand; under ./runall.sh the runner holds them
+        results = run_side_by_side(job, [(str(path), settings, parallel, *extra) for path in runs.values()],
+                                   workers=settings.parallel_runs if parallel else 1)
+    return dict(zip(runs, results))
+
+
+# --------------------------------------------------------------------------
+# Launching a torchrun job
+# --------------------------------------------------------------------------
+
+def launch(job: str, results_dir: str | os.PathLike, settings: dict, processes: int,
+           log_dir: str | os.PathLike) -> None:
+    """Run ``job`` (one of :data:`JOBS`) on every run of ``results_dir`` with
+    ``processes`` torchrun processes on this machine; returns when all
+    finished. A failure raises :class:`DistributedError` naming the rank
+    and its log; what the job had finished is kept (sampling resumes batch
+    by batch)."""
+    if job not in jobs():
+        raise ValueError(f"unknown job {job!r}; expected one of {', '.join(jobs())}")
+    check_processes(processes)
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    settings_file = log_dir / f"{job}.settings.json"
+    settings_file.write_text(json.dumps(settings))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "--log-dir", str(log_dir), "--redirects", "3", "--tee", "3", "--local-ranks-filter", "0",
+               "-m", "helpers.steps.job", job, str(results_dir), str(settings_file)]
+    # the agent dies with this process (its ranks with the agent: job.main()); an
+    # interrupt here SIGKILLs the agent (subprocess.run) and so the ranks
+    with runlock.for_runs(sweep.run_dirs(results_dir).values()):  # by hand; the runner holds them otherwise
+        done = subprocess.run(command, preexec_fn=lifetime.die_with_parent,
+                              env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    if done.returncode != 0:
+        raise DistributedError(_failure(log_dir, job, done.returncode))
+
+
+def _failure(log_dir: Path, job: str, code: int) -> str:
+    """The first rank whose log holds a traceback, its last line and its log."""
+    for log in sorted(log_dir.rglob("stderr.log"), key=lambda p: (len(p.parts), str(p))):
+        text = log.read_text(errors="replace")
+        if "Traceback" in text:
+            last = [line for line in text.splitlines() if line.strip()][-1]
+            rank = log.parent.name
+            return f"{job}: rank {rank} failed: {last.strip()} (log: {display_path(log)})"
+    return f"{job}: torchrun exited with status {code} (logs: {display_path(log_dir)})"
+
+
+# --------------------------------------------------------------------------
+# What notebooks 02-05 call: one process, or a job over several
+# --------------------------------------------------------------------------
+
+def train_every_run(results_dir: str | os.PathLike, step: str, cfg) -> dict[str, dict]:
+    """Step 02 (``step="train_stylegan"``) or 03 (``"train_diffusion"``) on
+    every run: ``{label: training summary}``. With ``cfg.processes > 1`` a
+    torchrun job trains each run over all processes (the global batch split
+    between them, gradients averaged); the summaries are then read back
+    from each run's ``<model>/summary.json``."""
+    model = models.by_section(step)
+    if cfg.processes <= 1:
+        return for_every_run(results_dir, _train_job, cfg, step)
+    if model.check_processes is not None:
+        model.check_processes(cfg, cfg.processes)
+    else:
+        check_processes(cfg.processes, cfg.batch_size, f"{step}.")
+    launch(step, results_dir, as_dict(cfg), cfg.processes, Path(results_dir) / "logs" / step)
+    return {label: read_json(run / model.output / "summary.json") for label, run in sweep.run_dirs(results_dir).items()}
+
+
+def engine_cache(run_dir: str | os.PathLike) -> Path:
+    """Where a multi-process audit leaves its engine results for the notebook."""
+    return Path(run_dir) / "correlation" / ".engine_cache"
+
+
+def sample_every_run(results_dir: str | os.PathLike, cfg) -> dict[str, dict[str, str]]:
+    """Step 04 on every run: ``{label: {model: samples file}}``. With
+    ``cfg.processes > 1`` a torchrun job samples each run over all processes
+    (the files are identical to a one-process run's)."""
+    from ..sampling import samples_path
+
+    models.check_names(cfg.models, "sample.models")
+    if cfg.processes <= 1:
+        return for_every_run(results_dir, sample_run, cfg)
+    launch("sample", results_dir, as_dict(cfg), cfg.processes, Path(results_dir) / "logs" / "sample")
+    return {label: {m: str(samples_path(run, m)) for m in cfg.models if samples_path(run, m).exists()}
+            for label, run in sweep.run_dirs(results_dir).items()}
+
+
+def audit_every_run(results_dir: str | os.PathLike, cfg) -> dict[str, Any]:
+    """Step 05 on every run: ``{label: StudyAudit}`` (the notebook then
+    judges every run: :func:`helpers.criteria.judge_every_run`). With
+    ``cfg.processes > 1`` a torchrun job computes every correlation over all
+    processes and leaves the engine's results in each run's
+    :func:`engine_cache`; the audit here then reads them back (same code,
+    same files, nothing recomputed)."""
+    from .. import correlate
+
+    runs = sweep.run_dirs(results_dir)
+    if cfg.processes > 1:
+        launch("correlate", results_dir, as_dict(cfg), cfg.processes, Path(results_dir) / "logs" / "correlate")
+    with runlock.for_runs(runs.values()):  # a notebook run by hand; under ./runall.sh the runner holds them
+        return {label: correlate.audit_study(run, cfg, engine_cache=engine_cache(run) if cfg.processes > 1 else None)
+                for label, run in runs.items()}
