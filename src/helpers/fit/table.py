@@ -8,7 +8,7 @@ the held-out images are the reference every verdict is read against.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -65,11 +65,13 @@ def score(samples, *, training, held_out, full: FeatureSpace, texture: FeatureSp
 
 
 def fit_table(generated: Mapping[str, np.ndarray], *, training, held_out, real, rule: FitRule,
-              roles: Mapping[str, str] | None = None, seed: int = 0):
+              roles: Mapping[str, str] | None = None, seed: int = 0,
+              references: Sequence[str] = (UNDERFIT_CONTROL, COPIER)):
     """The table (pandas) for one training subset. ``generated`` maps a model
     name to its samples; ``roles`` names the controls among them (default:
     ``model``). The held-out images are scored as a reference row; the
-    Gaussian control and a copier are added when ``generated`` lacks them."""
+    Gaussian control and a copier (those of ``references``) are added when
+    ``generated`` lacks them."""
     import pandas as pd
 
     training, held_out = _check(training, "training images"), _check(held_out, "held-out images")
@@ -78,7 +80,7 @@ def fit_table(generated: Mapping[str, np.ndarray], *, training, held_out, real, 
     n = max((len(s) for s in generated.values()), default=64)
     sets = dict(generated)
     for name, images in reference_samples(training, n, seed).items():
-        if name not in sets:
+        if name in references and name not in sets:
             sets[name], roles[name] = images, "control" if name == UNDERFIT_CONTROL else "reference"
     full, texture = FeatureSpace.fit(real), FeatureSpace.fit(real, kind="texture")
     ref = score(held_out, training=training, held_out=held_out, full=full, texture=texture, seed=seed, what=HELD_OUT)
