@@ -115,3 +115,14 @@ def test_unreadable_table_is_a_difference_not_a_crash(tmp_path):
     (a / "run" / "summary.json").write_text("{not json")
     (d,) = verify.compare(a, b).differ["run/summary.json"]
     assert d.where == "could not be read" and "JSONDecodeError" in d.run
+
+
+def test_speeds_quoted_in_a_text_are_not_results_but_the_choice_is(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    note = "{}: {}× the float path (probe, 2 core(s)); 2,630,388 pairs/s"
+    (a / "summary.json").write_text(json.dumps({"note": note.format("integer", "97.7"), "pairs_per_second": 5.0}))
+    (b / "summary.json").write_text(json.dumps({"note": note.format("integer", "6.2"), "pairs_per_second": 9.0}))
+    assert verify.compare(a, b).ok
+    (b / "summary.json").write_text(json.dumps({"note": note.format("float", "6.2")}))
+    assert [d.where for d in verify.compare(a, b).differ["summary.json"]] == ["note"]
