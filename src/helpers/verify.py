@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 #: files compared value by value, by suffix
 TABLE_SUFFIXES = {".csv", ".md", ".json", ".yaml", ".yml", ".txt", ".npy"}
 #: the runner's own files and folders (timings, logs, rendered pages), never results
@@ -216,19 +218,27 @@ def _compare_csv(run: Path, ref: Path, ctx: _Context) -> list[Difference]:
         out.append(Difference("rows", str(len(a)), str(len(b))))
     columns = [c for c in b.columns if c in set(a.columns) and not ctx.ignored(str(c))]
     keys = [c for c in columns if not pd.api.types.is_numeric_dtype(b[c]) or _KEY_COLUMN.search(str(c))][:5]
-    for i in range(min(len(a), len(b))):
-        for c in columns:
-            x, y = a[c].iloc[i], b[c].iloc[i]
-            x = x.item() if hasattr(x, "item") else x
-            y = y.item() if hasattr(y, "item") else y
-            if _is_number(x) and _is_number(y):
-                same = numbers_equal(float(x), float(y), ctx.rtol, ctx.atol)
-            elif isinstance(x, float) and isinstance(y, float):
-                same = math.isnan(x) and math.isnan(y)
-            else:
-                same = ctx.same(str(x), str(y))
-            if not same:
-                out.append(Difference(f"{_row_label(b, i, keys)} {c}", _fmt(x), _fmt(y)))
+    n = min(len(a), len(b))
+    cells = []  # (row, column) of every differing cell, found a column at a time
+    for c in columns:
+        x, y = a[c].iloc[:n], b[c].iloc[:n]
+        if pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y) \
+                and not pd.api.types.is_bool_dtype(x) and not pd.api.types.is_bool_dtype(y):
+            xf, yf = x.to_numpy(float), y.to_numpy(float)
+            with np.errstate(invalid="ignore"):
+                same = (xf == yf) | (np.isnan(xf) & np.isnan(yf)) | \
+                    (np.abs(xf - yf) <= ctx.atol + ctx.rtol * np.abs(yf))
+        else:
+            xs = [ctx.text(str(v), "run") for v in x]
+            ys = [ctx.text(str(v), "reference") for v in y]
+            same = np.array([u == v or ctx.same_text(u, v) for u, v in zip(xs, ys)], dtype=bool)
+        cells += [(int(i), c) for i in np.flatnonzero(~same)]
+    order = {c: j for j, c in enumerate(columns)}
+    for i, c in sorted(cells, key=lambda rc: (rc[0], order[rc[1]])):
+        x, y = a[c].iloc[i], b[c].iloc[i]
+        x = x.item() if hasattr(x, "item") else x
+        y = y.item() if hasattr(y, "item") else y
+        out.append(Difference(f"{_row_label(b, i, keys)} {c}", _fmt(x), _fmt(y)))
     return out
 
 
@@ -276,8 +286,6 @@ def _compare_text(run: Path, ref: Path, ctx: _Context) -> list[Difference]:
 
 
 def _compare_npy(run: Path, ref: Path, ctx: _Context) -> list[Difference]:
-    import numpy as np
-
     a, b = np.load(run, allow_pickle=False), np.load(ref, allow_pickle=False)
     if a.shape != b.shape or a.dtype != b.dtype:
         return [Difference("shape, dtype", f"{a.shape} {a.dtype}", f"{b.shape} {b.dtype}")]
@@ -435,7 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"verify: error: {err}", file=sys.stderr)
         return 2
-    print(format_report(result, args.max_per_file))
+    try:
+        print(format_report(result, args.max_per_file), flush=True)
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        sys.stdout = None
     if args.json:
         Path(args.json).write_text(json.dumps(as_json(result), indent=1))
     return 0 if result.ok else 1
