@@ -141,6 +141,19 @@ def test_pages_that_mention_what_the_run_did_not_have(tmp_path):
     assert found == sorted(expected)
 
 
+def test_figures_said_to_be_left_out_but_shown(tmp_path):
+    root = _results(tmp_path / "phantom", models=("stylegan", "diffusion", "optimal_denoiser"))
+    (root / "figures" / "top_matches_optimal_denoiser_t1ce.png").write_bytes(b"\x89PNG")
+    _index(root, "<p>the finding</p>")
+    _report(root, "06_figures.html", "<p>optimal_denoiser: missing optimal_denoiser/loss_log.csv (an earlier "
+                                     "step); figures for it are left out.</p>"
+                                     '<img src="../figures/top_matches_optimal_denoiser_t1ce.png" alt="">')
+    messages = [p.message for p in report_checks.check_results(root)]
+    assert messages == ["says figures for optimal_denoiser are left out, then shows figures of optimal_denoiser"]
+    _report(root, "06_figures.html", "<p>optimal_denoiser: missing x; figures for it are left out.</p>")
+    assert report_checks.check_results(root) == []
+
+
 def test_a_comparison_row_of_a_run_that_does_not_exist(tmp_path):
     _results(tmp_path / "phantom")
     (tmp_path / "phantom" / "sizes" / "n00004" / "correlation").mkdir(parents=True)

@@ -370,6 +370,12 @@ def check_facts(page: Path, results: Path, facts: Facts) -> list[Problem]:
                 say(f"'{m.group()}': the run kept {_every(stride)} (slice_stride {stride})")
         if stride != 1 and re.search(r"every slice is (?:used|kept)", text, re.I):
             say(f"says every slice is used; the run kept {_every(stride)} (slice_stride {stride})")
+    if page.suffix == ".html":  # "figures for it are left out", and there they are
+        shown = " ".join(src for kind, src in _targets(page) if kind == "image")
+        for m in re.finditer(r"\b(stylegan|diffusion|optimal_denoiser)\b(?:(?!\. ).){0,200}?figures for it are left out",
+                             text, re.I):
+            if re.search(rf"_{m.group(1).lower()}[_.]", shown):
+                say(f"says figures for {m.group(1)} are left out, then shows figures of {m.group(1)}")
     if page.suffix == ".md":
         problems += _table_facts(page, name, facts)
     return problems
