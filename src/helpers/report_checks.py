@@ -210,9 +210,11 @@ def _legacy_sentences(results: Path) -> set[str]:
         tables = sweep_figures.load_sweep(results)
         if tables is None:
             return set()
-        lines = (sweep_figures.capacity_text(tables["capacity"], tables["criteria"]) + "\n"
-                 + sweep_figures.comparison_text(tables["criteria"])).splitlines()
-    except (OSError, KeyError, ValueError, IndexError):  # tables incomplete: nothing traces the page
+        lines = sweep_figures.capacity_text(tables["capacity"], tables["criteria"]).splitlines()
+        lines += sweep_figures.comparison_text(tables["criteria"]).splitlines()
+        if tables.get("fit") is not None:  # the page may give the verdicts at matched fit
+            lines += sweep_figures.comparison_text(tables["criteria"], fit=tables["fit"]).splitlines()
+    except (OSError, KeyError, ValueError, IndexError, TypeError):  # tables incomplete: nothing traces the page
         return set()
     out = set()
     for line in lines:
