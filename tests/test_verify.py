@@ -77,6 +77,9 @@ def test_tolerance_absorbs_float_noise_only(tmp_path):
     b = _folder(tmp_path / "b")
     assert not verify.compare(a, b).ok  # exact by default
     assert verify.compare(a, b, rtol=1e-6).ok
+    (a / "run" / "curve.json").write_text(json.dumps({"loss": [0.5, 0.25000000001]}))
+    (b / "run" / "curve.json").write_text(json.dumps({"loss": [0.5, 0.25]}))
+    assert verify.compare(a, b, rtol=1e-6).ok and not verify.compare(a, b).ok
     c = _folder(tmp_path / "c", loss=0.0263)
     assert set(verify.compare(c, b, rtol=1e-6).differ) == {"run/summary.json"}
 

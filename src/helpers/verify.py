@@ -130,6 +130,8 @@ class _Context:
             return numbers_equal(float(a), float(b), self.rtol, self.atol)
         if isinstance(a, str) and isinstance(b, str):
             return self.text(a, "run") == self.text(b, "reference")
+        if isinstance(a, list) and isinstance(b, list):  # a list of numbers or names (shape, channels)
+            return len(a) == len(b) and all(self.same(x, y) for x, y in zip(a, b))
         return a == b
 
     def same_text(self, a: str, b: str) -> bool:
