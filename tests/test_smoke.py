@@ -21,14 +21,18 @@ PROMISED = {
     "02_train_stylegan": ["stylegan/loss_log.csv", "stylegan/params.yaml"],
     "03_train_diffusion": ["diffusion/loss_log.csv", "diffusion/pipeline/model_index.json", "diffusion/params.yaml"],
     "04_sample": ["samples/stylegan.npy", "samples/stylegan_seeds.csv", "samples/diffusion.npy",
-                  "samples/diffusion_seeds.csv", "samples/optimal_denoiser.npy", "samples/params.yaml"],
+                  "samples/diffusion_seeds.csv", "samples/optimal_denoiser.npy", "samples/gaussian_control.npy",
+                  "samples/checkpoints/stylegan/step_000000012.npy",
+                  "samples/checkpoints/diffusion/step_000000020.npy", "samples/params.yaml"],
     "05_correlate": ["correlation/summary.json", "correlation/t1ce/baseline.csv", "correlation/t1ce/thresholds.csv",
                      "correlation/t1ce/matches_stylegan.csv", "correlation/t1ce/matches_diffusion.csv",
-                     "correlation/all/matches_diffusion.csv"],
+                     "correlation/all/matches_diffusion.csv", "fit/fit.csv", "fit/over_training.csv"],
 }
 SWEEP = {"01_prepare_data": ["data/sizes.json", "data/params.yaml"],
-         "05_correlate": ["sweep/criteria.csv", "sweep/capacity.csv", "sweep/coverage.csv"],
-         "06_figures": ["figures/sweep_whole_subjects.png", "figures/sweep_whole_subjects.md"]}
+         "05_correlate": ["sweep/criteria.csv", "sweep/capacity.csv", "sweep/coverage.csv", "sweep/fit.csv",
+                          "sweep/over_training.csv", "fit/fit_rule.json"],
+         "06_figures": ["figures/sweep_whole_subjects.png", "figures/sweep_whole_subjects.md",
+                        "figures/memorization_against_fit.png"]}
 
 
 def runall(*args: str, results) -> subprocess.CompletedProcess:
@@ -67,8 +71,13 @@ def test_runall_smoke_profile_end_to_end(tmp_path):
     # the control memorizes by construction: every criterion must flag it at every size
     criteria = pd.read_csv(results / "sweep" / "criteria.csv")
     control = criteria[(criteria.group == "optimal_denoiser") & criteria.criterion.isin(
-        ["t1ce: r > fixed_0.95", "l2: d1 < d2/3"]) & (criteria.n > 0)]
+        ["t1ce: r > fixed_0.95", "l2: d1 < d2/3"]) & (criteria.n_images > 0)]
     assert len(control) >= 3 and (control.fraction >= 0.9).all(), control
+    # the fit: the underfitting control never fitted, the held-out images always; every checkpoint audited
+    fit = pd.read_csv(results / "sweep" / "fit.csv")
+    assert not fit[fit.model == "gaussian_control"].fitted.any() and fit[fit.model == "held_out"].fitted.all(), fit
+    over = pd.read_csv(results / "sweep" / "over_training.csv")
+    assert sorted(set(over[over.model == "diffusion"].images_seen)) == [80, 160], over
 
     second = runall("phantom", "--profile", "smoke", results=tmp_path)
     assert second.returncode == 0, second.stderr[-4000:]
@@ -86,11 +95,13 @@ def test_runall_smoke_profile_end_to_end(tmp_path):
     assert (two / "phantom" / "logs" / "sample").is_dir() and (two / "phantom" / "logs" / "correlate").is_dir()
     for run in runs.values():
         other = two / "phantom" / run.relative_to(results)
-        for model in ("stylegan", "diffusion", "optimal_denoiser"):
+        for model in ("stylegan", "diffusion", "optimal_denoiser", "gaussian_control",
+                      "checkpoints/stylegan/step_000000006", "checkpoints/diffusion/step_000000010"):
             np.testing.assert_array_equal(np.load(run / "samples" / f"{model}.npy"),
                                           np.load(other / "samples" / f"{model}.npy"), err_msg=f"{run.name} {model}")
         for table in sorted((run / "correlation").rglob("*.csv")):
             pd.testing.assert_frame_equal(pd.read_csv(table), pd.read_csv(other / table.relative_to(run)),
                                           obj=str(table.relative_to(results)))
-    pd.testing.assert_frame_equal(pd.read_csv(results / "sweep" / "criteria.csv"),
-                                  pd.read_csv(two / "phantom" / "sweep" / "criteria.csv"))
+    for table in ("criteria.csv", "fit.csv", "over_training.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(results / "sweep" / table),
+                                      pd.read_csv(two / "phantom" / "sweep" / table), obj=table)

@@ -51,6 +51,11 @@ class Model:
     n_samples: Callable[[Any], int] | None = None  # images to sample from the sample settings (default n_<name>)
     check_processes: Callable[[Any, int], None] | None = None  # refuses settings a multi-process training cannot
                                                                # share (default: batch_size divisible by processes)
+    # the audits over training (issue 22): the kept checkpoints' steps, images seen at a step, and
+    # sample_checkpoint(run, settings, step, *, progress, parallel) -> samples file
+    checkpoint_steps: Callable[[Any], list[int]] | None = None
+    checkpoint_images_seen: Callable[[Any, int], int] | None = None
+    sample_checkpoint: Callable[..., Any] | None = None
 
     def samples_wanted(self, settings) -> int:
         """How many images step 04 samples from this model."""
@@ -160,6 +165,25 @@ def _sample_stylegan(run, settings, *, progress: bool = True, parallel: bool = F
                            truncation_psi=settings.truncation_psi, progress=progress)
 
 
+def _sample_stylegan_checkpoint(run, settings, step: int, *, progress: bool = True, parallel: bool = False) -> Path:
+    from . import stylegan
+
+    return stylegan.sample_checkpoint(run, step, settings.n_checkpoint_samples, settings.first_seed,
+                                      settings.batch_size, truncation_psi=settings.truncation_psi, progress=progress)
+
+
+def _stylegan_checkpoints(run) -> list[int]:
+    from . import stylegan
+
+    return stylegan.checkpoint_steps(run)
+
+
+def _stylegan_images_seen(run, step: int) -> int:
+    from . import stylegan
+
+    return stylegan.checkpoint_images_seen(run, step)
+
+
 def _train_diffusion(run, settings, *, progress: bool = True, parallel: bool = False) -> dict:
     from . import diffusion
 
@@ -172,6 +196,27 @@ def _sample_diffusion(run, settings, *, progress: bool = True, parallel: bool = 
     return diffusion.sample(run, settings.n_diffusion, settings.first_seed, settings.batch_size,
                             sampler=settings.diffusion_sampler, num_inference_steps=settings.diffusion_inference_steps,
                             progress=progress, num_threads=1 if parallel else 0)
+
+
+def _sample_diffusion_checkpoint(run, settings, step: int, *, progress: bool = True, parallel: bool = False) -> Path:
+    from . import diffusion
+
+    return diffusion.sample_checkpoint(run, step, settings.n_checkpoint_samples, settings.first_seed,
+                                       settings.batch_size, sampler=settings.diffusion_sampler,
+                                       num_inference_steps=settings.diffusion_inference_steps, progress=progress,
+                                       num_threads=1 if parallel else 0)
+
+
+def _diffusion_checkpoints(run) -> list[int]:
+    from . import diffusion
+
+    return diffusion.checkpoint_steps(run)
+
+
+def _diffusion_images_seen(run, step: int) -> int:
+    from . import diffusion
+
+    return diffusion.checkpoint_images_seen(run, step)
 
 
 def _sample_optimal_denoiser(run, settings, *, progress: bool = True, parallel: bool = False) -> Path:
@@ -191,9 +236,12 @@ def _sample_gaussian_control(run, settings, *, progress: bool = True, parallel: 
 
 register(Model("stylegan", "StyleGAN", "tab:blue", _sample_stylegan, _train_stylegan, section="train_stylegan",
                notebook="02_train_stylegan", loss_columns=("loss_G", "loss_D", "r1", "augment_p"), marker="o",
-               check_processes=_check_stylegan))
+               check_processes=_check_stylegan, checkpoint_steps=_stylegan_checkpoints,
+               checkpoint_images_seen=_stylegan_images_seen, sample_checkpoint=_sample_stylegan_checkpoint))
 register(Model("diffusion", "diffusion", "tab:orange", _sample_diffusion, _train_diffusion, section="train_diffusion",
-               notebook="03_train_diffusion", loss_columns=("loss", "lr"), marker="s"))
+               notebook="03_train_diffusion", loss_columns=("loss", "lr"), marker="s",
+               checkpoint_steps=_diffusion_checkpoints, checkpoint_images_seen=_diffusion_images_seen,
+               sample_checkpoint=_sample_diffusion_checkpoint))
 register(Model("optimal_denoiser", "optimal denoiser", "tab:red", _sample_optimal_denoiser, marker="^",
                legend="optimal denoiser (memorizes by construction)", control=True))
 register(Model("gaussian_control", "Gaussian control", "tab:purple", _sample_gaussian_control, marker="X",

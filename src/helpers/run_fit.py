@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from . import common, models, sweep
+from . import common, criteria, memorization, models, sweep
 from .data import load_split
-from .sampling import samples_path
+from .sampling import checkpoint_sample_files, samples_path
 
 if TYPE_CHECKING:
     from .fit import FitRule
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 UNDERFIT_CONTROL = "gaussian_control"   # helpers.fit.UNDERFIT_CONTROL (imported lazily: the fit measures need torch)
 FIT_DIR = "fit"
 FIT_FILE = "fit.csv"
+OVER_TRAINING_FILE = "over_training.csv"
+RULE_FILE = "fit_rule.json"
+OVER_TRAINING = ["size", "model", "role", "step", "images_seen", "n", "fitted", "why", "sharpness", "nn_accuracy",
+                 "texture_accuracy", "coverage", "copying", "memorized", "memorized_l2"]
 SHOWN = ["size", "model", "role", "n", "fitted", "why", "sharpness", "sharpness_low", "sharpness_high",
          "nn_accuracy", "nn_low", "nn_high", "texture_accuracy", "precision", "recall", "density", "coverage",
          "copying"]
@@ -71,17 +75,102 @@ def judge_run(run_dir: str | os.PathLike, model_names: Sequence[str], rule: FitR
     return table[SHOWN]
 
 
+def _memorized(run: criteria.RunData, images: np.ndarray) -> tuple[float, float]:
+    """The fraction of ``images`` memorized by the paper's criterion on the
+    headline measure (best r above the held-out images' 99th percentile,
+    step 05's threshold) and by Gu et al.'s ℓ2 ratio (NaN-flagged images left out)."""
+    from .correlation import top_matches
+
+    channels = [run.summary["channels"].index(c) for c in run.summary["by_measure"][run.headline]["channels"]]
+    threshold = run.thresholds(run.headline)["baseline_p99"]
+    r = top_matches(images, run.train, channels=channels, progress=False).correlation[:, 0]
+    paper = memorization.exceedance_flags(r, threshold)
+    near = memorization.nearest_l2(images, run.train, run.train_table, image_size=int(run.meta["image_size"]))
+    l2 = memorization.l2_ratio_flags(near["nearest_distance"], near["second_distance"])
+    mean = lambda flags: float(np.nanmean(flags)) if np.isfinite(flags).any() else float("nan")  # noqa: E731
+    return mean(paper), mean(l2)
+
+
+def judge_over_training(run_dir: str | os.PathLike, model_names: Sequence[str], rule: FitRule, *,
+                        real_pool: np.ndarray, n_samples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Fit and memorization of every sampled training checkpoint of every
+    model (step 04's ``samples/checkpoints/``), beside the references scored
+    the same way; written to ``<run>/fit/over_training.csv``."""
+    from .fit import COPIER, fit_table
+
+    run_dir = Path(run_dir)
+    run = criteria.RunData(run_dir, list(model_names))
+    held_out = np.asarray(load_split(run_dir, "test")[0])
+    generated, where = {}, {}
+    for name in model_names:
+        model = models.REGISTRY.get(name)
+        if model is None or model.checkpoint_images_seen is None:
+            continue
+        for step, path in checkpoint_sample_files(run_dir, name).items():
+            key = f"{name}@{step}"
+            generated[key] = np.asarray(np.load(path, mmap_mode="r")[:n_samples])
+            where[key] = (name, step, model.checkpoint_images_seen(run_dir, step))
+    if not generated:
+        return pd.DataFrame(columns=OVER_TRAINING)
+    references = {}
+    for name in model_names:
+        if name in models.REGISTRY and models.REGISTRY[name].control and samples_path(run_dir, name).is_file():
+            references[name] = np.asarray(np.load(samples_path(run_dir, name), mmap_mode="r")[:n_samples])
+    table = fit_table({**generated, **references}, training=np.asarray(run.train), held_out=held_out,
+                      real=np.concatenate([real_pool, held_out]), rule=rule,
+                      roles={name: _role(name) for name in references}, seed=seed,
+                      references=[UNDERFIT_CONTROL] + ([] if "optimal_denoiser" in references else [COPIER]))
+    sets = {**generated, **references, "held_out": held_out}
+    rows = []
+    for row in table.to_dict("records"):
+        name, step, seen = where.get(row["model"], (row["model"], None, None))
+        images = sets.get(row["model"])
+        paper, l2 = _memorized(run, images) if images is not None else (float("nan"), float("nan"))
+        rows.append({**row, "size": len(run.train), "model": name, "step": step, "images_seen": seen,
+                     "memorized": paper, "memorized_l2": l2})
+    out = pd.DataFrame(rows)[OVER_TRAINING]
+    common.write_csv(run_dir / FIT_DIR / OVER_TRAINING_FILE, out)
+    return out
+
+
 def judge_every_run(results_dir: str | os.PathLike, model_names: Sequence[str], settings) -> pd.DataFrame:
-    """Every run's fit table, one frame (also ``sweep/fit.csv`` with a sweep)."""
+    """Every run's fit table, one frame (also ``sweep/fit.csv`` with a
+    sweep), and every run's audit over training (``over_training.csv``)."""
     results_dir = Path(results_dir)
     pool = np.asarray(load_split(results_dir, "train")[0])
     rule = rule_from(settings)
-    parts = [judge_run(run, model_names, rule, real_pool=pool, n_samples=settings.fit_samples,
-                       seed=settings.fit_seed) for run in sweep.run_dirs(results_dir).values()]
-    table = pd.concat(parts, ignore_index=True)
+    runs = sweep.run_dirs(results_dir).values()
+    table = pd.concat([judge_run(run, model_names, rule, real_pool=pool, n_samples=settings.fit_samples,
+                                 seed=settings.fit_seed) for run in runs], ignore_index=True)
+    over = pd.concat([judge_over_training(run, model_names, rule, real_pool=pool, n_samples=settings.fit_samples,
+                                          seed=settings.fit_seed) for run in runs], ignore_index=True)
     if sweep.sizes_table(results_dir) is not None:
         common.write_csv(results_dir / "sweep" / FIT_FILE, table)
+        common.write_csv(results_dir / "sweep" / OVER_TRAINING_FILE, over)
+    common.write_json(results_dir / FIT_DIR / RULE_FILE, {"sharpness_low": rule.sharpness_low,
+                                                          "sharpness_high": rule.sharpness_high,
+                                                          "nn_margin": rule.nn_margin})
     return table
+
+
+def load_rule(results_dir: str | os.PathLike) -> FitRule:
+    """The reading rule step 05 judged this results folder by."""
+    from .fit import FitRule
+
+    path = Path(results_dir) / FIT_DIR / RULE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; step 05 (notebooks/05_correlate.ipynb) writes it with the fit")
+    return FitRule(**common.read_json(path))
+
+
+def load_over_training(results_dir: str | os.PathLike) -> pd.DataFrame | None:
+    """Every run's audit over training (the sweep's file, or the one run's); None without one."""
+    folder = Path(results_dir)
+    for path in (folder / "sweep" / OVER_TRAINING_FILE, folder / FIT_DIR / OVER_TRAINING_FILE):
+        if path.is_file():
+            table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+            return table if len(table) else None
+    return None
 
 
 def load_fit(run_or_results: str | os.PathLike) -> pd.DataFrame | None:
@@ -119,5 +208,25 @@ def rule_markdown(settings) -> str:
             f"as *fitted* at a size when its images hold as much fine detail as real ones — sharpness ratio "
             f"between {settings.fit_sharpness_low:g} and {settings.fit_sharpness_high:g} — and are no easier to "
             f"tell from its training images than real unseen images are — 1-NN two-sample accuracy at most the "
-            f"held-out images' plus {settings.fit_nn_margin:g}. The first {settings.fit_samples} samples of each "
+            f"held-out images' plus {settings.fit_nn_margin:g}. Up to the first {settings.fit_samples} samples of each "
             f"model are scored.")
+
+
+def fit_summary_markdown(table: pd.DataFrame | None) -> str:
+    """One line per size: each model's verdict (with the reason where it is
+    not fitted), then the measures that fail to call the Gaussian control
+    unfitted at some size (computed, never typed)."""
+    if table is None or table.empty:
+        return "No fit judged in this run."
+    lines = []
+    for size, part in table.groupby("size", sort=True):
+        cells = [f"{models.display_name(r.model)} " + ("fitted" if r.fitted else f"**not fitted** ({r.why})")
+                 for r in part.itertuples() if r.role == "model"]
+        lines.append(f"- {size} training images: " + ("; ".join(cells) if cells else "no model sampled"))
+    checks = measure_checks(table)
+    failing = [m for m in checks.columns if m != "size" and not checks[m].astype(bool).all()]
+    if failing:
+        sizes = {m: ", ".join(str(s) for s in checks.loc[~checks[m].astype(bool), "size"]) for m in failing}
+        lines.append("- Measures that call the Gaussian control fitted (not fit for purpose there): "
+                     + "; ".join(f"{m} at {sizes[m]} images" for m in failing))
+    return "**Fit by the reading rule**\n\n" + "\n".join(lines)

@@ -35,8 +35,11 @@ def load_sweep(results_dir: str | os.PathLike) -> dict[str, pd.DataFrame] | None
     folder = Path(results_dir) / "sweep"
     if not (folder / "criteria.csv").is_file():
         return None
-    return {name: judged.in_vocabulary(pd.read_csv(folder / f"{name}.csv"))
-            for name in ("criteria", "coverage", "capacity")}
+    tables = {name: judged.in_vocabulary(pd.read_csv(folder / f"{name}.csv"))
+              for name in ("criteria", "coverage", "capacity")}
+    if (folder / "fit.csv").is_file():   # helpers.run_fit: each model's fit at each size
+        tables["fit"] = pd.read_csv(folder / "fit.csv", keep_default_na=False, na_values=[""])
+    return tables
 
 
 def headline_criteria(criteria: pd.DataFrame) -> list[str]:
@@ -47,10 +50,21 @@ def headline_criteria(criteria: pd.DataFrame) -> list[str]:
             judged.correlation_criterion(headline, "baseline_p99"), judged.L2_CRITERION]
 
 
-def plot_sweep(criteria: pd.DataFrame, shown: Sequence[str] | None = None, dodge: float = 0.06):
+def _fitted_at(fit: pd.DataFrame | None, group: str, sizes) -> np.ndarray:
+    """Per size: whether ``group`` counts as fitted there (True where fit was not judged)."""
+    if fit is None or group not in set(fit["model"]):
+        return np.ones(len(sizes), dtype=bool)
+    verdict = fit[fit["model"] == group].set_index("size")["fitted"]
+    return np.array([bool(verdict.get(s, True)) for s in sizes], dtype=bool)
+
+
+def plot_sweep(criteria: pd.DataFrame, shown: Sequence[str] | None = None, dodge: float = 0.06,
+               fit: pd.DataFrame | None = None):
     """Memorization fraction against training-set size (log axis), one
     panel per criterion, one line per group, Wilson 95 % intervals as error
-    bars (dodged sideways so equal values stay visible)."""
+    bars (dodged sideways so equal values stay visible). With ``fit`` (the
+    sweep's fit table, :mod:`helpers.run_fit`), a model's point at a size
+    where it is not fitted by the reading rule is hollow."""
     import matplotlib.pyplot as plt
 
     shown = list(shown or headline_criteria(criteria))
@@ -67,8 +81,11 @@ def plot_sweep(criteria: pd.DataFrame, shown: Sequence[str] | None = None, dodge
             x = part["size"].to_numpy(float) * 10 ** (dodge * (j - (len(present) - 1) / 2))
             y = part["fraction"].to_numpy(float)
             err = np.vstack([y - part["wilson_low"].to_numpy(float), part["wilson_high"].to_numpy(float) - y])
-            ax.errorbar(x, 100 * y, yerr=100 * err, color=colour, marker=marker, ms=5, capsize=3, lw=1.2,
+            ax.errorbar(x, 100 * y, yerr=100 * err, color=colour, marker=None, capsize=3, lw=1.2,
                         ls="--" if _dashed(group) else "-", label=label)
+            fitted = _fitted_at(fit, group, part["size"].to_numpy())
+            ax.scatter(x, 100 * y, marker=marker, s=30, zorder=3, edgecolors=colour,
+                       facecolors=[colour if f else "white" for f in fitted])
         ax.axhline(100 * judged.CAPACITY_FRACTION, color="k", lw=0.6, ls=":")
         ax.set_xscale("log")
         sizes = sorted(rows["size"].unique())
@@ -77,18 +94,24 @@ def plot_sweep(criteria: pd.DataFrame, shown: Sequence[str] | None = None, dodge
         ax.set(title=criterion, xlabel="training images (subjects)", ylim=(-5, 105))
     axes[0][0].set_ylabel("% of images memorized")
     axes[0][-1].legend(fontsize=7, loc="center right")
-    fig.suptitle("Memorization against training-set size (same budget at every size; dotted: 90 %)")
+    fig.suptitle("Memorization against training-set size (same budget at every size; dotted: 90 %"
+                 + ("; hollow: not fitted" if fit is not None else "") + ")")
     fig.tight_layout()
     return fig
 
 
-def sweep_table(criteria: pd.DataFrame, shown: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per size and group: 'k/n (fraction, interval)' per criterion."""
+def sweep_table(criteria: pd.DataFrame, shown: Sequence[str] | None = None,
+                fit: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per size and group: 'k/n (fraction, interval)' per criterion,
+    marked 'not fitted' where ``fit`` says the model is not."""
     shown = list(shown or headline_criteria(criteria))
     rows = criteria[criteria["criterion"].isin(shown)].copy()
-    rows["cell"] = [f"{k}/{n} ({100 * f:.0f} %, {100 * lo:.0f}–{100 * hi:.0f})" if n else "–"
-                    for k, n, f, lo, hi in rows[["n_above", "n_images", "fraction", "wilson_low", "wilson_high"]]
-                    .itertuples(index=False)]
+    unfitted = set() if fit is None else {(m, s) for m, s, f in fit[["model", "size", "fitted"]].itertuples(index=False)
+                                          if not f}
+    rows["cell"] = [(f"{k}/{n} ({100 * f:.0f} %, {100 * lo:.0f}–{100 * hi:.0f})" if n else "–")
+                    + (" — not fitted" if (g, s) in unfitted else "")
+                    for k, n, f, lo, hi, g, s in rows[["n_above", "n_images", "fraction", "wilson_low", "wilson_high",
+                                                        "group", "size"]].itertuples(index=False)]
     table = rows.pivot_table(index=["size", "n_subjects", "group"], columns="criterion", values="cell",
                              aggfunc="first")[shown].reset_index()
     order = {g: i for i, g in enumerate(groups())}
@@ -106,9 +129,24 @@ def capacity_text(capacity: pd.DataFrame, criteria: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def comparison_text(criteria: pd.DataFrame, criterion: str | None = None) -> str:
+def _unfitted_note(fit: pd.DataFrame | None, size) -> str:
+    """'StyleGAN not fitted (why)' for the models of the comparison not fitted at ``size``; '' if both are."""
+    if fit is None:
+        return ""
+    notes = []
+    for model in ("diffusion", "stylegan"):
+        row = fit[(fit["model"] == model) & (fit["size"] == size)]
+        if not row.empty and not bool(row["fitted"].iloc[0]):
+            notes.append(f"{models.display_name(model)} not fitted ({row['why'].iloc[0]})")
+    return "; ".join(notes)
+
+
+def comparison_text(criteria: pd.DataFrame, criterion: str | None = None, fit: pd.DataFrame | None = None) -> str:
     """At each size: does diffusion memorize more than StyleGAN, with both
-    intervals (non-overlapping Wilson intervals called a difference)."""
+    intervals (non-overlapping Wilson intervals called a difference) — a
+    comparison only where both models are fitted by the reading rule
+    (``fit``); elsewhere the numbers are given and the verdict says which
+    model is not fitted."""
     criterion = criterion or headline_criteria(criteria)[-1]
     rows = criteria[criteria["criterion"] == criterion]
     several_rules = "rule" in rows and rows["rule"].nunique() > 1
@@ -126,6 +164,9 @@ def comparison_text(criteria: pd.DataFrame, criterion: str | None = None) -> str
             verdict = "StyleGAN memorizes more"
         else:
             verdict = "no difference the intervals can show"
+        unfitted = _unfitted_note(fit, size)
+        if unfitted:
+            verdict = f"no comparison of fitted models: {unfitted}"
         label = f"{size} training images" + (f" ({rule})" if several_rules else "")
         out.append(f"- {label}: diffusion {100 * d['fraction']:.0f} % "
                    f"({100 * d['wilson_low']:.0f}–{100 * d['wilson_high']:.0f}), StyleGAN {100 * s['fraction']:.0f} % "

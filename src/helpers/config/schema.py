@@ -316,6 +316,7 @@ class SampleSettings(StepSettings):
     n_diffusion: NonNegative = 100000                 # not stated by the authors: as many as StyleGAN's, rounded
     n_optimal_denoiser: NonNegative = 0               # the positive control (when in models)
     n_gaussian_control: NonNegative = 0               # the underfitting control (when in models)
+    n_checkpoint_samples: NonNegative = 0             # per kept training checkpoint, for the audits over training
     first_seed: NonNegative = 2
     batch_size: Positive = 64
     truncation_psi: float = 1.0               # StyleGAN; 1 = no truncation, as the authors

@@ -192,3 +192,27 @@ def checkpoint_pipeline(results_dir: str | os.PathLike, step: int):
     ema.load_state_dict(load_state(path)["ema"])
     ema.copy_to(unet.parameters())
     return DDPMPipeline(unet=unet.eval(), scheduler=final.scheduler)
+
+
+def checkpoint_images_seen(results_dir: str | os.PathLike, step: int) -> int:
+    """Images seen by training checkpoint ``step`` (the run's batch from its summary)."""
+    summary = read_json(Path(results_dir) / MODEL_NAME / "summary.json")
+    return int(step) * int(summary["images_seen"]) // int(summary["step"])
+
+
+def sample_checkpoint(results_dir: str | os.PathLike, step: int, n_images: int, first_seed: int, batch_size: int,
+                      sampler: str = "ddpm", num_inference_steps: int | None = None, progress: bool = True,
+                      num_threads: int = 0) -> Path:
+    """``n_images`` images of training checkpoint ``step`` (seeds and
+    sampler as :func:`sample`) into ``samples/checkpoints/diffusion/step_*.npy``."""
+    from ..checkpoints import checkpoint_path
+    from ..sampling import checkpoint_samples_path, sample_checkpoint_to_npy
+
+    pipeline = checkpoint_pipeline(results_dir, step)
+    cfg = pipeline.unet.config
+    generate = make_generate(pipeline, sampler, num_inference_steps, num_threads=num_threads)
+    return sample_checkpoint_to_npy(
+        generate, checkpoint_path(Path(results_dir) / MODEL_NAME / "checkpoints", step),
+        checkpoint_samples_path(results_dir, MODEL_NAME, step), n_images, first_seed,
+        (cfg.in_channels, cfg.sample_size, cfg.sample_size), batch_size, progress=progress,
+        desc=f"diffusion step {step}")

@@ -29,6 +29,7 @@ Modules, one per kind of output: :mod:`.results` (loaders), :mod:`.style`
 from .compare import collect_summaries, compare_table, compare_text, one_measure, plot_compare
 from .curves import plot_loss_log, plot_training_curves
 from .distributions import max_correlations, plot_max_correlation, plot_max_correlation_by_measure
+from .fit import memorization_against_fit
 from .images import montage, plot_sample_grids
 from .output import (
                      markdown_table,
@@ -97,6 +98,7 @@ from .text import finding_text
 from .top_matches import intensity_histogram, plot_top_matches, select_matches
 
 __all__ = [
+    "memorization_against_fit",
     "BASELINE", "COLOURS", "CONTROL", "DISPLAY_NAMES", "MODELS", "THRESHOLD_NAMES", "ResultMissing",
     "available", "channel_index", "collect_summaries", "compare_table", "compare_text", "display_name",
     "finding_text", "headline", "intensity_histogram", "interval_columns", "load_baseline", "load_control",

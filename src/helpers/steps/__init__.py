@@ -74,6 +74,9 @@ def sample_run(run_dir: str | os.PathLike, settings, parallel: bool = False) -> 
             path = model.sample(run_dir, settings, progress=not parallel, parallel=parallel)
             if path is not None:
                 written[name] = str(path)
+        if settings.n_checkpoint_samples > 0 and model.sample_checkpoint is not None and model.trained(run_dir):
+            for step in model.checkpoint_steps(run_dir):  # the audits over training (issue 22): not listed in
+                model.sample_checkpoint(run_dir, settings, step, progress=not parallel, parallel=parallel)  # `written`
     return written
 
 

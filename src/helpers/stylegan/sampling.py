@@ -159,3 +159,23 @@ def checkpoint_generator(results_dir: str | os.PathLike, step: int,
     G.load_state_dict(load_state(path)["G_ema"])
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return G.to(device).eval().requires_grad_(False)
+
+
+def checkpoint_images_seen(results_dir: str | os.PathLike, step: int) -> int:
+    """Images shown to D by training checkpoint ``step``."""
+    return int(step) * int(read_json(Path(results_dir) / "stylegan" / GENERATOR_CONFIG)["training"]["batch_size"])
+
+
+def sample_checkpoint(results_dir: str | os.PathLike, step: int, n_images: int, first_seed: int, batch_size: int,
+                      truncation_psi: float = 1.0, progress: bool = True) -> Path:
+    """``n_images`` images of training checkpoint ``step`` (seeds as
+    :func:`sample`) into ``samples/checkpoints/stylegan/step_*.npy``."""
+    from ..checkpoints import checkpoint_path
+    from ..sampling import checkpoint_samples_path, sample_checkpoint_to_npy
+
+    G = checkpoint_generator(results_dir, step)
+    source = checkpoint_path(Path(results_dir) / "stylegan" / "checkpoints", step)
+    return sample_checkpoint_to_npy(
+        lambda seeds: generate_images(G, seeds, truncation_psi), source,
+        checkpoint_samples_path(results_dir, "stylegan", step), n_images, first_seed,
+        (G.img_channels, G.resolution, G.resolution), batch_size, progress=progress, desc=f"stylegan step {step}")
