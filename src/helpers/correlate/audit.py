@@ -20,7 +20,7 @@ from .. import correlation
 from ..common import atomic_path, read_json, write_csv, write_json
 from ..config import MODELS
 from ..parallel import rank_world
-from .control import control_summary, control_table, make_control, scored_control
+from .control import control_by_kind, control_summary, control_table, make_control, scored_control
 from .measures import Measure, study_measures
 from .result import StudyAudit
 from .study_data import StudyData, load_study_data
@@ -284,6 +284,7 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
             table = control_table(res[m.name], control.control, control.images, data.train, meta, list(m.index))
             audit.control[m.name] = table
             w.append(write_csv(out / m.name / "control_matches.csv", table))
+            w.append(write_csv(out / m.name / "control_by_kind.csv", control_by_kind(table, audit.thresholds[m.name])))
 
     # 3. every synthetic set against the training set
     audit.matches = {m.name: {} for m in measures}
