@@ -210,3 +210,33 @@ def plot_compare_sweeps(frame: pd.DataFrame, criterion: str = judged.L2_CRITERIO
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def run_design_text(results_dir: str | os.PathLike) -> str:
+    """This run's own sweep, from its files (not the profile's prose): the
+    sizes with their subjects, the slice stride, and each trained model's
+    images seen per size."""
+    from . import common, sweep
+
+    results_dir = Path(results_dir)
+    sizes = sweep.sizes_table(results_dir)
+    if sizes is None:
+        return "No size sweep in this run."
+    import yaml
+
+    params_path = results_dir / "data" / "params.yaml"
+    params = (yaml.safe_load(params_path.read_text()) or {}).get("parameters", {}) if params_path.is_file() else {}
+    stride = params.get("slice_stride")
+    seen = {}
+    for row in sizes.itertuples():
+        for model in models.trainable():
+            path = results_dir / row.folder / model.output / "summary.json"
+            if path.is_file():
+                seen.setdefault(model.display, set()).add(int(common.read_json(path).get("images_seen", 0)))
+    parts = [f"**This run**: sizes {', '.join(f'{r.size} ({r.n_subjects} subj.)' for r in sizes.itertuples())} "
+             f"({', '.join(sorted(set(sizes['rule'])))})"]
+    if stride is not None and str(params.get("source", "")).endswith("brats"):   # slices of volumes only
+        parts.append("every slice kept" if int(stride) == 1 else f"every {int(stride)}th axial slice")
+    parts += [f"{name}: {', '.join(f'{n:,}' for n in sorted(values))} images seen per size"
+              for name, values in seen.items()]
+    return "; ".join(parts) + "."

@@ -203,9 +203,13 @@ def load_most_matched(results_dir, model: str, measure: str | None = None) -> pd
 
 
 def model_files(model: str, folder: str = "correlation") -> dict[str, str]:
-    """The result files of one generator, by what they hold (step 05's under ``folder``)."""
+    """The result files of one generator, by what they hold (step 05's under
+    ``folder``); a control that trains nothing (the registry's) has no training log."""
+    from .. import models
+
+    trains = model not in models.REGISTRY or models.REGISTRY[model].train is not None
     return {
-        "training log": f"{model}/loss_log.csv",
+        **({"training log": f"{model}/loss_log.csv"} if trains else {}),
         "samples": f"samples/{model}.npy",
         "seeds": f"samples/{model}_seeds.csv",
         "best matches": f"{folder}/matches_{model}.csv",
