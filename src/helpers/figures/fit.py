@@ -21,7 +21,7 @@ from .style import COLOURS, display_name
 REQUIRED = ("model", "role", "n_train", "sharpness", "nn_accuracy", "memorized", "fitted")
 REFERENCE_STYLE = {"held_out": ("0.35", "D"), "copier": ("tab:green", "*"), "optimal_denoiser": ("tab:green", "*"),
                    "gaussian_control": ("tab:purple", "X")}
-SHARPNESS_TICKS = (0.01, 0.03, 0.1, 0.3, 0.5, 0.8, 1.25, 2, 5, 10, 30, 100)
+SHARPNESS_TICKS = (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300)
 SIZE_MARKERS = ("o", "s", "^", "v", "P", "h")
 
 
