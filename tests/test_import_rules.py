@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("controls", {"optimal_denoiser"}),
     ("model registry", {"models"}),
     ("criteria, fit of every run, figures, plan", {"criteria", "run_fit", "figures", "plan"}),
-    ("step runner, reports", {"steps", "sweep_figures", "report", "report_checks", "verify"}),
+    ("step runner, reports", {"steps", "sweep_figures", "finding", "report", "report_checks", "verify"}),
     ("the runner of the notebooks", {"pipeline"}),
 ]
 LAYER = {package: level for level, (_, packages) in enumerate(LAYERS) for package in packages}

@@ -44,6 +44,9 @@ def test_report_hides_parameters_folds_code_and_gives_alt_text(tmp_path):
 def test_index_opens_with_the_computed_finding_and_links_every_report(tmp_path):
     run = tmp_path / "phantom"
     shutil.copytree(ROOT / "results/phantom/sweep", run / "sweep")
+    (run / "data").mkdir()
+    for name in ("meta.json", "sizes.json"):
+        shutil.copy(ROOT / "results/phantom/data" / name, run / "data" / name)
     (run / "figures").mkdir()
     (run / "figures/sweep_whole_subjects.png").write_bytes(base64.b64decode(PNG))
     (run / "notebooks").mkdir()
@@ -53,7 +56,11 @@ def test_index_opens_with_the_computed_finding_and_links_every_report(tmp_path):
     page = report.write_index(run, "Study results: phantom").read_text()
     finding = page.index("The finding")
     assert finding < page.index("The steps")
-    assert "capacity" in page[finding:page.index("The steps")]
+    told = page[finding:page.index("The steps")]
+    # per size: the fit first (not judged in this old sweep), then memorization by both criteria
+    assert "What ran." in told and "4</span> training images." in told and "fit not judged" in told
+    assert "Memorized by t1ce above the held-out p99: diffusion" in told and "ℓ2 ratio" in told
+    assert "fixed_0.95" not in told   # the fixed threshold is left to the reports (most real slices exceed it)
     assert 'href="notebooks/01_prepare_data.html"' in page and "(42 s)" in page
     assert 'src="figures/sweep_whole_subjects.png"' in page
 

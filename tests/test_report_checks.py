@@ -23,7 +23,9 @@ def _results(root, models=("stylegan", "diffusion"), stride=8, prediction="v_pre
     (root / "figures").mkdir()
     (root / "data" / "sizes.json").write_text(json.dumps({"sizes": [
         {"size": 4, "n_subjects": 1, "folder": "sizes/n00004"}, {"size": 16, "n_subjects": 2, "folder": "sizes/n00016"}]}))
-    (root / "data" / "meta.json").write_text(json.dumps({"n_train": 288, "n_train_subjects": 32}))
+    (root / "data" / "meta.json").write_text(json.dumps({"n_train": 288, "n_train_subjects": 32, "image_size": 32,
+                                                         "n_test": 37, "n_test_subjects": 4, "source": "phantom_brats",
+                                                         "channels": ["T1", "T1ce"]}))
     settings = {"01_prepare_data": {"slice_stride": stride},
                 "03_train_diffusion": {"prediction_type": prediction},
                 "04_sample": {"models": list(models), **{f"n_{m}": 64 for m in models}}}
@@ -31,9 +33,9 @@ def _results(root, models=("stylegan", "diffusion"), stride=8, prediction="v_pre
         (root / "notebooks" / f"{step}.params.yaml").write_text(yaml.safe_dump({"settings": values}))
     rows = [("whole_subjects", size, group, CRITERION, 64, k) for size, group, k in
             [(4, "diffusion", 41), (4, "stylegan", 0), (16, "diffusion", 3), (16, "stylegan", 0)]]
-    frame = pd.DataFrame(rows, columns=["rule", "size", "group", "criterion", "n", "k"])
-    frame["fraction"] = frame.k / frame.n
-    frame = frame.assign(headline="t1ce", ci_low=frame.fraction / 2, ci_high=(1 + frame.fraction) / 2)
+    frame = pd.DataFrame(rows, columns=["rule", "size", "group", "criterion", "n_images", "n_above"])
+    frame["fraction"] = frame.n_above / frame.n_images
+    frame = frame.assign(headline="t1ce", wilson_low=frame.fraction / 2, wilson_high=(1 + frame.fraction) / 2)
     frame.to_csv(root / "sweep" / "criteria.csv", index=False)
     pd.DataFrame({"group": ["diffusion"], "criterion": [CRITERION],
                   "message": ["diffusion (t1ce: r > baseline_p99): capacity between 4 and 16"]}).to_csv(
@@ -57,7 +59,7 @@ def _report(root, name: str, body: str) -> None:
 def _good_finding() -> str:
     row = {"rule": "whole_subjects", "size": 4, "group": "diffusion", "criterion": CRITERION}
     share = traced(41 / 64, "sweep/criteria.csv", "fraction", row, fmt=".0f", scale=100)
-    count = traced(41, "sweep/criteria.csv", "k", row, fmt="d")
+    count = traced(41, "sweep/criteria.csv", "n_above", row, fmt="d")
     size = traced(4, "sweep/criteria.csv", "size", row, fmt="d")
     return (f'<h2 id="finding">The finding</h2><p>At {size} training images diffusion copies {count} of '
             f'<span data-untraced="the sample count">64</span> samples ({share} %).</p>'
@@ -167,23 +169,21 @@ def test_a_comparison_row_of_a_run_that_does_not_exist(tmp_path):
                         "row 'phantom/n00004' real_test: n 36, the run has 37 held-out images"]
 
 
-def test_a_landing_page_made_before_tracing_is_read_with_the_sweeps_sentences(tmp_path):
-    """The landing page of helpers.report as it is: its finding equals the
-    sweep's computed sentences, and a changed table is caught."""
+def test_the_landing_page_traces_every_number_it_quotes(tmp_path):
+    """The landing page of helpers.report as it is: every number of its
+    finding is traced to its table, and a changed table is caught."""
     root = _results(tmp_path / "phantom")
-    criteria = pd.read_csv(root / "sweep" / "criteria.csv")
-    pd.concat([criteria, criteria.assign(criterion="l2: d1 < d2/3")]).to_csv(root / "sweep" / "criteria.csv",
-                                                                            index=False)
     report.write_index(root, "Study results: phantom")
-    assert "capacity between 4 and 16" in (root / "index.html").read_text()
+    page = (root / "index.html").read_text()
+    assert "41</span>/" in page and "not traced" not in page
     assert report_checks.check_numbers(root / "index.html", root) == []
     assert sweep_figures.load_sweep(root) is not None
-    # the table changes after the page was written: the page's sentence is now stale
+    # the table changes after the page was written: the page's number is now stale
     changed = pd.read_csv(root / "sweep" / "criteria.csv")
-    changed.loc[changed.criterion == "l2: d1 < d2/3", "fraction"] = 0.5
+    changed.loc[(changed["size"] == 4) & (changed.group == "diffusion"), "n_above"] = 40
     changed.to_csv(root / "sweep" / "criteria.csv", index=False)
     messages = [p.message for p in report_checks.check_numbers(root / "index.html", root)]
-    assert messages and all("equals no sentence the run's sweep tables give" in m for m in messages)
+    assert messages and all("quotes 41 where sweep/criteria.csv" in m for m in messages), messages
 
 
 def test_missing_folder(tmp_path):

@@ -64,7 +64,7 @@ def test_a_run_s_fit_table_has_the_references_and_the_verdicts(tmp_path):
         "gaussian_control": "control"}
     assert dict(zip(table["model"], table["fitted"])) == {
         "held_out": True, "stylegan": False, "diffusion": True, "optimal_denoiser": True, "gaussian_control": False}
-    assert set(written["size"]) == {24} and set(written["n"]) == {30, 32}      # held-out: all 30; samples: first 32
+    assert set(written["size"]) == {24} and set(written["n_scored"]) == {30, 32}      # held-out: all 30; samples: first 32
     assert run_fit.fitted(written, "stylegan", 24) is False and run_fit.fitted(written, "stylegan", 99) is None
     checks = run_fit.measure_checks(written)
     assert bool(checks.loc[0, "sharpness"]) and list(checks["size"]) == [24]

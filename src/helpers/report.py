@@ -18,6 +18,12 @@ from pathlib import Path
 from . import common
 
 TEMPLATE_DIR = Path(__file__).with_name("report_template")
+#: the figures that answer the study's questions, shown full width on the landing page, with their captions
+KEY_FIGURES = {
+    "sweep_whole_subjects": "Memorization against training-set size, one panel per criterion (hollow: not fitted)",
+    "memorization_against_fit": "Memorization against fit over training: one line per model and size "
+                                "(filled: fitted), the references as points",
+}
 HIDDEN_TAGS = ("parameters", "injected-parameters")
 
 
@@ -88,16 +94,15 @@ def _markdown(text: str) -> str:
 
 
 def finding_markdown(results_dir: str | os.PathLike) -> str:
-    """What the run found, from its result files (never typed by hand): the
-    sweep's capacity and comparison sentences when the run has a sweep,
-    else the one-run finding of step 05's summary."""
-    from . import criteria, figures, sweep_figures
+    """What the run found, from its result files (never typed by hand): with
+    a sweep, what ran and then, per size, each model's fit and memorization
+    (:mod:`helpers.finding`, every number traced to its table); else the
+    one-run finding of step 05's summary."""
+    from . import criteria, figures, finding, sweep_figures
 
     results = Path(results_dir)
-    tables = sweep_figures.load_sweep(results)
-    if tables is not None:
-        return (sweep_figures.capacity_text(tables["capacity"], tables["criteria"]) + "\n\n"
-                + sweep_figures.comparison_text(tables["criteria"]))
+    if sweep_figures.load_sweep(results) is not None:
+        return finding.setup_markdown(results) + "\n\n" + finding.sweep_markdown(results)
     summary_path = results / "correlation" / "summary.json"
     if summary_path.exists():
         text = figures.finding_text(common.read_json(summary_path), "baseline_p99")
@@ -116,6 +121,8 @@ def _link_list(paths: list[Path], root: Path) -> str:
 def write_index(results_dir: str | os.PathLike, title: str | None = None) -> Path:
     """Write ``results/<name>/index.html``: the finding first, then the steps'
     reports, the figures (sweep figure shown), and the tables."""
+    from . import finding
+
     results = Path(results_dir)
     title = title or f"Study results: {results.name}"
     notebooks = sorted((results / "notebooks").glob("*.html"))
@@ -124,14 +131,20 @@ def write_index(results_dir: str | os.PathLike, title: str | None = None) -> Pat
     tables = sorted([*results.glob("sweep/*.csv"), *figures_dir.glob("*.csv")]) if figures_dir.is_dir() \
         else sorted(results.glob("sweep/*.csv"))
     times = _step_times(results)
-    shown = [p for p in pngs if p.stem.startswith(("sweep_", "top_matches_n"))][:8]
+    key = [p for p in pngs if p.stem in KEY_FIGURES]
+    key.sort(key=lambda p: list(KEY_FIGURES).index(p.stem))
+    shown = [p for p in pngs if p.stem.startswith(("sweep_", "top_matches_n")) and p not in key][:6]
+    lead = "".join(
+        f'<figure class="key"><a href="{p.relative_to(results).as_posix()}"><img src="{p.relative_to(results).as_posix()}" '
+        f'alt="{html.escape(KEY_FIGURES[p.stem])}"></a><figcaption>{html.escape(KEY_FIGURES[p.stem])}</figcaption></figure>'
+        for p in key)
     gallery = "".join(
         f'<figure><a href="{p.relative_to(results).as_posix()}"><img src="{p.relative_to(results).as_posix()}" '
         f'alt="{html.escape(p.stem.replace("_", " "))}"></a><figcaption>{html.escape(p.stem)}</figcaption></figure>'
         for p in shown)
     steps = "".join(
         f'<li><a href="{p.relative_to(results).as_posix()}">{html.escape(p.stem)}</a>'
-        f'{html.escape(times.get(p.stem, ""))}</li>' for p in notebooks)
+        f'<span data-untraced="the step\'s run time">{html.escape(times.get(p.stem, ""))}</span></li>' for p in notebooks)
     css = (TEMPLATE_DIR / "study" / "study.css").read_text()
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1.0">
@@ -140,15 +153,21 @@ def write_index(results_dir: str | os.PathLike, title: str | None = None) -> Pat
 <h1>{html.escape(title)}</h1>
 <h2>The finding</h2>
 {_markdown(finding_markdown(results))}
-<div class="figures">{gallery}</div>
+{lead}
+<h2>What the words mean</h2>
+{_markdown(finding.glossary_markdown())}
 <h2>The steps, as executed</h2>
 <p>Each report shows prose, figures and tables first; the code is folded under each cell
 (the executed <code>.ipynb</code> next to it holds everything).</p>
 <ul>{steps or "<li>no step has run yet</li>"}</ul>
-<h2>All figures</h2>
+<h2>More figures</h2>
+<div class="figures">{gallery}</div>
+<details><summary>All figures ({len(pngs)})</summary>
 {_link_list(pngs, results)}
-<h2>Tables</h2>
+</details>
+<details><summary>All tables ({len(tables)})</summary>
 {_link_list(tables, results)}
+</details>
 </main></body></html>
 """
     return common.write_text(results / "index.html", page)

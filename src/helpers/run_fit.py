@@ -33,9 +33,9 @@ FIT_DIR = "fit"
 FIT_FILE = "fit.csv"
 OVER_TRAINING_FILE = "over_training.csv"
 RULE_FILE = "fit_rule.json"
-OVER_TRAINING = ["size", "model", "role", "step", "images_seen", "n", "fitted", "why", "sharpness", "nn_accuracy",
+OVER_TRAINING = ["size", "model", "role", "step", "images_seen", "n_scored", "fitted", "why", "sharpness", "nn_accuracy",
                  "texture_accuracy", "coverage", "copying", "memorized", "memorized_l2"]
-SHOWN = ["size", "model", "role", "n", "fitted", "why", "sharpness", "sharpness_low", "sharpness_high",
+SHOWN = ["size", "model", "role", "n_scored", "fitted", "why", "sharpness", "sharpness_low", "sharpness_high",
          "nn_accuracy", "nn_low", "nn_high", "texture_accuracy", "precision", "recall", "density", "coverage",
          "copying"]
 
@@ -71,6 +71,7 @@ def judge_run(run_dir: str | os.PathLike, model_names: Sequence[str], rule: FitR
                       real=np.concatenate([real_pool, held_out]), rule=rule,
                       roles={name: _role(name) for name in generated}, seed=seed, references=references)
     table.insert(0, "size", len(training))
+    table = table.rename(columns={"n": "n_scored"})
     common.write_csv(run_dir / FIT_DIR / FIT_FILE, table[SHOWN])
     return table[SHOWN]
 
@@ -126,7 +127,7 @@ def judge_over_training(run_dir: str | os.PathLike, model_names: Sequence[str], 
         name, step, seen = where.get(row["model"], (row["model"], None, None))
         images = sets.get(row["model"])
         paper, l2 = _memorized(run, images) if images is not None else (float("nan"), float("nan"))
-        rows.append({**row, "size": len(run.train), "model": name, "step": step, "images_seen": seen,
+        rows.append({**row, "n_scored": row["n"], "size": len(run.train), "model": name, "step": step, "images_seen": seen,
                      "memorized": paper, "memorized_l2": l2})
     out = pd.DataFrame(rows)[OVER_TRAINING]
     common.write_csv(run_dir / FIT_DIR / OVER_TRAINING_FILE, out)
@@ -208,8 +209,8 @@ def rule_markdown(settings) -> str:
             f"as *fitted* at a size when its images hold as much fine detail as real ones — sharpness ratio "
             f"between {settings.fit_sharpness_low:g} and {settings.fit_sharpness_high:g} — and are no easier to "
             f"tell from its training images than real unseen images are — 1-NN two-sample accuracy at most the "
-            f"held-out images' plus {settings.fit_nn_margin:g}. Up to the first {settings.fit_samples} samples of each "
-            f"model are scored.")
+            f"held-out images' plus {settings.fit_nn_margin:g}. Each model is scored on its first samples, up to the "
+            f"limit `fit_samples` = {settings.fit_samples} (the table's `n_scored` says how many).")
 
 
 def fit_summary_markdown(table: pd.DataFrame | None) -> str:
