@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -16,7 +15,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from scipy.stats import pearsonr
 
-from helpers import common, correlate, correlation, figures
+from helpers import common, config, correlate, correlation, figures
 
 RNG = np.random.default_rng(7)
 
@@ -319,7 +318,7 @@ def _cfg(**kw):
     values = dict(models=["stylegan", "diffusion"], channels=None, joint=True, headline_channel=None, top_k=3,
                   backend="numpy", memory_budget_gb=0.25, n_control=8, control_noise_sd=8.0, seed=0)
     values.update(kw)
-    return SimpleNamespace(**values)
+    return config.CorrelateSettings(**values)
 
 
 def _brute_best(queries: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -340,7 +340,12 @@ def _run(args: argparse.Namespace, locks: runlock.Locks) -> int:
     resolved = config.resolve(args.dataset, profile, overrides, raw_dir=args.data, root=root)
     check_model_names(resolved)
     if args.show_params:
+        from . import criteria, models
+
         print(resolved.describe())
+        print(f"# models and controls (helpers.models): {', '.join(models.REGISTRY)}")
+        print(f"# criteria judged on every run by step 05 (helpers.criteria): {', '.join(criteria.CRITERIA)} "
+              f"({criteria.L2_CRITERION!r} is Gu et al.'s)")
         return 0
     name = args.name or args.dataset
     results = results_root / name

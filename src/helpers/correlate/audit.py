@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import correlation
 from ..common import atomic_path, read_json, write_csv, write_json
-from ..config import MODELS
+from ..config import MEMORY_BUDGET_GB
 from ..parallel import rank_world
 from .control import control_summary, control_table, make_control, scored_control
 from .measures import Measure, study_measures
@@ -44,7 +44,7 @@ from .tables import (
 
 
 def run_engine(synthetic, training, groups: Mapping[str, Any] | None = None, *, k: int = 1,
-               backend: str = "auto", memory_budget_gb: float = 2.0, progress: bool = True,
+               backend: str = "auto", memory_budget_gb: float = MEMORY_BUDGET_GB, progress: bool = True,
                desc: str | None = None, cache: str | Path | None = None) -> dict[str, correlation.MatchResult]:
     """:func:`helpers.correlation.match_groups` (every measure in one pass)
     with a memory budget in GiB. With ``cache`` (a folder), results are kept
@@ -162,11 +162,6 @@ _MEASURE_FILES = ("baseline.csv", "thresholds.csv", "exceedances.csv", "leakage.
 _MODEL_PATTERNS = ("matches_*.csv", "topk_*.csv", "most_matched_*.csv")
 
 
-def _setting(cfg, name: str, default):
-    value = getattr(cfg, name, default)
-    return default if value is None and default is not None else value
-
-
 def _previous_folders(out: Path) -> list[Path]:
     """The folders an earlier audit in ``out`` wrote tables to, from its
     summary.json: one per measure, or ``out`` itself (the older layout)."""
@@ -215,21 +210,20 @@ def engine_passes(data: StudyData, measures: Sequence[Measure], cfg) -> list[Eng
     baseline, the planted-copy control (built from ``cfg``'s seed, so every
     process builds the same), each model's samples."""
     passes = [EnginePass("baseline", data.test, 1)] if data.test is not None else []
-    n_control = int(_setting(cfg, "n_control", 0))
+    n_control = cfg.n_control
     if n_control > 0:
         require = [list(m.index) for m in measures if not m.label_map] or None
-        images, control = make_control(data.train, n_control, seed=int(_setting(cfg, "seed", 0)),
-                                       noise_sd=float(_setting(cfg, "control_noise_sd", 8.0)), require=require)
+        images, control = make_control(data.train, n_control, seed=cfg.seed,
+                                       noise_sd=cfg.control_noise_sd, require=require)
         passes.append(EnginePass(CONTROL_NAME, data.images(images, CONTROL_NAME), 1, control=control))
-    top_k = int(_setting(cfg, "top_k", 5))
+    top_k = cfg.top_k
     for model, (images, seeds) in data.synthetic.items():
         passes.append(EnginePass(model, data.images(images, model), top_k, seeds=seeds))
     return passes
 
 
 def _engine_settings(cfg, progress: bool, engine_cache) -> dict:
-    return dict(backend=_setting(cfg, "backend", "auto"), progress=progress,
-                memory_budget_gb=float(_setting(cfg, "memory_budget_gb", 2.0)), cache=engine_cache)
+    return dict(backend=cfg.backend, progress=progress, memory_budget_gb=cfg.memory_budget_gb, cache=engine_cache)
 
 
 def _describe(name: str) -> str:
@@ -244,11 +238,11 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
     slices where slices are known), exceedances with Wilson intervals,
     leakage and most-matched tables where subjects are known, and
     summary.json; one engine pass per image set for all measures. ``cfg``:
-    top_k, backend, memory_budget_gb, n_control, control_noise_sd, seed
-    (attributes)."""
+    a :class:`helpers.config.CorrelateSettings` (step 05's, or the audit
+    command's: :func:`helpers.correlate.cli.command_settings`)."""
     out = Path(out)
     t0 = time.perf_counter()
-    top_k = int(_setting(cfg, "top_k", 5))
+    top_k = cfg.top_k
     engine = _engine_settings(cfg, progress, engine_cache)
     groups = {m.name: list(m.index) for m in measures}
     passes = {p.name: p for p in engine_passes(data, measures, cfg)}
@@ -344,10 +338,7 @@ def audit_study(results_dir: str | Path, cfg, *, progress: bool = True,
     :mod:`helpers.correlate` for the layout and
     :func:`helpers.correlate.measures.measure_summary` for summary.json).
 
-    ``cfg`` (e.g. ``config.CorrelateSettings``): ``models``, ``channels``
-    (None = every channel), ``joint``, ``headline_channel``, ``top_k``,
-    ``backend``, ``memory_budget_gb``, ``n_control``, ``control_noise_sd``,
-    ``seed``. Models without samples are skipped (the baseline and
+    ``cfg``: step 05's :class:`helpers.config.CorrelateSettings`. Models without samples are skipped (the baseline and
     control still run). ``engine_cache``: see :func:`run_engine` and
     :func:`fill_engine_cache`."""
     data, measures, headline = _study(results_dir, cfg)
@@ -356,11 +347,9 @@ def audit_study(results_dir: str | Path, cfg, *, progress: bool = True,
 
 
 def _study(results_dir, cfg) -> tuple[StudyData, list[Measure], str]:
-    data = load_study_data(results_dir, list(_setting(cfg, "models", MODELS)))
-    measures, headline = study_measures(data.channel_names, _setting(cfg, "channels", None),
-                                        each=bool(_setting(cfg, "each", True)),
-                                        joint=bool(_setting(cfg, "joint", True)),
-                                        headline=_setting(cfg, "headline_channel", None))
+    data = load_study_data(results_dir, list(cfg.models))
+    measures, headline = study_measures(data.channel_names, cfg.channels, each=cfg.each, joint=cfg.joint,
+                                        headline=cfg.headline_channel)
     return data, measures, headline
 
 
