@@ -7,8 +7,9 @@ settings: one process, one after another; ``parallel_runs`` runs side by
 side (:func:`helpers.parallel.run_side_by_side`); or, with
 ``processes > 1``, a torchrun job (:func:`launch`) in which every run is
 shared by all processes. Whichever way, each run's job writes its outputs
-into the run's folder, and the results handed back are read the same way
-(a training's ``summary.json``, the samples files, the audit).
+into the run's folder; after a torchrun job the results handed back are
+read from those files (a training's ``summary.json``, the samples files,
+the audit: :func:`helpers.correlate.load_audit`).
 
 Which models exist, and how each trains and samples, is the model registry
 (:mod:`helpers.models`); which criteria judge a run, the criteria registry
@@ -151,11 +152,6 @@ def train_every_run(results_dir: str | os.PathLike, step: str, cfg) -> dict[str,
     return {label: read_json(run / model.output / "summary.json") for label, run in sweep.run_dirs(results_dir).items()}
 
 
-def engine_cache(run_dir: str | os.PathLike) -> Path:
-    """Where a multi-process audit leaves its engine results for the notebook."""
-    return Path(run_dir) / "correlation" / ".engine_cache"
-
-
 def sample_every_run(results_dir: str | os.PathLike, cfg) -> dict[str, dict[str, str]]:
     """Step 04 on every run: ``{label: {model: samples file}}``. With
     ``cfg.processes > 1`` a torchrun job samples each run over all processes
@@ -173,15 +169,15 @@ def sample_every_run(results_dir: str | os.PathLike, cfg) -> dict[str, dict[str,
 def audit_every_run(results_dir: str | os.PathLike, cfg) -> dict[str, Any]:
     """Step 05 on every run: ``{label: StudyAudit}`` (the notebook then
     judges every run: :func:`helpers.criteria.judge_every_run`). With
-    ``cfg.processes > 1`` a torchrun job computes every correlation over all
-    processes and leaves the engine's results in each run's
-    :func:`engine_cache`; the audit here then reads them back (same code,
-    same files, nothing recomputed)."""
+    ``cfg.processes > 1`` a torchrun job audits each run over all processes
+    (the engine shares the images; process 0 writes the files) and the
+    audits are read back from them (:func:`helpers.correlate.load_audit`),
+    as the trainings' summaries and the samples are."""
     from .. import correlate
 
     runs = sweep.run_dirs(results_dir)
     if cfg.processes > 1:
         launch("correlate", results_dir, as_dict(cfg), cfg.processes, Path(results_dir) / "logs" / "correlate")
+        return {label: correlate.load_audit(run) for label, run in runs.items()}
     with runlock.for_runs(runs.values()):  # a notebook run by hand; under ./runall.sh the runner holds them
-        return {label: correlate.audit_study(run, cfg, engine_cache=engine_cache(run) if cfg.processes > 1 else None)
-                for label, run in runs.items()}
+        return {label: correlate.audit_study(run, cfg) for label, run in runs.items()}
