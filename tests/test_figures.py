@@ -409,30 +409,6 @@ def test_finding_text_verdict_follows_intervals():
 # Training-set size and cross-dataset comparison
 # --------------------------------------------------------------------------
 
-def test_memorization_vs_size(tmp_path):
-    make_results(tmp_path / "phantom", n_subjects=6, seed=1)
-    series = figures.size_series(tmp_path / "phantom")
-    assert series["n_train_subjects"].unique().tolist() == [6]
-    assert "only one training-set size (6 subjects)" in figures.size_note(series)
-    assert figures.plot_memorization_vs_size(series) is None
-
-    make_results(tmp_path / "phantom_n3", n_subjects=3, seed=2)
-    make_results(tmp_path / "other_n2", n_subjects=2, seed=3)  # another dataset: not part of the series
-    series = figures.size_series(tmp_path / "phantom_n3")
-    assert sorted(series["folder"].unique()) == ["phantom", "phantom_n3"]
-    assert sorted(series["n_train_subjects"].unique()) == [3, 6]
-    summary = json.loads((tmp_path / "phantom_n3/correlation/summary.json").read_text())
-    row = series[(series["folder"] == "phantom_n3") & (series["model"] == "diffusion")
-                 & (series["threshold_name"] == "fixed_0.95")].iloc[0]
-    headline = summary["by_measure"][summary["headline"]]
-    assert row["measure"] == "t1"
-    assert row["fraction"] == headline["models"]["diffusion"]["exceedances"]["fixed_0.95"]["fraction"]
-    fig = figures.plot_memorization_vs_size(series, "fixed_0.95")
-    assert figures.size_note(series) is None
-    assert {t.get_text() for t in fig.axes[0].get_legend().get_texts()} == {"StyleGAN", "diffusion"}
-    assert figures.save_figure(fig, tmp_path / "figs", "size", pdf=False)[0].is_file()
-
-
 def test_compare_datasets(tmp_path):
     make_results(tmp_path / "brats20", seed=4)
     make_results(tmp_path / "cxr", xray=True, channels=("xray",), models=("stylegan",), seed=5)
@@ -473,8 +449,6 @@ def test_headline_and_other_measures(tmp_path):
     assert [(m, g) for m, g, _ in tables][:3] == [("t2", "stylegan"), ("t2", "real_test"), ("t2", "control")]
     assert figures.measure_names("max_correlation", "t2", "t2") == ["max_correlation_t2", "max_correlation"]
     assert figures.measure_names("max_correlation", "all", "t2") == ["max_correlation_all"]
-    series = figures.size_series(folder, "all")
-    assert set(series["measure"]) == {"all"} and figures.size_series(folder)["measure"].eq("t2").all()
     with pytest.raises(ValueError, match="no measure 'flair'; measures: t2, t1, all"):
         figures.finding_text(figures.load_summary(folder), measure="flair")
     fig = figures.plot_max_correlation_by_measure(folder, ["stylegan"], bins=10)

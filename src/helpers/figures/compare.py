@@ -10,9 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..correlate import JOINT
+from ..correlate import JOINT, measure_summary
 from .results import load_exceedances, load_summary
-from .sizes import _summary_view
 from .style import BASELINE, COLOURS, CONTROL, MODELS, _pct, display_name, interval_columns
 
 
@@ -46,6 +45,15 @@ def collect_summaries(results_root, measure: str | None = None, all_measures: bo
             if view is not None:
                 rows += [{**row, "dataset": label} for row in _summary_rows(folder, view)]
     return pd.DataFrame(rows, columns=_COMPARE_COLUMNS)
+
+
+def _summary_view(folder: Path, measure: str | None) -> dict | None:
+    """One measure of a folder's summary.json (None: its headline); None
+    when that folder did not compute the measure."""
+    try:
+        return measure_summary(load_summary(folder), measure)
+    except ValueError:
+        return None
 
 
 def _summary_rows(folder: Path, summary: Mapping) -> list[dict]:
