@@ -197,7 +197,7 @@ def make_plan(resolved, results: Path, processes: int | None = None) -> Plan:
         plan.steps.append(estimate_stylegan(sg_cfg, shape, runs, device, processes))
     with _worker_threads(df_cfg, runs, device):
         plan.steps.append(estimate_diffusion(df_cfg, shape, runs, device, processes))
-    plan.steps.append(estimate_sampling(resolved["sample"], sg_cfg, df_cfg, shape, runs, device, processes))
+    plan.steps.append(estimate_sampling(resolved["sample"], resolved.settings, shape, runs, device, processes))
     plan.steps.append(estimate_correlation(resolved["correlate"], resolved["sample"], _channel_names(results, shape),
                                            shape, runs, device, processes))
     return plan
