@@ -415,7 +415,8 @@ def _run(args: argparse.Namespace, locks: runlock.Locks) -> int:
     if run_log:
         total = sum(s for _, s in run_log)
         print("study: " + ", ".join(f"{n} {s:.0f} s" for n, s in run_log) + f"; total {total:.0f} s")
-    index = report.write_index(results, f"Study results: {name} ({args.dataset}, profile {profile})")
+    index = report.write_index(results, f"Study results: {name} ({args.dataset}, profile {profile})",
+                               finding_threshold=resolved["figures"].finding_threshold)
     print(f"study: executed notebooks and HTML in {common.display_path(out_dir)}; start at {common.display_path(index)}")
     return 0
 

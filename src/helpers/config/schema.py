@@ -27,6 +27,8 @@ MODELS = ("stylegan", "diffusion")
 #: the correlation engine's memory budget (GiB): resident synthetic block + chunk products; the one default
 #: of step 05, the audit command and the engine (helpers.correlation.DEFAULT_MEMORY_BUDGET)
 MEMORY_BUDGET_GB = 2.0
+#: the threshold of the written finding (step 05's, step 06's, the landing page's); a shared key
+FINDING_THRESHOLD = "baseline_p99"
 #: a model or control of the registry (helpers.models: stylegan, diffusion, optimal_denoiser, …); the
 #: registry sits above the settings, so the runner checks the names (helpers.pipeline, helpers.steps)
 ModelName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -381,6 +383,7 @@ class CorrelateSettings(StepSettings):
     memory_budget_gb: PositiveFloat = MEMORY_BUDGET_GB  # engine: resident synthetic block + chunk products
     n_control: NonNegative = 64                       # planted-copy positive control
     control_noise_sd: NonNegativeFloat = 8.0             # grey levels of noise in the planted "noise" copies
+    finding_threshold: str = FINDING_THRESHOLD  # threshold of the written finding
 
 
 @dataclass(config=_STRICT)
@@ -393,7 +396,7 @@ class FiguresSettings(StepSettings):
     n_typical: NonNegative = 2
     n_montage: Positive = 16
     n_most_copied: Positive = 10
-    finding_threshold: str = "baseline_p99"   # threshold of the written finding and the size plot
+    finding_threshold: str = FINDING_THRESHOLD  # threshold of the written finding
     hist_bins: Positive = 40
     loss_smooth: Positive = 5
     pdf: bool = True
@@ -419,7 +422,7 @@ SCHEMAS: dict[str, type] = {
 }
 COMMON = "common"  # a section whose keys go to every step
 #: keys several steps share, given once under ``common`` (each step that has the key takes it)
-SHARED_KEYS = ("models",)
+SHARED_KEYS = ("models", "finding_threshold")
 COMMON_KEYS = (*(f.name for f in dataclasses.fields(StepSettings)), *SHARED_KEYS)
 
 
