@@ -249,3 +249,9 @@ def test_prepare_dataset_s_defaults_are_the_schema_s():
     signature = inspect.signature(prepare.prepare_dataset)
     for name in prepare.READ_SETTINGS:
         assert signature.parameters[name].default == getattr(defaults, name), name
+
+
+def test_the_table_of_the_trainings_clashing_keys_names_real_keys():
+    for what, (stylegan_key, _), (diffusion_key, _) in config.schema.TRAINING_KEYS:
+        assert stylegan_key in config.field_names("train_stylegan"), what
+        assert diffusion_key in config.field_names("train_diffusion"), what

@@ -410,6 +410,17 @@ class CompareSettings(StepSettings):
     pdf: bool = True
 
 
+#: the keys the two trainings spell differently for one idea, or alike for two: (what, StyleGAN's key and
+#: meaning, diffusion's key and meaning). One table instead of renames, which would change the identity
+#: of every checkpoint written so far (a resume would be refused).
+TRAINING_KEYS: tuple[tuple[str, tuple[str, str], tuple[str, str]], ...] = (
+    ("length", ("total_kimg", "thousands of real images shown"), ("max_steps", "optimizer steps")),
+    ("checkpoints", ("checkpoint_kimg", "every so many thousand images"), ("checkpoint_every", "every so many steps")),
+    ("mixed precision", ("mixed_precision", "bool: bf16 in the top num_fp16_res resolutions, CUDA only"),
+     ("mixed_precision", "None (by device), 'auto', 'no', 'bf16' or 'fp16'")),
+    ("CPU threads", ("num_threads", "0: all cores"), ("num_threads", "0: measured, the faster of 1 and all cores")),
+)
+
 #: config section → schema, in step order (the notebook ``NN_<section>``)
 SCHEMAS: dict[str, type] = {
     "prepare_data": PrepareDataSettings,
