@@ -23,12 +23,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import lifetime, models, runlock, sweep
-from ..common import display_path, read_json
+from .. import config, lifetime, models, runlock, sweep
+from ..common import display_path, read_json, save_params
 from ..config import as_dict
+from ..layout import Run
 from ..parallel import check_processes, run_side_by_side
 
 STEP_JOBS = ("sample", "correlate")  # with every trainable model's section: the jobs torchrun runs
@@ -41,6 +43,51 @@ def jobs() -> tuple[str, ...]:
 
 class DistributedError(RuntimeError):
     """A multi-process step failed; the message names the rank and its log."""
+
+
+# --------------------------------------------------------------------------
+# A step notebook's first cell
+# --------------------------------------------------------------------------
+
+@dataclass
+class OpenStep:
+    """What a step notebook works with (:func:`open_step`)."""
+
+    section: str
+    dataset: str
+    profile: str
+    results_dir: str
+    cfg: object              # the step's resolved settings (its schema)
+    runs: dict[str, Path]    # every run: the sweep's sizes, or {"all": results_dir}
+
+    @property
+    def largest(self) -> Path:
+        """The run a notebook shows: the largest training set."""
+        return list(self.runs.values())[-1]
+
+    def run(self, label: str | None = None) -> Run:
+        """The files of a run (default: the largest)."""
+        return Run(self.runs[label] if label else self.largest)
+
+    def settings_markdown(self) -> str:
+        from ..figures import settings_markdown
+
+        return settings_markdown(as_dict(self.cfg), self.dataset, self.profile)
+
+
+def open_step(section: str, dataset: str, profile: str | None, results_dir: str | None, settings: dict | None,
+              output: str | None = None) -> OpenStep:
+    """A step notebook's setup: what ``./runall.sh`` injects, or for a
+    notebook opened by hand what it would (:func:`helpers.config.runall_defaults`);
+    the step's settings; every run; and the settings written next to the
+    step's outputs (``<run>/<output>/params.yaml``) in every run."""
+    dataset, profile, results_dir = config.runall_defaults(dataset, profile, results_dir)
+    cfg = config.step_settings(section, dataset, profile, settings)
+    runs = sweep.run_dirs(results_dir)
+    if output is not None:
+        for run in runs.values():
+            save_params(as_dict(cfg), Path(run) / output)
+    return OpenStep(section, dataset, profile, results_dir, cfg, runs)
 
 
 # --------------------------------------------------------------------------
