@@ -390,8 +390,11 @@ def _tiny_summary(a, b):
         return {"n": 100, "constant": 0, "quantiles": {"max": 0.9},
                 "exceedances": {"baseline_p99": {"n_above": k, "fraction": k / 100, "wilson_low": lo,
                                                  "wilson_high": hi}}}
-    return {"dataset": "x", "channels": ["t1"], "n_train": 10, "thresholds": {"baseline_p99": 0.8},
-            "baseline": {"n": 5}, "models": {"stylegan": model(*a), "diffusion": model(*b)}}
+    joint = {"measure": "all", "kind": "joint", "label_map": False, "headline": True, "channels": ["t1"],
+             "description": "all channels as one vector", "thresholds": {"baseline_p99": 0.8},
+             "baseline": {"n": 5}, "models": {"stylegan": model(*a), "diffusion": model(*b)}}
+    return {"dataset": "x", "channels": ["t1"], "n_train": 10, "headline": "all", "measures": ["all"],
+            "by_measure": {"all": joint}}
 
 
 def test_finding_text_verdict_follows_intervals():
@@ -459,33 +462,6 @@ def test_headline_and_other_measures(tmp_path):
     assert set(figures.compare_table(frame, ["fixed_0.95"], measure="all")["measure"]) == {"all"}
 
 
-def test_older_single_measure_layout_still_reads(tmp_path):
-    """Results of step 05 before per-measure correlation: files directly under
-    correlation/, one joint measure."""
-    import shutil
-
-    folder = make_results(tmp_path / "old", models=("stylegan",), seed=8)
-    summary = json.loads((folder / "correlation/summary.json").read_text())
-    for path in (folder / "correlation/all").iterdir():
-        shutil.move(path, folder / "correlation" / path.name)
-    for name in ("t1", "t2", "all"):
-        shutil.rmtree(folder / "correlation" / name)
-    joint = summary["by_measure"]["all"]
-    old = {k: v for k, v in summary.items() if k not in ("headline", "measures", "by_measure")}
-    old.update(channels=["t1", "t2"], thresholds=joint["thresholds"], baseline=joint["baseline"],
-               models=joint["models"], control=joint["control"])
-    common.write_json(folder / "correlation/summary.json", old)
-    assert figures.measures(folder) == ["all"] and figures.headline(folder) == "all"
-    assert len(figures.load_matches(folder, "stylegan")) == 24
-    assert figures.load_matches(folder, "stylegan", "all").equals(figures.load_matches(folder, "stylegan"))
-    assert "correlation on channels t1, t2: all channels as one vector" in figures.finding_text(old)
-    assert figures.model_status(folder, ["stylegan"])[0] == ["stylegan"]
-    assert figures.collect_summaries(tmp_path)["measure"].eq("all").all()
-    assert figures.save_figure(figures.plot_max_correlation(folder, ["stylegan"]), tmp_path, "old", pdf=False)
-    with pytest.raises(ValueError, match="older single-measure layout"):
-        figures.load_matches(folder, "stylegan", "t1")
-
-
 def test_outputs_and_params_markdown(tmp_path):
     path = common.write_text(tmp_path / "a.txt", "x" * 2048)
     text = figures.outputs_markdown([path, tmp_path / "gone.png"])
@@ -543,7 +519,7 @@ def test_words_use_wilson_intervals():
     # 0 of 64 above: Wilson's interval is 0–5.7 %, not the certainty 0–0 % a percentile bootstrap claims
     lo, hi = memorization.wilson_interval(0, 64)
     summary = _tiny_summary((0, lo, hi), (5, 0.0215, 0.1111))
-    summary["models"]["stylegan"]["n"] = 64
+    summary["by_measure"]["all"]["models"]["stylegan"]["n"] = 64
     text = figures.finding_text(summary)
     assert "Of 64 StyleGAN synthetic images, 0 (0.0 %, 95 % CI 0.0 %–5.7 %)" in text
     assert "overlap: this run does not separate" in text

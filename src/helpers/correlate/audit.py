@@ -94,7 +94,7 @@ _MODEL_PATTERNS = ("matches_*.csv", "topk_*.csv", "most_matched_*.csv")
 
 def _previous_folders(out: Path) -> list[Path]:
     """The folders an earlier audit in ``out`` wrote tables to, from its
-    summary.json: one per measure, or ``out`` itself (the older layout)."""
+    summary.json: one per measure."""
     path = out / "summary.json"
     if not path.is_file():
         return []
@@ -102,15 +102,12 @@ def _previous_folders(out: Path) -> list[Path]:
         previous = read_json(path)
     except ValueError:
         return []
-    if "by_measure" not in previous:
-        return [out]
     return [out / str(m) for m in previous.get("measures", []) if str(m) and "/" not in str(m)]
 
 
 def _remove_stale(out: Path, previous: Sequence[Path], measures: Sequence[str], written: Sequence[Path]) -> None:
     """Remove the tables of an earlier audit (``previous`` folders) that this
-    run did not rewrite — the older layout, measures or models no longer
-    computed — so the folder holds what summary.json lists. Only this
+    run did not rewrite — measures or models no longer computed — so the folder holds what summary.json lists. Only this
     step's file names are touched, and a folder is removed only when empty."""
     keep = {Path(p).resolve() for p in written}
     for folder in dict.fromkeys([*previous, *(out / m for m in measures)]):

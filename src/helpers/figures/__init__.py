@@ -12,9 +12,7 @@ channels as one vector (ours) and the label map apart (see
 Every loader, table and figure of one measure takes ``measure=``; ``None``
 means the *headline* measure named in ``correlation/summary.json``. The
 finding sentence and the cross-dataset comparison use the headline by default, and
-:func:`measures` lists the measures headline first. Result folders of the
-older single-measure layout (files directly under ``correlation/``) read as
-one measure, ``all``.
+:func:`measures` lists the measures headline first.
 
 Modules, one per kind of output: :mod:`.results` (loaders), :mod:`.style`
 (names, colours, labels), :mod:`.output` (saving, Markdown), :mod:`.tables`,
