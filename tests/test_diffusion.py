@@ -304,3 +304,17 @@ def test_gpu_bf16_training_step_and_sampling_batch(tmp_path):
     generate = diffusion.make_generate(diffusion.load_pipeline(diffusion.pipeline_dir(results)), "ddpm", device="cuda")
     out = generate([1, 2, 3])
     assert out.dtype == np.uint8 and out.shape == (3, 2, 16, 16)
+
+
+def test_a_checkpoint_s_pipeline_holds_that_checkpoint_s_ema_weights(trained):
+    """The audits over training sample each kept checkpoint: the last one is the saved pipeline itself."""
+    results, summary = trained
+    steps = diffusion.checkpoint_steps(results)
+    assert steps == [8, 12]
+    final = diffusion.load_pipeline(diffusion.pipeline_dir(results)).unet.state_dict()
+    last = diffusion.checkpoint_pipeline(results, 12).unet.state_dict()
+    earlier = diffusion.checkpoint_pipeline(results, 8).unet.state_dict()
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    assert not all(torch.equal(final[k], earlier[k]) for k in final)
+    with pytest.raises(FileNotFoundError, match=r"no diffusion checkpoint at step 5 \(kept: \[8, 12\]\)"):
+        diffusion.checkpoint_pipeline(results, 5)

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("models, audit, fit measures, sweep folders", {"stylegan", "diffusion", "correlate", "fit", "sweep"}),
     ("controls", {"optimal_denoiser"}),
     ("model registry", {"models"}),
-    ("criteria, figures, plan", {"criteria", "figures", "plan"}),
+    ("criteria, fit of every run, figures, plan", {"criteria", "run_fit", "figures", "plan"}),
     ("step runner, reports", {"steps", "sweep_figures", "report", "report_checks", "verify"}),
     ("the runner of the notebooks", {"pipeline"}),
 ]
@@ -35,7 +35,7 @@ LAYER = {package: level for level, (_, packages) in enumerate(LAYERS) for packag
 
 NO_TORCH = ["helpers.config", "helpers.common", "helpers.data", "helpers.phantom", "helpers.correlation",
             "helpers.correlate", "helpers.memorization", "helpers.figures", "helpers.sweep_figures",
-            "helpers.report", "helpers.models", "helpers.criteria", "helpers.sweep", "helpers.parallel"]
+            "helpers.report", "helpers.models", "helpers.criteria", "helpers.run_fit", "helpers.sweep", "helpers.parallel"]
 
 
 def _module_name(path: Path) -> list[str]:

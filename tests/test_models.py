@@ -63,7 +63,7 @@ def make_run(run: Path, n_train: int = 6, n_test: int = 5) -> None:
 
 
 def test_the_built_in_entries():
-    assert models.names() == ["stylegan", "diffusion", "optimal_denoiser"]
+    assert models.names() == ["stylegan", "diffusion", "optimal_denoiser", "gaussian_control"]
     assert models.names(controls=False) == ["stylegan", "diffusion"]
     assert [m.section for m in models.trainable()] == ["train_stylegan", "train_diffusion"]
     assert models.by_section("train_stylegan").name == "stylegan"

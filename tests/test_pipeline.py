@@ -175,3 +175,24 @@ def test_open_step_is_a_step_notebook_s_setup(tmp_path, monkeypatch):
     assert all((run / "samples" / "params.yaml").is_file() for run in step.runs.values())
     assert step.run().samples("diffusion") == results / "sizes" / "n00008" / "samples" / "diffusion.npy"
     assert "profile smoke" in step.settings_markdown()
+
+
+def test_kernel_sockets_live_in_a_private_folder_removed_with_the_kernel(tmp_path, monkeypatch):
+    """A real kernel: its IPC sockets are not written into the working
+    directory (they were left in the user's checkout), and go with it."""
+    from jupyter_client.utils import run_sync
+
+    monkeypatch.chdir(tmp_path)
+    manager = pipeline._kernel_manager_class()(kernel_name=pipeline.ensure_kernel())
+    run_sync(manager.start_kernel)()
+    client = manager.blocking_client()
+    try:
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        sockets = list(Path(manager.ipc_dir).glob("kernel-*"))
+        assert sockets, "the kernel's sockets should be in its private folder"
+        assert not list(tmp_path.iterdir()), "nothing is written into the working directory"
+    finally:
+        client.stop_channels()
+        run_sync(manager.shutdown_kernel)(now=True)
+    assert not Path(manager.ipc_dir).exists()

@@ -407,3 +407,18 @@ def test_gpu_step_with_mixed_precision(tmp_path):
     assert all(torch.isfinite(v) for v in stats.values())
     G = trainer.G_ema
     assert sg.generate_images(G, [0, 1]).shape == (2, 2, 32, 32)
+
+
+def test_a_checkpoint_s_generator_is_the_ema_generator_of_that_step(tmp_path):
+    """The audits over training sample each kept checkpoint: the last one is the exported generator."""
+    results = make_results(tmp_path, channels=2)
+    sg.train(results, tiny_config(total_kimg=0.032, keep_checkpoints=0), seed=0, progress=False)
+    steps = sg.checkpoint_steps(results)
+    assert steps == [4, 8]
+    final = sg.load_generator(results, "cpu").state_dict()
+    last = sg.checkpoint_generator(results, 8, "cpu").state_dict()
+    first = sg.checkpoint_generator(results, 4, "cpu").state_dict()
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    assert not all(torch.equal(final[k], first[k]) for k in final)
+    with pytest.raises(FileNotFoundError, match=r"no StyleGAN checkpoint at step 3 \(kept: \[4, 8\]\)"):
+        sg.checkpoint_generator(results, 3)

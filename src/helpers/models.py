@@ -152,7 +152,8 @@ def one_thread(settings, parallel: bool):
 
 
 # --------------------------------------------------------------------------
-# The entries: StyleGAN2-ADA, DDPM, and the optimal denoiser (a control)
+# The entries: StyleGAN2-ADA, DDPM, and two controls: the optimal denoiser
+# (a perfect memorizer) and the Gaussian control (learns nothing: issue 22)
 # --------------------------------------------------------------------------
 
 def _train_stylegan(run, settings, *, progress: bool = True, parallel: bool = False) -> dict:
@@ -197,6 +198,12 @@ def _sample_optimal_denoiser(run, settings, *, progress: bool = True, parallel: 
                                    sampler=settings.diffusion_sampler,
                                    num_inference_steps=settings.diffusion_inference_steps,
                                    progress=progress, num_threads=1 if parallel else 0)
+
+
+def _sample_gaussian_control(run, settings, *, progress: bool = True, parallel: bool = False) -> Path:
+    from .fit import controls
+
+    return controls.sample(run, settings.n_gaussian_control, settings.first_seed, settings.batch_size, progress=progress)
 
 
 # --------------------------------------------------------------------------
@@ -253,3 +260,5 @@ register(Model("diffusion", "diffusion", "tab:orange", _sample_diffusion, _train
 register(Model("optimal_denoiser", "optimal denoiser", "tab:red", _sample_optimal_denoiser, marker="^",
                legend="optimal denoiser (memorizes by construction)", control=True,
                time_sampling=_time_optimal_denoiser))
+register(Model("gaussian_control", "Gaussian control", "tab:purple", _sample_gaussian_control, marker="X",
+               legend="Gaussian control (learns only each pixel's mean and spread)", control=True))

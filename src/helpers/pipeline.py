@@ -23,7 +23,9 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -193,6 +195,16 @@ def _kernel_manager_class():
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             self.transport = "ipc"
+            # the sockets live in a private folder, removed with the kernel;
+            # jupyter_client's default puts them in the working directory,
+            # where a killed kernel left them in the user's checkout
+            self.ipc_dir = tempfile.mkdtemp(prefix="study-kernel-")
+            self.ip = os.path.join(self.ipc_dir, "kernel")
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart=restart)
+            if not restart:
+                shutil.rmtree(self.ipc_dir, ignore_errors=True)
 
         async def _async_launch_kernel(self, kernel_cmd, **kw):
             # the kernel dies with the runner (its parent-death signal, armed
@@ -325,6 +337,8 @@ def _run(args: argparse.Namespace, locks: runlock.Locks) -> int:
     results_root = Path(args.results).resolve() if args.results else (
         Path(os.environ["STUDY_RESULTS"]).resolve() if os.environ.get("STUDY_RESULTS") else root / "results")
     overrides = config.parse_overrides(args.set)
+    if args.compare_with and not Path(args.compare_with).is_dir():
+        raise PipelineError(f"--compare-with {args.compare_with}: no such results folder (e.g. results/phantom)")
     if args.processes is not None:
         overrides.setdefault("common", {})["processes"] = args.processes
     if args.dataset == "compare":
@@ -418,6 +432,10 @@ def _run(args: argparse.Namespace, locks: runlock.Locks) -> int:
     index = report.write_index(results, f"Study results: {name} ({args.dataset}, profile {profile})",
                                finding_threshold=resolved["figures"].finding_threshold)
     print(f"study: executed notebooks and HTML in {common.display_path(out_dir)}; start at {common.display_path(index)}")
+    if args.compare_with:  # a reviewer's check: does this run reproduce the reference? (helpers.verify)
+        from . import verify
+
+        return verify.main([str(results), args.compare_with]) and 3
     return 0
 
 
@@ -479,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plan", action="store_true",
                         help="print the time, memory and disk steps 02-05 will take here (a few iterations "
                              "measured); run nothing")
+    parser.add_argument("--compare-with", metavar="DIR",
+                        help="after the run, list every table and number that differs from the results folder DIR "
+                             "(e.g. results/phantom; python -m helpers.verify); exit status 3 when any differs")
     parser.add_argument("--register-kernel", action="store_true",
                         help="register this environment as the Jupyter kernel the notebooks name; run nothing")
     return parser

@@ -354,6 +354,7 @@ class SampleSettings(StepSettings):
     n_stylegan: NonNegative = 100001                  # the authors: seeds 2..100002
     n_diffusion: NonNegative = 100000                 # not stated by the authors: as many as StyleGAN's, rounded
     n_optimal_denoiser: NonNegative = 0               # the positive control (when in models)
+    n_gaussian_control: NonNegative = 0               # the underfitting control (when in models)
     first_seed: NonNegative = 2
     batch_size: Positive = 64
     truncation_psi: float = 1.0               # StyleGAN; 1 = no truncation, as the authors
@@ -384,6 +385,14 @@ class CorrelateSettings(StepSettings):
     n_control: NonNegative = 64                       # planted-copy positive control
     control_noise_sd: NonNegativeFloat = 8.0             # grey levels of noise in the planted "noise" copies
     finding_threshold: str = FINDING_THRESHOLD  # threshold of the written finding
+    # the fit of every model (helpers.fit): the reading rule, declared before any result (issue 22).
+    # Fitted: sharpness ratio within [low, high] and 1-NN accuracy ≤ the held-out images' + margin.
+    fit: bool = True                          # judge every model's fit beside its memorization
+    fit_sharpness_low: Annotated[float, Field(gt=0, lt=1)] = 0.8     # real held-out phantom slices: 0.88–1.08
+    fit_sharpness_high: Annotated[float, Field(gt=1)] = 1.25
+    fit_nn_margin: Annotated[float, Field(ge=0, lt=0.5)] = 0.05
+    fit_samples: Positive = 1000                      # the first n samples of each model are scored
+    fit_seed: NonNegative = 0                         # bootstrap, folds and chunks of the fit measures
 
 
 @dataclass(config=_STRICT)

@@ -41,12 +41,23 @@ from .model import (
                     zero_init_residual_outputs,
 )
 from .notes import DIFFERENCES, PROFILE_NOTES
-from .sampling import load_pipeline, make_generate, preview, sample, sample_images, sampling_scheduler, seeded_generator
+from .sampling import (
+                    checkpoint_pipeline,
+                    checkpoint_steps,
+                    load_pipeline,
+                    make_generate,
+                    preview,
+                    sample,
+                    sample_images,
+                    sampling_scheduler,
+                    seeded_generator,
+)
 from .trainer import TrainingSetup, make_accelerator, resolve_speed_options, setup_training, train_step
 
 __all__ = [
     "DIFFERENCES", "LOG_COLUMNS", "MODEL_NAME", "PROFILE_NOTES", "TrainingImages", "TrainingSetup",
-    "attention_levels", "build_noise_scheduler", "build_unet", "count_parameters", "guided_diffusion_betas",
+    "attention_levels", "build_noise_scheduler", "checkpoint_pipeline", "checkpoint_steps",
+    "build_unet", "count_parameters", "guided_diffusion_betas",
     "load_pipeline", "main", "make_accelerator", "make_generate", "output_dir", "pipeline_dir", "preview",
     "read_loss_log", "resolve_speed_options", "sample", "sample_images", "sampling_scheduler", "save_pipeline",
     "seeded_generator", "setup_training", "step_seed", "train", "train_step", "zero_init_residual_outputs",

@@ -165,3 +165,30 @@ def preview(results_dir: str | os.PathLike, seeds: Sequence[int], sampler: str =
                              progress=True)
     return generate(list(seeds))
 
+
+
+def checkpoint_steps(results_dir: str | os.PathLike) -> list[int]:
+    """The steps of the kept training checkpoints (``diffusion/checkpoints``)."""
+    from ..checkpoints import list_checkpoints
+
+    return [step for step, _ in list_checkpoints(Path(results_dir) / MODEL_NAME / "checkpoints")]
+
+
+def checkpoint_pipeline(results_dir: str | os.PathLike, step: int):
+    """A ``DDPMPipeline`` (on the CPU) holding the EMA weights of training
+    checkpoint ``step``, with the saved pipeline's UNet configuration and
+    noise schedule: the audits over training sample it as the final one."""
+    from diffusers import DDPMPipeline, UNet2DModel
+    from diffusers.training_utils import EMAModel
+
+    from ..checkpoints import checkpoint_path, load_state
+
+    path = checkpoint_path(Path(results_dir) / MODEL_NAME / "checkpoints", step)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no diffusion checkpoint at step {step} (kept: {checkpoint_steps(results_dir)})")
+    final = load_pipeline(pipeline_dir(results_dir))
+    unet = UNet2DModel.from_config(final.unet.config)
+    ema = EMAModel(unet.parameters(), model_cls=UNet2DModel, model_config=unet.config)
+    ema.load_state_dict(load_state(path)["ema"])
+    ema.copy_to(unet.parameters())
+    return DDPMPipeline(unet=unet.eval(), scheduler=final.scheduler)

@@ -20,7 +20,9 @@ One seed per image, so any image can be drawn again on its own.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -57,3 +59,35 @@ class GaussianControl:
                 image = self.mean + rng.standard_normal(len(self.components)) @ self.components
             out[i] = np.clip(np.rint(image), 0, 255).astype(np.uint8).reshape(self.shape)
         return out
+
+
+#: the control's name in the model registry and its samples file
+CONTROL_NAME = "gaussian_control"
+
+
+def sample(run: str | os.PathLike, n_images: int, first_seed: int, batch_size: int, progress: bool = True) -> Path:
+    """``samples/gaussian_control.npy`` (uint8 N×C×H×W) and its seeds: image
+    i drawn with seed ``first_seed + i`` from the Gaussian of the run's
+    ``data/train.npy`` (independent pixels). The training data it was fitted
+    to is kept in ``samples/gaussian_control_sampler.json``; samples of
+    other data are never mixed in or overwritten silently."""
+    from ..common import read_json, write_json
+    from ..sampling import finished_samples, sample_to_npy, samples_path
+    from ..training import TrainingImages
+
+    data = TrainingImages(Path(run) / "data")
+    control = GaussianControl(np.asarray(data.array))
+    out = samples_path(run, CONTROL_NAME)
+    partial = out.with_name(out.stem + ".partial.npy")
+    record_path = out.with_name(f"{CONTROL_NAME}_sampler.json")
+    what = {"covariance": control.covariance, "data": data.fingerprint(), "n_training": len(data)}
+    if record_path.exists() and (out.exists() or partial.exists()):
+        old = read_json(record_path)
+        if {k: old.get(k) for k in what} != what:
+            raise ValueError(f"{record_path}: the existing Gaussian-control samples were fitted to {old}, not "
+                             f"{what}; remove {out.name} and {partial.name} in {out.parent} to sample again")
+        if finished_samples(out, n_images, first_seed, control.shape):
+            return out
+    write_json(record_path, what)
+    return sample_to_npy(lambda seeds: control.sample(seeds), out, n_images, first_seed, control.shape,
+                         batch_size=batch_size, progress=progress, desc="Gaussian control")

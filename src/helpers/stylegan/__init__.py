@@ -45,6 +45,8 @@ from .networks import Discriminator, Generator, MappingNetwork, MinibatchStd, ch
 from .sampling import (
                        GENERATOR_CONFIG,
                        GENERATOR_WEIGHTS,
+                       checkpoint_generator,
+                       checkpoint_steps,
                        export_generator,
                        generate_images,
                        latents_for_seeds,
@@ -56,7 +58,8 @@ from .trainer import StyleGANTrainer
 __all__ = [
     "AdaptiveAugment", "Conv2dLayer", "Discriminator", "FullyConnected", "GENERATOR_CONFIG", "GENERATOR_WEIGHTS",
     "Generator", "LOG_COLUMNS", "MappingNetwork", "MinibatchStd", "StyleGANTrainer", "TrainingImages",
-    "channels_per_resolution", "conv2d_resample", "count_parameters", "downsample2d", "export_generator",
+    "channels_per_resolution", "checkpoint_generator", "checkpoint_steps",
+    "conv2d_resample", "count_parameters", "downsample2d", "export_generator",
     "generate_images", "latents_for_seeds", "load_generator", "model_summary", "modulated_conv2d", "sample",
     "train", "upsample2d",
 ]

@@ -133,3 +133,29 @@ def sample(results_dir: str | os.PathLike, n_images: int, first_seed: int, batch
         progress=progress, desc="stylegan",
     )
 
+
+
+def checkpoint_steps(results_dir: str | os.PathLike) -> list[int]:
+    """The steps of the kept training checkpoints (``stylegan/checkpoints``)."""
+    from ..checkpoints import list_checkpoints
+
+    return [step for step, _ in list_checkpoints(Path(results_dir) / "stylegan" / "checkpoints")]
+
+
+def checkpoint_generator(results_dir: str | os.PathLike, step: int,
+                         device: str | torch.device | None = None) -> Generator:
+    """The EMA generator as it stood at training checkpoint ``step``, for the
+    audits over training (memorization and fit against images seen). Its
+    architecture is the exported generator's (``generator.json``)."""
+    from ..checkpoints import checkpoint_path, load_state
+
+    folder = Path(results_dir) / "stylegan"
+    path = checkpoint_path(folder / "checkpoints", step)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no StyleGAN checkpoint at step {step} (kept: {checkpoint_steps(results_dir)})")
+    if not (folder / GENERATOR_CONFIG).is_file():
+        raise FileNotFoundError(f"{folder / GENERATOR_CONFIG}: missing; run notebook 02 (train StyleGAN) first")
+    G = Generator(**read_json(folder / GENERATOR_CONFIG)["generator"])
+    G.load_state_dict(load_state(path)["G_ema"])
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return G.to(device).eval().requires_grad_(False)
