@@ -67,7 +67,7 @@ def test_runall_smoke_profile_end_to_end(tmp_path):
     # the control memorizes by construction: every criterion must flag it at every size
     criteria = pd.read_csv(results / "sweep" / "criteria.csv")
     control = criteria[(criteria.group == "optimal_denoiser") & criteria.criterion.isin(
-        ["t1ce: r > fixed_0.95", "l2: d1 < d2/3"]) & (criteria.n > 0)]
+        ["t1ce: r > fixed_0.95", "l2: d1 < d2/3"]) & (criteria.n_images > 0)]
     assert len(control) >= 3 and (control.fraction >= 0.9).all(), control
 
     second = runall("phantom", "--profile", "smoke", results=tmp_path)
