@@ -118,7 +118,8 @@ def test_overrides_parse_yaml_values():
 def test_every_dataset_and_profile_resolves():
     root = common.repo_root()
     datasets, profiles = config.available_datasets(root), config.available_profiles(root)
-    assert set(common.DATASETS) <= set(datasets) and {"smoke", "cpu", "gpu", "paper"} <= set(profiles)
+    assert {"phantom", "phantom_cxr", "brats20", "brats21", "cxr"} <= set(datasets)
+    assert {"smoke", "cpu", "gpu", "paper"} <= set(profiles)
     for dataset in datasets:
         for profile in profiles:
             resolved = config.resolve(dataset, profile, root=root)
@@ -197,3 +198,61 @@ def test_a_notebook_opened_by_hand_resolves_what_runall_injects(tmp_path, monkey
     monkeypatch.setenv("STUDY_RESULTS", str(tmp_path))
     assert config.runall_defaults("phantom", "smoke", None) == ("phantom", "smoke", str(tmp_path / "phantom"))
     assert config.runall_defaults("phantom", "cpu", "elsewhere/x") == ("phantom", "cpu", "elsewhere/x")
+
+
+# --------------------------------------------------------------------------
+# One home for every default (issue 18.4)
+# --------------------------------------------------------------------------
+
+def test_models_is_one_common_key_for_every_step_that_has_it(tmp_path):
+    write_config(tmp_path, {}, {"common": {"models": ["diffusion", "optimal_denoiser"]}})
+    resolved = config.resolve("toy", "small", root=tmp_path)
+    for section in ("sample", "correlate", "figures"):
+        assert resolved[section].models == ["diffusion", "optimal_denoiser"]
+        assert resolved.sources[section]["models"] == "configs/profiles/small.yaml (common)"
+    assert not hasattr(resolved["train_stylegan"], "models")  # a step without the key does not take it
+
+
+def test_phantom_sizes_and_each_are_typed_fields(tmp_path):
+    write_config(tmp_path, {}, {"prepare_data": {"source": "phantom_cxr",
+                                                "phantom_cxr_sizes": {"n_normal": 8, "width_range": [128, 256]}}})
+    prep = config.resolve("toy", "small", root=tmp_path)["prepare_data"]
+    assert prep.phantom_cxr_sizes.n_images == 8 + 200
+    assert prep.phantom_brats_sizes.kwargs() == {"n_subjects": 24}
+    assert config.as_dict(prep)["phantom_cxr_sizes"] == {"n_normal": 8, "n_pneumonia": 200, "width_range": [128, 256]}
+    assert config.step_settings("prepare_data", "toy", "small", config.as_dict(prep)) == prep  # papermill's round trip
+    for bad, message in (({"n_subjects": 1}, "greater than or equal to 2"), ({"subjects": 4}, "Unexpected keyword")):
+        write_config(tmp_path, {}, {"prepare_data": {"phantom_brats_sizes": bad}})
+        with pytest.raises(config.ConfigError, match=f"prepare_data.phantom_brats_sizes.*{message}"):
+            config.resolve("toy", "small", root=tmp_path)
+    assert config.CorrelateSettings().each is True
+
+
+def test_the_audit_command_builds_step_05_s_settings_with_one_memory_budget():
+    from helpers import correlate, correlation
+
+    cfg = correlate.command_settings(channels=[0, 2], memory_budget_gb=0.5)
+    assert isinstance(cfg, config.CorrelateSettings)
+    assert (cfg.each, cfg.top_k, cfg.n_control, cfg.memory_budget_gb) == (False, 1, 0, 0.5)
+    default = correlate.command_settings()
+    assert default.memory_budget_gb == config.CorrelateSettings().memory_budget_gb == config.MEMORY_BUDGET_GB
+    assert correlation.DEFAULT_MEMORY_BUDGET == int(config.MEMORY_BUDGET_GB * 1024**3)
+    with pytest.raises(config.ConfigError, match="the audit command: correlate.top_k = 0"):
+        correlate.command_settings(top_k=0)
+
+
+def test_prepare_dataset_s_defaults_are_the_schema_s():
+    import inspect
+
+    from helpers.data import prepare
+
+    defaults = config.PrepareDataSettings()
+    signature = inspect.signature(prepare.prepare_dataset)
+    for name in prepare.READ_SETTINGS:
+        assert signature.parameters[name].default == getattr(defaults, name), name
+
+
+def test_the_table_of_the_trainings_clashing_keys_names_real_keys():
+    for what, (stylegan_key, _), (diffusion_key, _) in config.schema.TRAINING_KEYS:
+        assert stylegan_key in config.field_names("train_stylegan"), what
+        assert diffusion_key in config.field_names("train_diffusion"), what

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -16,7 +15,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from scipy.stats import pearsonr
 
-from helpers import common, correlate, correlation, figures
+from helpers import common, config, correlate, correlation, figures
 
 RNG = np.random.default_rng(7)
 
@@ -319,7 +318,7 @@ def _cfg(**kw):
     values = dict(models=["stylegan", "diffusion"], channels=None, joint=True, headline_channel=None, top_k=3,
                   backend="numpy", memory_budget_gb=0.25, n_control=8, control_noise_sd=8.0, seed=0)
     values.update(kw)
-    return SimpleNamespace(**values)
+    return config.CorrelateSettings(**values)
 
 
 def _brute_best(queries: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -340,14 +339,12 @@ def _brute_best(queries: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.
 def test_audit_study_end_to_end(tmp_path):
     root = fake_results(tmp_path / "phantom", models=("stylegan", "diffusion"), channels=("t1", "flair", "seg"))
     out = root / "correlation"
-    out.mkdir()  # an earlier run of the older single-measure layout: its tables are removed, nothing else
-    (out / "summary.json").write_text(json.dumps({"thresholds": {}, "baseline": None, "models": {}}))
-    for name in ("matches_stylegan.csv", "baseline.csv", "notes.csv", "mine/matches_x.csv"):
+    out.mkdir()  # files not the audit's stay
+    for name in ("notes.csv", "mine/matches_x.csv"):
         (out / name).parent.mkdir(exist_ok=True)
         (out / name).write_text("x\n")
     audit = correlate.audit_study(root, _cfg(headline_channel="flair"), progress=False)
     assert audit.headline == "flair" and audit.names == ["flair", "t1", "all", "seg"]
-    assert not (out / "matches_stylegan.csv").exists() and not (out / "baseline.csv").exists()
     assert (out / "notes.csv").is_file() and (out / "mine/matches_x.csv").is_file()
     for m in audit.names:
         for name in ("baseline.csv", "thresholds.csv", "exceedances.csv", "leakage.csv", "control_matches.csv",

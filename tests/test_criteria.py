@@ -154,3 +154,36 @@ def test_criteria_csv_counts_the_planted_cases(tmp_path):
     # the r = 0.97 copy: above 0.95 and below 0.99 in every measure, as planted
     for measure in channel:
         assert 0.95 < expected_r("diffusion", measure)[3] < 0.99
+
+
+def test_a_new_criterion_is_one_decorated_function_judged_on_every_run(tmp_path):
+    from helpers import config
+    from helpers.correlate import audit_study
+
+    results = tmp_path / "results" / "toy"
+    arrays = make_criteria_run(results)
+    audit_study(results, config.CorrelateSettings(models=["diffusion"], n_control=0, top_k=1, backend="numpy"),
+                progress=False)
+
+    @criteria.criterion("bright")
+    def bright(run: criteria.RunData):
+        """Toy: an image is 'memorized' when its mean grey level is above the training set's."""
+        level = float(np.mean(run.train))
+        return {group: {"bright: mean > training mean": (images.reshape(len(images), -1).mean(1) > level)}
+                for group, images in run.groups.items()}
+
+    try:
+        table, _ = criteria.judge_run(results, ["diffusion"])
+    finally:
+        criteria.unregister("bright")
+    rows = table[table["criterion"] == "bright: mean > training mean"].set_index("group")
+    level = arrays["train"].mean()
+    expected = {"diffusion": int((arrays["diffusion"].reshape(8, -1).mean(1) > level).sum()),
+                criteria.REAL: int((arrays["test"].reshape(10, -1).mean(1) > level).sum())}
+    assert rows["n_above"].to_dict() == expected and rows["n_images"].to_dict() == {"diffusion": 8, criteria.REAL: 10}
+    # the same rows in the run's criteria.csv and its summary.json, and the built-in ones beside them
+    written = pd.read_csv(results / "correlation" / "criteria.csv")
+    pd.testing.assert_frame_equal(written, table, check_dtype=False)
+    summary = common.read_json(results / "correlation" / "summary.json")
+    assert {r["criterion"] for r in summary["criteria"]} == set(table["criterion"])
+    assert criteria.L2_CRITERION in set(table["criterion"]) and "bright" not in criteria.CRITERIA

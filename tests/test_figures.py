@@ -390,8 +390,11 @@ def _tiny_summary(a, b):
         return {"n": 100, "constant": 0, "quantiles": {"max": 0.9},
                 "exceedances": {"baseline_p99": {"n_above": k, "fraction": k / 100, "wilson_low": lo,
                                                  "wilson_high": hi}}}
-    return {"dataset": "x", "channels": ["t1"], "n_train": 10, "thresholds": {"baseline_p99": 0.8},
-            "baseline": {"n": 5}, "models": {"stylegan": model(*a), "diffusion": model(*b)}}
+    joint = {"measure": "all", "kind": "joint", "label_map": False, "headline": True, "channels": ["t1"],
+             "description": "all channels as one vector", "thresholds": {"baseline_p99": 0.8},
+             "baseline": {"n": 5}, "models": {"stylegan": model(*a), "diffusion": model(*b)}}
+    return {"dataset": "x", "channels": ["t1"], "n_train": 10, "headline": "all", "measures": ["all"],
+            "by_measure": {"all": joint}}
 
 
 def test_finding_text_verdict_follows_intervals():
@@ -408,30 +411,6 @@ def test_finding_text_verdict_follows_intervals():
 # --------------------------------------------------------------------------
 # Training-set size and cross-dataset comparison
 # --------------------------------------------------------------------------
-
-def test_memorization_vs_size(tmp_path):
-    make_results(tmp_path / "phantom", n_subjects=6, seed=1)
-    series = figures.size_series(tmp_path / "phantom")
-    assert series["n_train_subjects"].unique().tolist() == [6]
-    assert "only one training-set size (6 subjects)" in figures.size_note(series)
-    assert figures.plot_memorization_vs_size(series) is None
-
-    make_results(tmp_path / "phantom_n3", n_subjects=3, seed=2)
-    make_results(tmp_path / "other_n2", n_subjects=2, seed=3)  # another dataset: not part of the series
-    series = figures.size_series(tmp_path / "phantom_n3")
-    assert sorted(series["folder"].unique()) == ["phantom", "phantom_n3"]
-    assert sorted(series["n_train_subjects"].unique()) == [3, 6]
-    summary = json.loads((tmp_path / "phantom_n3/correlation/summary.json").read_text())
-    row = series[(series["folder"] == "phantom_n3") & (series["model"] == "diffusion")
-                 & (series["threshold_name"] == "fixed_0.95")].iloc[0]
-    headline = summary["by_measure"][summary["headline"]]
-    assert row["measure"] == "t1"
-    assert row["fraction"] == headline["models"]["diffusion"]["exceedances"]["fixed_0.95"]["fraction"]
-    fig = figures.plot_memorization_vs_size(series, "fixed_0.95")
-    assert figures.size_note(series) is None
-    assert {t.get_text() for t in fig.axes[0].get_legend().get_texts()} == {"StyleGAN", "diffusion"}
-    assert figures.save_figure(fig, tmp_path / "figs", "size", pdf=False)[0].is_file()
-
 
 def test_compare_datasets(tmp_path):
     make_results(tmp_path / "brats20", seed=4)
@@ -473,8 +452,6 @@ def test_headline_and_other_measures(tmp_path):
     assert [(m, g) for m, g, _ in tables][:3] == [("t2", "stylegan"), ("t2", "real_test"), ("t2", "control")]
     assert figures.measure_names("max_correlation", "t2", "t2") == ["max_correlation_t2", "max_correlation"]
     assert figures.measure_names("max_correlation", "all", "t2") == ["max_correlation_all"]
-    series = figures.size_series(folder, "all")
-    assert set(series["measure"]) == {"all"} and figures.size_series(folder)["measure"].eq("t2").all()
     with pytest.raises(ValueError, match="no measure 'flair'; measures: t2, t1, all"):
         figures.finding_text(figures.load_summary(folder), measure="flair")
     fig = figures.plot_max_correlation_by_measure(folder, ["stylegan"], bins=10)
@@ -483,33 +460,6 @@ def test_headline_and_other_measures(tmp_path):
     assert set(frame["measure"]) == {"t1", "t2", "all"} and set(frame.loc[frame["headline"], "measure"]) == {"t2"}
     assert set(figures.compare_table(frame, ["fixed_0.95"])["measure"]) == {"t2"}
     assert set(figures.compare_table(frame, ["fixed_0.95"], measure="all")["measure"]) == {"all"}
-
-
-def test_older_single_measure_layout_still_reads(tmp_path):
-    """Results of step 05 before per-measure correlation: files directly under
-    correlation/, one joint measure."""
-    import shutil
-
-    folder = make_results(tmp_path / "old", models=("stylegan",), seed=8)
-    summary = json.loads((folder / "correlation/summary.json").read_text())
-    for path in (folder / "correlation/all").iterdir():
-        shutil.move(path, folder / "correlation" / path.name)
-    for name in ("t1", "t2", "all"):
-        shutil.rmtree(folder / "correlation" / name)
-    joint = summary["by_measure"]["all"]
-    old = {k: v for k, v in summary.items() if k not in ("headline", "measures", "by_measure")}
-    old.update(channels=["t1", "t2"], thresholds=joint["thresholds"], baseline=joint["baseline"],
-               models=joint["models"], control=joint["control"])
-    common.write_json(folder / "correlation/summary.json", old)
-    assert figures.measures(folder) == ["all"] and figures.headline(folder) == "all"
-    assert len(figures.load_matches(folder, "stylegan")) == 24
-    assert figures.load_matches(folder, "stylegan", "all").equals(figures.load_matches(folder, "stylegan"))
-    assert "correlation on channels t1, t2: all channels as one vector" in figures.finding_text(old)
-    assert figures.model_status(folder, ["stylegan"])[0] == ["stylegan"]
-    assert figures.collect_summaries(tmp_path)["measure"].eq("all").all()
-    assert figures.save_figure(figures.plot_max_correlation(folder, ["stylegan"]), tmp_path, "old", pdf=False)
-    with pytest.raises(ValueError, match="older single-measure layout"):
-        figures.load_matches(folder, "stylegan", "t1")
 
 
 def test_outputs_and_params_markdown(tmp_path):
@@ -569,7 +519,7 @@ def test_words_use_wilson_intervals():
     # 0 of 64 above: Wilson's interval is 0–5.7 %, not the certainty 0–0 % a percentile bootstrap claims
     lo, hi = memorization.wilson_interval(0, 64)
     summary = _tiny_summary((0, lo, hi), (5, 0.0215, 0.1111))
-    summary["models"]["stylegan"]["n"] = 64
+    summary["by_measure"]["all"]["models"]["stylegan"]["n"] = 64
     text = figures.finding_text(summary)
     assert "Of 64 StyleGAN synthetic images, 0 (0.0 %, 95 % CI 0.0 %–5.7 %)" in text
     assert "overlap: this run does not separate" in text

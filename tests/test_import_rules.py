@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 #: bottom to top; a package may import its own layer and those below
 LAYERS: list[tuple[str, set[str]]] = [
     ("leaves", {"lifetime", "runlock", "memorization"}),
-    ("primitives", {"common", "parallel"}),
+    ("primitives", {"common", "parallel", "layout"}),
     ("settings, checkpoints, data", {"config", "checkpoints", "training", "data"}),
     ("raw data, sampling, engine", {"phantom", "sampling", "correlation"}),
     ("models, audit, fit measures, sweep folders", {"stylegan", "diffusion", "correlate", "fit", "sweep"}),

@@ -57,9 +57,8 @@ def test_exact_copy_is_memorized_by_every_criterion(volume_set):
     assert (row.second_subject, row.second_slice) == ("B", 14)          # 2 slices away: a candidate
     assert flags_of(table).tolist() == [1.0]
     thresholds = mem.correlation_thresholds(np.array([0.5, 0.7, 0.8]))
-    flags = mem.correlation_flags([1.0], thresholds)
-    assert set(flags) == {"corr_fixed_0.95", "corr_fixed_0.99", "corr_baseline_p95", "corr_baseline_p99"}
-    assert all(f.tolist() == [1.0] for f in flags.values())
+    assert set(thresholds) == {"fixed_0.95", "fixed_0.99", "baseline_p95", "baseline_p99"}
+    assert all(mem.exceedance_flags([1.0], t).tolist() == [1.0] for t in thresholds.values())
 
 
 def test_mirror_image_is_not_memorized_unless_the_training_image_is_symmetric():

@@ -126,25 +126,43 @@ def test_processes_the_batch_cannot_take_are_refused_before_anything_starts():
         parallel.check_processes(0)
 
 
-def test_the_engine_cache_knows_a_whole_file_by_its_identity_and_a_part_by_its_values(tmp_path):
-    import os
-    import time
+def test_the_audit_over_two_processes_writes_what_one_process_writes(tmp_path):
+    """Step 05 as a torchrun job: every rank audits, rank 0 writes, the notebook loads the files."""
+    import pandas as pd
 
-    from helpers.correlate.audit import engine_key
+    from helpers import common, config, correlate
 
-    rng = np.random.default_rng(0)
-    np.save(tmp_path / "train.npy", rng.integers(0, 256, (30, 2, 4, 4), dtype=np.uint8))
-    np.save(tmp_path / "syn.npy", rng.integers(0, 256, (10, 2, 4, 4), dtype=np.uint8))
-    syn, train = tmp_path / "syn.npy", tmp_path / "train.npy"
-    key = engine_key(syn, train, {"all": None}, 3)
-    assert engine_key(syn, np.load(train, mmap_mode="r"), {"all": None}, 3) == key, "the same file, opened anew"
-    part = np.load(train, mmap_mode="r")[:20]
-    assert engine_key(syn, part, {"all": None}, 3) == engine_key(syn, np.array(part), {"all": None}, 3), \
-        "part of a file: by its values"
-    time.sleep(0.01)
-    np.save(train, np.load(train)[::-1].copy())  # other values in the same file
-    os.utime(train)
-    assert engine_key(syn, train, {"all": None}, 3) != key
+    rng = np.random.default_rng(3)
+    train, test = rng.integers(0, 256, (12, 2, 8, 8), dtype=np.uint8), rng.integers(0, 256, (5, 2, 8, 8), dtype=np.uint8)
+    runs = {}
+    for name in ("one", "two"):
+        run = tmp_path / name
+        (run / "data").mkdir(parents=True)
+        (run / "samples").mkdir()
+        np.save(run / "data" / "train.npy", train)
+        np.save(run / "data" / "test.npy", test)
+        for split, n in (("train", 12), ("test", 5)):
+            common.write_csv(run / "data" / f"{split}.csv",
+                             pd.DataFrame({"index": range(n), "subject": [f"{split}{i // 3}" for i in range(n)],
+                                           "slice": [i % 3 for i in range(n)]}))
+        common.write_json(run / "data" / "meta.json", {"dataset": "toy", "channels": ["t1", "t2"], "image_size": 8})
+        np.save(run / "samples" / "diffusion.npy", np.concatenate([train[:3], train[3:9] // 2 + 60]))
+        common.write_csv(run / "samples" / "diffusion_seeds.csv", pd.DataFrame({"index": range(9), "seed": range(9)}))
+        runs[name] = run
+    cfg = config.CorrelateSettings(models=["diffusion"], n_control=4, top_k=2, backend="numpy")
+    one = steps.audit_every_run(runs["one"], cfg)["all"]
+    two = steps.audit_every_run(runs["two"], config.CorrelateSettings(**{**config.as_dict(cfg), "processes": 2}))["all"]
+    assert sorted(p.relative_to(runs["two"]) for p in two.written) == \
+        sorted(p.relative_to(runs["one"]) for p in set(one.written))
+    for path in one.written:
+        if path.suffix == ".csv":
+            pd.testing.assert_frame_equal(pd.read_csv(path), pd.read_csv(runs["two"] / path.relative_to(runs["one"])))
+    assert two.thresholds == one.thresholds and "baseline_p99" in one.thresholds["all"]
+    assert two.models == one.models == ["diffusion"]
+    pd.testing.assert_frame_equal(two.overview(), one.overview(), check_dtype=False)
+    loaded = correlate.load_audit(runs["one"])  # and read back in one process: the same tables
+    pd.testing.assert_frame_equal(loaded.exceedance_frame(), one.exceedance_frame(), check_dtype=False)
+    assert loaded.summary == common.read_json(runs["one"] / "correlation" / "summary.json")
 
 
 def _pid_and_threads(x):

@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers import common, config, pipeline
+from helpers import common, config, pipeline, steps
 
 
 def write_notebook(path: Path, parameters: str) -> Path:
@@ -106,8 +106,10 @@ def test_repo_notebooks_follow_the_conventions():
         declared = papermill.inspect_notebook(str(path))
         if path.stem[:2].isdigit():
             assert list(declared) == list(pipeline.NOTEBOOK_PARAMETERS), (path.name, list(declared))
-            # opened by hand in JupyterLab it resolves what ./runall.sh would inject
-            assert "config.runall_defaults(dataset, profile, results_dir)" in path.read_text(), path.name
+            # opened by hand in JupyterLab it resolves what ./runall.sh would inject (steps.open_step does)
+            text = path.read_text()
+            assert ("config.runall_defaults(dataset, profile, results_dir)" in text
+                    or "steps.open_step(" in text), path.name
             assert declared["profile"]["default"] == "None" and declared["results_dir"]["default"] == "None"
 
 
@@ -155,6 +157,24 @@ def test_the_runners_own_files_are_no_steps_outputs(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x")
     assert sorted(pipeline.snapshot(tmp_path)) == ["data/x.npy", "sizes/n1/plan.txt"]
+
+
+def test_open_step_is_a_step_notebook_s_setup(tmp_path, monkeypatch):
+    """What the first cell of notebooks 02-05 does: the settings, every run, params.yaml beside the outputs."""
+    from helpers import sweep
+
+    monkeypatch.setenv("STUDY_RESULTS", str(tmp_path))
+    results = tmp_path / "phantom"
+    common.write_json(results / "data" / sweep.SIZES_FILE,
+                      {"sizes": [{"size": 4, "rule": "whole_subjects", "label": "n00004", "folder": "sizes/n00004"},
+                                 {"size": 8, "rule": "whole_subjects", "label": "n00008", "folder": "sizes/n00008"}]})
+    step = steps.open_step("sample", "phantom", "smoke", None, None, output="samples")
+    assert (step.dataset, step.profile, step.results_dir) == ("phantom", "smoke", str(results))
+    assert step.cfg == config.step_settings("sample", "phantom", "smoke", None)
+    assert list(step.runs) == ["n00004", "n00008"] and step.largest == results / "sizes" / "n00008"
+    assert all((run / "samples" / "params.yaml").is_file() for run in step.runs.values())
+    assert step.run().samples("diffusion") == results / "sizes" / "n00008" / "samples" / "diffusion.npy"
+    assert "profile smoke" in step.settings_markdown()
 
 
 def test_kernel_sockets_live_in_a_private_folder_removed_with_the_kernel(tmp_path, monkeypatch):

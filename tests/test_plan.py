@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import common, config, plan
+from helpers import common, config, models, plan
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,8 @@ def test_a_plan_reads_the_prepared_data_and_measures_each_step(tmp_path, smoke):
         assert step.seconds is not None and step.seconds > 0, step
         assert step.disk_bytes > 0, step
     sample = estimate.steps[2]
-    s = smoke["sample"]
-    n = s.n_stylegan + s.n_diffusion + s.n_optimal_denoiser
+    n = sum(models.sample_counts(smoke["sample"]).values())  # every model and control the profile samples
+    assert n > smoke["sample"].n_stylegan
     assert sample.disk_bytes == n * (5 * 32 * 32 + 16), "samples are uint8 N×C×H×W (+ a seed row each)"
     text = estimate.text()
     assert "02 train StyleGAN" in text and "measured" in text and "free on" in text

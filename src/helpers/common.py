@@ -35,8 +35,6 @@ STEPS: tuple[str, ...] = (
     "06_figures",
 )
 
-DATASETS: tuple[str, ...] = ("phantom", "phantom_cxr", "brats20", "brats21", "cxr")
-
 
 # --------------------------------------------------------------------------
 # Locations

@@ -35,13 +35,11 @@ import pandas as pd
 from . import common, memorization, sweep
 from .correlate.tables import BASELINE_NAME
 from .data import load_split
-from .sampling import samples_path
+from .layout import Run
 
 REAL = BASELINE_NAME        # held-out real images: the negative reference
 L2_CRITERION = "l2: d1 < d2/3"
 CAPACITY_FRACTION = 0.9     # Gu et al.: "most samples memorized"
-CRITERIA_FILE = "criteria.csv"
-COVERAGE_FILE = "coverage.csv"
 #: the columns of tables written before the vocabulary was one → the one vocabulary (read old results)
 VOCABULARY = {"n": "n_images", "k": "n_above", "ci_low": "wilson_low", "ci_high": "wilson_high"}
 COLUMNS = ["headline", "rule", "size", "n_subjects", "group", "criterion", "n_images", "n_above", "fraction",
@@ -63,9 +61,13 @@ class RunData:
     folder: Path
     models: Sequence[str]
 
+    @property
+    def files(self) -> Run:
+        return Run(self.folder)
+
     @functools.cached_property
     def summary(self) -> dict:
-        return common.read_json(self.folder / "correlation" / "summary.json")
+        return common.read_json(self.files.summary)
 
     @property
     def headline(self) -> str:
@@ -78,7 +80,7 @@ class RunData:
 
     @functools.cached_property
     def meta(self) -> dict:
-        return common.read_json(self.folder / "data" / "meta.json")
+        return common.read_json(self.files.data.meta)
 
     @functools.cached_property
     def _train(self) -> tuple[np.ndarray, pd.DataFrame]:
@@ -101,17 +103,17 @@ class RunData:
         """Every model of ``models`` with samples, then the held-out real images."""
         sets = {}
         for model in self.models:
-            path = samples_path(self.folder, model)
+            path = self.files.samples(model)
             if path.is_file():
                 sets[model] = np.load(path, mmap_mode="r")
-        sets[REAL] = np.load(self.folder / "data" / "test.npy", mmap_mode="r")
+        sets[REAL] = np.load(self.files.data.test, mmap_mode="r")
         return sets
 
     def thresholds(self, measure: str) -> dict[str, float]:
         """Step 05's own thresholds of ``measure`` (its ``thresholds.csv``),
         those that are pre-declared criteria: the paper's fixed 0.95 and 0.99
         and the held-out percentiles."""
-        path = self.folder / "correlation" / measure / "thresholds.csv"
+        path = self.files.audit(measure).thresholds
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; it is written by notebooks/05_correlate.ipynb")
         table = pd.read_csv(path)
@@ -121,8 +123,8 @@ class RunData:
 
     def best_correlations(self, measure: str, group: str) -> np.ndarray:
         """Each image's best correlation with a training image (NaN: constant image)."""
-        folder = self.folder / "correlation" / measure
-        frame = pd.read_csv(folder / ("baseline.csv" if group == REAL else f"matches_{group}.csv"))
+        files = self.files.audit(measure)
+        frame = pd.read_csv(files.baseline if group == REAL else files.matches(group))
         return frame["correlation"].where(~frame["constant"].astype(bool)).to_numpy(float)
 
     @functools.cached_property
@@ -229,13 +231,13 @@ def run_criteria(run_dir: str | os.PathLike, models: Sequence[str],
 def judge_run(run_dir: str | os.PathLike, models: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`run_criteria` written into the run's ``correlation/`` folder
     (``criteria.csv``, ``coverage.csv``, and ``criteria`` in summary.json)."""
-    folder = Path(run_dir) / "correlation"
+    files = Run(run_dir)
     criteria, coverage = run_criteria(run_dir, models)
-    common.write_csv(folder / CRITERIA_FILE, criteria)
-    common.write_csv(folder / COVERAGE_FILE, coverage)
-    summary = common.read_json(folder / "summary.json")
+    common.write_csv(files.criteria, criteria)
+    common.write_csv(files.coverage, coverage)
+    summary = common.read_json(files.summary)
     summary["criteria"] = _records(criteria)
-    common.write_json(folder / "summary.json", summary)
+    common.write_json(files.summary, summary)
     return criteria, coverage
 
 
@@ -246,7 +248,7 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 
 def load_run_criteria(run_dir: str | os.PathLike) -> pd.DataFrame | None:
     """A run's criteria table (None before step 05 judged it)."""
-    path = Path(run_dir) / "correlation" / CRITERIA_FILE
+    path = Run(run_dir).criteria
     return pd.read_csv(path) if path.is_file() else None
 
 

@@ -24,13 +24,28 @@ no torch, so figures and reports may read names and colours anywhere.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 TrainFn = Callable[..., dict]
 SampleFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class SamplingProbe:
+    """What a model's sampling-time estimate may use (the plan, ``--plan``, fills it in)."""
+
+    settings: Any                           # step 04's settings
+    sections: Mapping[str, Any]             # every step's settings, by section
+    shape: tuple[int, int, int]             # C, H, W
+    runs: Mapping[str, tuple[int, int]]     # run label -> (training images, held-out images)
+    device: str
+    batch: int                              # images per timed network pass
+    steps: int                              # network passes per image of the diffusion samplers
+    timed: Callable[..., float]             # seconds per call of a function (after a warm-up)
+    n_images: int                           # images this model samples per run
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,8 @@ class Model:
     n_samples: Callable[[Any], int] | None = None  # images to sample from the sample settings (default n_<name>)
     check_processes: Callable[[Any, int], None] | None = None  # refuses settings a multi-process training cannot
                                                                # share (default: batch_size divisible by processes)
+    time_sampling: Callable[[SamplingProbe], tuple[float, str]] | None = None  # the plan's estimate: seconds
+                                                               # for all runs on one device, and how they were got
     # the audits over training (issue 22): the kept checkpoints' steps, images seen at a step, and
     # sample_checkpoint(run, settings, step, *, progress, parallel) -> samples file
     checkpoint_steps: Callable[[Any], list[int]] | None = None
@@ -234,15 +251,62 @@ def _sample_gaussian_control(run, settings, *, progress: bool = True, parallel: 
     return controls.sample(run, settings.n_gaussian_control, settings.first_seed, settings.batch_size, progress=progress)
 
 
+# --------------------------------------------------------------------------
+# Their sampling times, for the plan (--plan): a few passes timed
+# --------------------------------------------------------------------------
+
+def _time_stylegan(p: SamplingProbe) -> tuple[float, str]:
+    from .stylegan.networks import Generator
+    from .stylegan.sampling import generate_images
+
+    c = p.sections["train_stylegan"]
+    G = Generator(p.shape[1], p.shape[0], c.z_dim, c.w_dim, c.mapping_layers, c.mapping_lr_multiplier,
+                  c.channel_base, c.channel_max, 0, c.conv_clamp).to(p.device).eval()
+    t = p.timed(lambda: generate_images(G, [0]), repeats=2)  # one image at a time (batch-invariant)
+    return t * p.n_images * len(p.runs), f"StyleGAN {t:.3f} s/image"
+
+
+def _time_diffusion(p: SamplingProbe) -> tuple[float, str]:
+    import torch
+
+    from .diffusion.model import build_unet
+
+    unet = build_unet(p.sections["train_diffusion"], p.shape[0], p.shape[1]).to(p.device).eval()
+    x = torch.randn(p.batch, *p.shape, device=p.device)
+    with torch.no_grad():
+        t = p.timed(lambda: unet(x, torch.full((p.batch,), 10, device=p.device), return_dict=False))
+    return (t / p.batch * p.steps * p.n_images * len(p.runs),
+            f"diffusion {p.steps} network passes/image, a pass of batch {p.batch} {t:.3f} s")
+
+
+def _time_optimal_denoiser(p: SamplingProbe) -> tuple[float, str]:
+    import numpy as np
+    import torch
+
+    from .diffusion.model import build_noise_scheduler
+    from .optimal_denoiser import OptimalDenoiser
+
+    n_train = max(n for n, _ in p.runs.values())
+    measured = min(n_train, 1024)
+    training = np.random.default_rng(0).integers(0, 256, (measured, *p.shape), dtype=np.uint8)
+    model = OptimalDenoiser(training, build_noise_scheduler(p.sections["train_diffusion"])).to(p.device)
+    x = torch.randn(p.batch, *p.shape, device=p.device)
+    t = p.timed(lambda: model(x, 10, return_dict=False))
+    per_image = t / p.batch * p.steps * sum(n for n, _ in p.runs.values()) / measured
+    return (per_image * p.n_images, f"optimal denoiser: a pass of batch {p.batch} over {measured} training images "
+                                    f"{t:.3f} s, scaled by each run's training set")
+
+
 register(Model("stylegan", "StyleGAN", "tab:blue", _sample_stylegan, _train_stylegan, section="train_stylegan",
                notebook="02_train_stylegan", loss_columns=("loss_G", "loss_D", "r1", "augment_p"), marker="o",
-               check_processes=_check_stylegan, checkpoint_steps=_stylegan_checkpoints,
+               check_processes=_check_stylegan, time_sampling=_time_stylegan, checkpoint_steps=_stylegan_checkpoints,
                checkpoint_images_seen=_stylegan_images_seen, sample_checkpoint=_sample_stylegan_checkpoint))
 register(Model("diffusion", "diffusion", "tab:orange", _sample_diffusion, _train_diffusion, section="train_diffusion",
-               notebook="03_train_diffusion", loss_columns=("loss", "lr"), marker="s",
+               notebook="03_train_diffusion", loss_columns=("loss", "lr"), marker="s", time_sampling=_time_diffusion,
                checkpoint_steps=_diffusion_checkpoints, checkpoint_images_seen=_diffusion_images_seen,
                sample_checkpoint=_sample_diffusion_checkpoint))
 register(Model("optimal_denoiser", "optimal denoiser", "tab:red", _sample_optimal_denoiser, marker="^",
-               legend="optimal denoiser (memorizes by construction)", control=True))
+               legend="optimal denoiser (memorizes by construction)", control=True,
+               time_sampling=_time_optimal_denoiser))
 register(Model("gaussian_control", "Gaussian control", "tab:purple", _sample_gaussian_control, marker="X",
                legend="Gaussian control (learns only each pixel's mean and spread)", control=True))

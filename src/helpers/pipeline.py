@@ -354,7 +354,12 @@ def _run(args: argparse.Namespace, locks: runlock.Locks) -> int:
     resolved = config.resolve(args.dataset, profile, overrides, raw_dir=args.data, root=root)
     check_model_names(resolved)
     if args.show_params:
+        from . import criteria, models
+
         print(resolved.describe())
+        print(f"# models and controls (helpers.models): {', '.join(models.REGISTRY)}")
+        print(f"# criteria judged on every run by step 05 (helpers.criteria): {', '.join(criteria.CRITERIA)} "
+              f"({criteria.L2_CRITERION!r} is Gu et al.'s)")
         return 0
     name = args.name or args.dataset
     results = results_root / name
@@ -424,7 +429,8 @@ def _run(args: argparse.Namespace, locks: runlock.Locks) -> int:
     if run_log:
         total = sum(s for _, s in run_log)
         print("study: " + ", ".join(f"{n} {s:.0f} s" for n, s in run_log) + f"; total {total:.0f} s")
-    index = report.write_index(results, f"Study results: {name} ({args.dataset}, profile {profile})")
+    index = report.write_index(results, f"Study results: {name} ({args.dataset}, profile {profile})",
+                               finding_threshold=resolved["figures"].finding_threshold)
     print(f"study: executed notebooks and HTML in {common.display_path(out_dir)}; start at {common.display_path(index)}")
     if args.compare_with:  # a reviewer's check: does this run reproduce the reference? (helpers.verify)
         from . import verify

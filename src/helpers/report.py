@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from . import common
+from .config import FINDING_THRESHOLD
 
 TEMPLATE_DIR = Path(__file__).with_name("report_template")
 #: the figures that answer the study's questions, shown full width on the landing page, with their captions
@@ -93,11 +94,12 @@ def _markdown(text: str) -> str:
     return markdown2html(text)
 
 
-def finding_markdown(results_dir: str | os.PathLike) -> str:
+def finding_markdown(results_dir: str | os.PathLike, threshold: str = FINDING_THRESHOLD) -> str:
     """What the run found, from its result files (never typed by hand): with
     a sweep, what ran and then, per size, each model's fit and memorization
     (:mod:`helpers.finding`, every number traced to its table); else the
-    one-run finding of step 05's summary."""
+    one-run finding of step 05's summary (at ``threshold``, the figures
+    step's ``finding_threshold``) and the run's criteria."""
     from . import criteria, figures, finding, sweep_figures
 
     results = Path(results_dir)
@@ -105,7 +107,7 @@ def finding_markdown(results_dir: str | os.PathLike) -> str:
         return finding.setup_markdown(results) + "\n\n" + finding.sweep_markdown(results)
     summary_path = results / "correlation" / "summary.json"
     if summary_path.exists():
-        text = figures.finding_text(common.read_json(summary_path), "baseline_p99")
+        text = figures.finding_text(common.read_json(summary_path), threshold)
         judged = criteria.headline_markdown(criteria.load_run_criteria(results))
         return text + (f"\n\n**The pre-declared criteria** (images memorized of those judged):\n\n{judged}"
                        if judged else "")
@@ -118,7 +120,8 @@ def _link_list(paths: list[Path], root: Path) -> str:
     return f"<ul>{items}</ul>" if items else "<p>none</p>"
 
 
-def write_index(results_dir: str | os.PathLike, title: str | None = None) -> Path:
+def write_index(results_dir: str | os.PathLike, title: str | None = None,
+                finding_threshold: str = FINDING_THRESHOLD) -> Path:
     """Write ``results/<name>/index.html``: the finding first, then the steps'
     reports, the figures (sweep figure shown), and the tables."""
     from . import finding
@@ -152,7 +155,7 @@ def write_index(results_dir: str | os.PathLike, title: str | None = None) -> Pat
 <body><main>
 <h1>{html.escape(title)}</h1>
 <h2>The finding</h2>
-{_markdown(finding_markdown(results))}
+{_markdown(finding_markdown(results, finding_threshold))}
 {lead}
 <h2>What the words mean</h2>
 {_markdown(finding.glossary_markdown())}

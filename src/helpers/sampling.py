@@ -24,6 +24,7 @@ import pandas as pd
 
 from .common import fsync, image_seeds, read_json, write_csv, write_json
 from .common import progress as progress_bar
+from .layout import Run
 from .lifetime import fault_point
 from .parallel import barrier, rank_world
 
@@ -31,7 +32,7 @@ Generator = Callable[[Sequence[int]], np.ndarray]
 
 
 def samples_path(results: str | os.PathLike, model: str) -> Path:
-    return Path(results) / "samples" / f"{model}.npy"
+    return Run(results).samples(model)
 
 
 def checkpoint_samples_path(results: str | os.PathLike, model: str, step: int) -> Path:
@@ -70,7 +71,7 @@ def sample_checkpoint_to_npy(generate: Generator, checkpoint: str | os.PathLike,
 
 
 def seeds_path(results: str | os.PathLike, model: str) -> Path:
-    return Path(results) / "samples" / f"{model}_seeds.csv"
+    return Run(results).seeds(model)
 
 
 def finished_samples(out_path: str | os.PathLike, n_images: int, first_seed: int,

@@ -41,6 +41,8 @@ from .layers import (
 from .schema import (
     COMMON,
     COMMON_KEYS,
+    FINDING_THRESHOLD,
+    MEMORY_BUDGET_GB,
     MODELS,
     SCHEMAS,
     CompareSettings,

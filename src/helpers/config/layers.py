@@ -138,7 +138,7 @@ class Resolved:
 
     def describe(self, sections: Sequence[str] | None = None) -> str:
         """Every resolved value with its source, one section after another."""
-        lines = [f"# dataset {self.dataset}, profile {self.profile}; 'default': the schema in helpers/config.py"]
+        lines = [f"# dataset {self.dataset}, profile {self.profile}; 'default': the schema in helpers/config/schema.py"]
         for section in sections or self.settings:
             values = as_dict(self.settings[section])
             lines.append(f"{section}:")

@@ -13,7 +13,7 @@ import dataclasses
 import math
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -24,6 +24,11 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 MODELS = ("stylegan", "diffusion")
+#: the correlation engine's memory budget (GiB): resident synthetic block + chunk products; the one default
+#: of step 05, the audit command and the engine (helpers.correlation.DEFAULT_MEMORY_BUDGET)
+MEMORY_BUDGET_GB = 2.0
+#: the threshold of the written finding (step 05's, step 06's, the landing page's); a shared key
+FINDING_THRESHOLD = "baseline_p99"
 #: a model or control of the registry (helpers.models: stylegan, diffusion, optimal_denoiser, …); the
 #: registry sits above the settings, so the runner checks the names (helpers.pipeline, helpers.steps)
 ModelName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -31,10 +36,6 @@ ModelName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 def _list(*values):
     return dataclasses.field(default_factory=lambda: list(values))
-
-
-def _dict(**values):
-    return dataclasses.field(default_factory=lambda: dict(values))
 
 
 class ConfigError(ValueError):
@@ -66,9 +67,42 @@ def _check_batch(settings) -> None:
              f"a multiple of processes={settings.processes} (each process takes batch_size / processes images)")
 
 
+def _nested(cls):
+    """A nested settings group given as a mapping in YAML (checked as strictly as a section)."""
+    return BeforeValidator(lambda value: cls(**value) if isinstance(value, dict) else value)
+
+
 # ==========================================================================
 # The schemas
 # ==========================================================================
+
+@dataclass(config=_STRICT)
+class PhantomBrainSizes:
+    """The brain phantom's cohort (:func:`helpers.phantom.make_brats_cohort`)."""
+
+    n_subjects: Annotated[int, Field(ge=2)] = 24  # training and held-out subjects together
+
+    def kwargs(self) -> dict:
+        """The generator's keyword arguments (what the phantom's cache hashes)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(config=_STRICT)
+class PhantomChestSizes:
+    """The chest phantom's cohort (:func:`helpers.phantom.make_cxr_cohort`)."""
+
+    n_normal: Positive = 100
+    n_pneumonia: Positive = 200
+    width_range: Annotated[list[Positive], Field(min_length=2, max_length=2)] | None = None  # px; None: 800-1600
+
+    @property
+    def n_images(self) -> int:
+        return self.n_normal + self.n_pneumonia
+
+    def kwargs(self) -> dict:
+        """The generator's keyword arguments (unset ones left to its defaults)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
 
 @dataclass(config=_STRICT)
 class StepSettings:
@@ -113,8 +147,10 @@ class PrepareDataSettings(StepSettings):
     phantom_kind: Literal["brats2021", "brats2020"] = "brats2021"
     phantom_seed: int = 0
     phantom_cache: str = "data/phantom"
-    phantom_brats_sizes: dict[str, Any] = _dict(n_subjects=24)
-    phantom_cxr_sizes: dict[str, Any] = _dict(n_normal=100, n_pneumonia=200)
+    phantom_brats_sizes: Annotated[PhantomBrainSizes, _nested(PhantomBrainSizes)] = \
+        dataclasses.field(default_factory=PhantomBrainSizes)
+    phantom_cxr_sizes: Annotated[PhantomChestSizes, _nested(PhantomChestSizes)] = \
+        dataclasses.field(default_factory=PhantomChestSizes)
 
     #: slices of a BraTS volume (and of the brain phantom's): the most one subject can give
     SLICES_PER_VOLUME: ClassVar[int] = 155
@@ -122,9 +158,12 @@ class PrepareDataSettings(StepSettings):
     def __post_init__(self) -> None:
         _require(power_of_two(self.image_size) and self.image_size >= 4, "image_size", self.image_size,
                  "a power of two ≥ 4 (4, 8, 16, 32, …, 256): the networks halve it down to 4×4")
-        n = self.phantom_brats_sizes.get("n_subjects", 2)
-        _require(isinstance(n, int) and not isinstance(n, bool) and n >= 2, "phantom_brats_sizes",
-                 self.phantom_brats_sizes, "n_subjects must be a whole number ≥ 2 (training and held-out subjects)")
+
+    @property
+    def phantom_sizes(self) -> dict:
+        """The phantom generator's keyword arguments for this source."""
+        sizes = self.phantom_cxr_sizes if self.source == "phantom_cxr" else self.phantom_brats_sizes
+        return sizes.kwargs()
 
     def data_problems(self) -> list[tuple[str, str]]:
         """``(key, what is allowed)`` for every count the data cannot hold:
@@ -135,7 +174,7 @@ class PrepareDataSettings(StepSettings):
         problems = []
         subjects = self.n_train_subjects
         if self.source == "phantom_brats":
-            n = self.phantom_brats_sizes.get("n_subjects", 0)
+            n = self.phantom_brats_sizes.n_subjects
             if self.n_test_subjects >= n:
                 problems.append(("n_test_subjects", f"fewer than the phantom's {n} subjects "
                                                     f"(phantom_brats_sizes.n_subjects), so that some train"))
@@ -336,14 +375,17 @@ class CorrelateSettings(StepSettings):
     modality at a time as the authors (and all channels jointly, ours)."""
 
     models: list[ModelName] = _list(*MODELS)  # audited when samples/<model>.npy exists
-    channels: Annotated[list[str], Field(min_length=1)] | None = None  # modalities correlated one at a time; None: every channel
+    channels: Annotated[list[str | int], Field(min_length=1)] | None = None  # channels measured (names, or
+                                              # indices in the audit command); None: every channel
+    each: bool = True                         # every channel alone (the paper's measure)
     joint: bool = True                        # also all channels as one vector (this study's measure)
     headline_channel: str | None = None       # the paper's figure modality; None: the first image channel
     top_k: Positive = 5                            # training matches kept per synthetic image
     backend: Literal["auto", "numpy", "cupy"] = "auto"
-    memory_budget_gb: PositiveFloat = 2.0             # engine: resident synthetic block + chunk products
+    memory_budget_gb: PositiveFloat = MEMORY_BUDGET_GB  # engine: resident synthetic block + chunk products
     n_control: NonNegative = 64                       # planted-copy positive control
     control_noise_sd: NonNegativeFloat = 8.0             # grey levels of noise in the planted "noise" copies
+    finding_threshold: str = FINDING_THRESHOLD  # threshold of the written finding
     # the fit of every model (helpers.fit): the reading rule, declared before any result (issue 22).
     # Fitted: sharpness ratio within [low, high] and 1-NN accuracy ≤ the held-out images' + margin.
     fit: bool = True                          # judge every model's fit beside its memorization
@@ -364,7 +406,7 @@ class FiguresSettings(StepSettings):
     n_typical: NonNegative = 2
     n_montage: Positive = 16
     n_most_copied: Positive = 10
-    finding_threshold: str = "baseline_p99"   # threshold of the written finding and the size plot
+    finding_threshold: str = FINDING_THRESHOLD  # threshold of the written finding
     hist_bins: Positive = 40
     loss_smooth: Positive = 5
     pdf: bool = True
@@ -378,6 +420,17 @@ class CompareSettings(StepSettings):
     pdf: bool = True
 
 
+#: the keys the two trainings spell differently for one idea, or alike for two: (what, StyleGAN's key and
+#: meaning, diffusion's key and meaning). One table instead of renames, which would change the identity
+#: of every checkpoint written so far (a resume would be refused).
+TRAINING_KEYS: tuple[tuple[str, tuple[str, str], tuple[str, str]], ...] = (
+    ("length", ("total_kimg", "thousands of real images shown"), ("max_steps", "optimizer steps")),
+    ("checkpoints", ("checkpoint_kimg", "every so many thousand images"), ("checkpoint_every", "every so many steps")),
+    ("mixed precision", ("mixed_precision", "bool: bf16 in the top num_fp16_res resolutions, CUDA only"),
+     ("mixed_precision", "None (by device), 'auto', 'no', 'bf16' or 'fp16'")),
+    ("CPU threads", ("num_threads", "0: all cores"), ("num_threads", "0: measured, the faster of 1 and all cores")),
+)
+
 #: config section → schema, in step order (the notebook ``NN_<section>``)
 SCHEMAS: dict[str, type] = {
     "prepare_data": PrepareDataSettings,
@@ -389,7 +442,9 @@ SCHEMAS: dict[str, type] = {
     "compare": CompareSettings,
 }
 COMMON = "common"  # a section whose keys go to every step
-COMMON_KEYS = tuple(f.name for f in dataclasses.fields(StepSettings))
+#: keys several steps share, given once under ``common`` (each step that has the key takes it)
+SHARED_KEYS = ("models", "finding_threshold")
+COMMON_KEYS = (*(f.name for f in dataclasses.fields(StepSettings)), *SHARED_KEYS)
 
 
 def field_names(section: str) -> list[str]:

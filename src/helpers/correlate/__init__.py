@@ -37,8 +37,8 @@ Modules: :mod:`.audit` (the audit path), :mod:`.tables`, :mod:`.control`,
 engine, this package imports neither torch nor CuPy.
 """
 
-from .audit import EnginePass, RunLog, audit_study, engine_passes, fill_engine_cache, run_audit, run_engine
-from .cli import SYNTHETIC_NAME, AuditSettings, audit, channels_arg, main
+from .audit import EnginePass, RunLog, audit_study, engine_passes, load_audit, run_audit, run_engine
+from .cli import COMMAND_DEFAULTS, SYNTHETIC_NAME, audit, channels_arg, command_settings, main
 from .control import CONTROL_KINDS, control_summary, control_table, make_control, scored_control
 from .measures import (
                        JOINT,
@@ -74,10 +74,10 @@ from .tables import (
 )
 
 __all__ = [
-    "AuditSettings", "BASELINE_NAME", "CONTROL_KINDS", "CONTROL_NAME", "JOINT", "JOINT_DESCRIPTION",
+    "BASELINE_NAME", "COMMAND_DEFAULTS", "CONTROL_KINDS", "CONTROL_NAME", "JOINT", "JOINT_DESCRIPTION",
     "LABEL_CHANNELS", "MATCH_COLUMNS", "Measure", "RunLog", "SYNTHETIC_NAME", "StudyAudit", "StudyData",
-    "EnginePass", "add_adjacent_slices", "audit", "audit_study", "engine_passes", "fill_engine_cache",
-    "available_models", "baseline_table", "channels_arg",
+    "EnginePass", "add_adjacent_slices", "audit", "audit_study", "engine_passes", "load_audit",
+    "available_models", "baseline_table", "channels_arg", "command_settings",
     "comparison_groups", "compute_thresholds", "control_summary", "control_table", "exceedance_table",
     "group_summary", "is_label_channel", "leakage_table", "load_samples", "load_study_data", "main", "make_control",
     "match_table", "measure_summary", "most_matched", "neighbour_slices", "quantiles", "reported_interval",

@@ -5,20 +5,19 @@ summary.json, with one engine pass per image set for all measures."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import pandas as pd
 
 from .. import correlation
-from ..common import atomic_path, read_json, write_csv, write_json
-from ..config import MODELS
+from ..common import read_json
+from ..common import write_csv as _write_csv
+from ..common import write_json as _write_json
+from ..config import MEMORY_BUDGET_GB
 from ..parallel import rank_world
 from .control import control_by_kind, control_summary, control_table, make_control, scored_control
 from .measures import Measure, study_measures
@@ -44,82 +43,13 @@ from .tables import (
 
 
 def run_engine(synthetic, training, groups: Mapping[str, Any] | None = None, *, k: int = 1,
-               backend: str = "auto", memory_budget_gb: float = 2.0, progress: bool = True,
-               desc: str | None = None, cache: str | Path | None = None) -> dict[str, correlation.MatchResult]:
+               backend: str = "auto", memory_budget_gb: float = MEMORY_BUDGET_GB, progress: bool = True,
+               desc: str | None = None) -> dict[str, correlation.MatchResult]:
     """:func:`helpers.correlation.match_groups` (every measure in one pass)
-    with a memory budget in GiB. With ``cache`` (a folder), results are kept
-    there under a hash of the images' contents, the measures and k, and a
-    later call with the same inputs reads them back instead of computing:
-    how a multi-process job (:mod:`helpers.steps`) hands its results
-    to the notebook, which then runs this same audit."""
-    path = None
-    if cache is not None:
-        path = Path(cache) / f"{engine_key(synthetic, training, groups, k)}.npz"
-        if path.exists():
-            return load_engine_results(path)
-    results = correlation.match_groups(synthetic, training, groups, k=k, backend=backend,
-                                       memory_budget=int(memory_budget_gb * 1024**3), progress=progress, desc=desc)
-    if path is not None and rank_world()[0] == 0:
-        save_engine_results(path, results)
-    return results
-
-
-def _content_hash(images) -> str:
-    """BLAKE2 of an image set's selected values, shape and dtype (read in row
-    blocks). A whole memory-mapped ``.npy`` file stands for its values by its
-    path, size and modification time: reading tens of gigabytes of training
-    images for every key (baseline, control, each model) would cost what
-    the cache saves."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr((images.n, images.shape, str(images.dtype), images.selected_names)).encode())
-    file = _whole_file(images)
-    if file is not None:
-        stat = os.stat(file)
-        h.update(repr((os.path.realpath(file), stat.st_size, stat.st_mtime_ns)).encode())
-        return h.hexdigest()
-    step = max(1, (64 << 20) // max(1, int(np.prod(images.shape)) * images.dtype.itemsize))
-    for lo in range(0, images.n, step):
-        h.update(np.ascontiguousarray(images.read(lo, min(lo + step, images.n))).tobytes())
-    return h.hexdigest()
-
-
-def _whole_file(images) -> str | None:
-    """The ``.npy`` file an image set maps as a whole (None for anything else)."""
-    array = getattr(images, "_array", None)
-    if not isinstance(array, np.memmap) or not array.filename or not array.flags.c_contiguous:
-        return None
-    whole = np.load(array.filename, mmap_mode="r")
-    # a C-contiguous view of the file's shape is the file's whole array
-    return array.filename if whole.shape == array.shape and whole.dtype == array.dtype else None
-
-
-def engine_key(synthetic, training, groups, k: int) -> str:
-    syn = correlation.open_images(synthetic, label="synthetic")
-    tra = correlation.open_images(training, label="training")
-    parts = [_content_hash(syn), _content_hash(tra), json.dumps(groups, sort_keys=True, default=str), str(k)]
-    return hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
-
-
-def save_engine_results(path: Path, results: Mapping[str, correlation.MatchResult]) -> None:
-    arrays, info = {}, {}
-    for i, (name, r) in enumerate(results.items()):
-        arrays.update({f"{i}_index": r.index, f"{i}_correlation": r.correlation, f"{i}_constant": r.constant,
-                       f"{i}_train_constant": r.train_constant})
-        info[name] = {"i": i, "backend": r.backend, "backend_note": r.backend_note, "pairs": r.pairs,
-                      "seconds": r.seconds, "stats": r.stats}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, info=np.array(json.dumps(info, default=float)), **arrays)
-
-
-def load_engine_results(path: Path) -> dict[str, correlation.MatchResult]:
-    with np.load(path, allow_pickle=False) as f:
-        info = json.loads(str(f["info"]))
-        return {name: correlation.MatchResult(f[f"{v['i']}_index"], f[f"{v['i']}_correlation"],
-                                              f[f"{v['i']}_constant"], f[f"{v['i']}_train_constant"],
-                                              v["backend"], v["backend_note"], v["pairs"], v["seconds"], v["stats"])
-                for name, v in info.items()}
+    with a memory budget in GiB. In a torch.distributed job each process
+    computes its share and every process receives all results."""
+    return correlation.match_groups(synthetic, training, groups, k=k, backend=backend,
+                                    memory_budget=int(memory_budget_gb * 1024**3), progress=progress, desc=desc)
 
 
 class RunLog:
@@ -162,14 +92,9 @@ _MEASURE_FILES = ("baseline.csv", "thresholds.csv", "exceedances.csv", "leakage.
 _MODEL_PATTERNS = ("matches_*.csv", "topk_*.csv", "most_matched_*.csv")
 
 
-def _setting(cfg, name: str, default):
-    value = getattr(cfg, name, default)
-    return default if value is None and default is not None else value
-
-
 def _previous_folders(out: Path) -> list[Path]:
     """The folders an earlier audit in ``out`` wrote tables to, from its
-    summary.json: one per measure, or ``out`` itself (the older layout)."""
+    summary.json: one per measure."""
     path = out / "summary.json"
     if not path.is_file():
         return []
@@ -177,15 +102,12 @@ def _previous_folders(out: Path) -> list[Path]:
         previous = read_json(path)
     except ValueError:
         return []
-    if "by_measure" not in previous:
-        return [out]
     return [out / str(m) for m in previous.get("measures", []) if str(m) and "/" not in str(m)]
 
 
 def _remove_stale(out: Path, previous: Sequence[Path], measures: Sequence[str], written: Sequence[Path]) -> None:
     """Remove the tables of an earlier audit (``previous`` folders) that this
-    run did not rewrite — the older layout, measures or models no longer
-    computed — so the folder holds what summary.json lists. Only this
+    run did not rewrite — measures or models no longer computed — so the folder holds what summary.json lists. Only this
     step's file names are touched, and a folder is removed only when empty."""
     keep = {Path(p).resolve() for p in written}
     for folder in dict.fromkeys([*previous, *(out / m for m in measures)]):
@@ -215,21 +137,20 @@ def engine_passes(data: StudyData, measures: Sequence[Measure], cfg) -> list[Eng
     baseline, the planted-copy control (built from ``cfg``'s seed, so every
     process builds the same), each model's samples."""
     passes = [EnginePass("baseline", data.test, 1)] if data.test is not None else []
-    n_control = int(_setting(cfg, "n_control", 0))
+    n_control = cfg.n_control
     if n_control > 0:
         require = [list(m.index) for m in measures if not m.label_map] or None
-        images, control = make_control(data.train, n_control, seed=int(_setting(cfg, "seed", 0)),
-                                       noise_sd=float(_setting(cfg, "control_noise_sd", 8.0)), require=require)
+        images, control = make_control(data.train, n_control, seed=cfg.seed,
+                                       noise_sd=cfg.control_noise_sd, require=require)
         passes.append(EnginePass(CONTROL_NAME, data.images(images, CONTROL_NAME), 1, control=control))
-    top_k = int(_setting(cfg, "top_k", 5))
+    top_k = cfg.top_k
     for model, (images, seeds) in data.synthetic.items():
         passes.append(EnginePass(model, data.images(images, model), top_k, seeds=seeds))
     return passes
 
 
-def _engine_settings(cfg, progress: bool, engine_cache) -> dict:
-    return dict(backend=_setting(cfg, "backend", "auto"), progress=progress,
-                memory_budget_gb=float(_setting(cfg, "memory_budget_gb", 2.0)), cache=engine_cache)
+def _engine_settings(cfg, progress: bool) -> dict:
+    return dict(backend=cfg.backend, progress=progress, memory_budget_gb=cfg.memory_budget_gb)
 
 
 def _describe(name: str) -> str:
@@ -237,19 +158,23 @@ def _describe(name: str) -> str:
 
 
 def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: str | Path, cfg,
-              progress: bool = True, extra: Mapping | None = None,
-              engine_cache: str | Path | None = None) -> StudyAudit:
+              progress: bool = True, extra: Mapping | None = None) -> StudyAudit:
     """The audit of ``data`` for ``measures``: baseline and thresholds,
     planted-copy control, every synthetic set's matches (with adjacent
     slices where slices are known), exceedances with Wilson intervals,
     leakage and most-matched tables where subjects are known, and
     summary.json; one engine pass per image set for all measures. ``cfg``:
-    top_k, backend, memory_budget_gb, n_control, control_noise_sd, seed
-    (attributes)."""
+    a :class:`helpers.config.CorrelateSettings` (step 05's, or the audit
+    command's: :func:`helpers.correlate.cli.command_settings`). In a
+    torch.distributed job every process runs it (the engine shares the
+    work) and process 0 alone writes the files."""
     out = Path(out)
+    first = rank_world()[0] == 0
+    write_csv = _write_csv if first else (lambda path, frame: Path(path))
+    write_json = _write_json if first else (lambda path, value: Path(path))
     t0 = time.perf_counter()
-    top_k = int(_setting(cfg, "top_k", 5))
-    engine = _engine_settings(cfg, progress, engine_cache)
+    top_k = cfg.top_k
+    engine = _engine_settings(cfg, progress)
     groups = {m.name: list(m.index) for m in measures}
     passes = {p.name: p for p in engine_passes(data, measures, cfg)}
 
@@ -334,44 +259,53 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
         **log.as_dict(), "wall_seconds": round(time.perf_counter() - t0, 3),
     }
     w.append(write_json(out / "summary.json", audit.summary))
-    _remove_stale(out, previous, names, w)
+    if first:
+        _remove_stale(out, previous, names, w)
     return audit
 
 
-def audit_study(results_dir: str | Path, cfg, *, progress: bool = True,
-                engine_cache: str | Path | None = None) -> StudyAudit:
+def audit_study(results_dir: str | Path, cfg, *, progress: bool = True) -> StudyAudit:
     """Step 05: every measure of ``results_dir``'s samples against its
     training set, written under ``results_dir/correlation/`` (see
     :mod:`helpers.correlate` for the layout and
     :func:`helpers.correlate.measures.measure_summary` for summary.json).
 
-    ``cfg`` (e.g. ``config.CorrelateSettings``): ``models``, ``channels``
-    (None = every channel), ``joint``, ``headline_channel``, ``top_k``,
-    ``backend``, ``memory_budget_gb``, ``n_control``, ``control_noise_sd``,
-    ``seed``. Models without samples are skipped (the baseline and
-    control still run). ``engine_cache``: see :func:`run_engine` and
-    :func:`fill_engine_cache`."""
+    ``cfg``: step 05's :class:`helpers.config.CorrelateSettings`. Models without samples are skipped (the baseline and
+    control still run). What it wrote is read back by :func:`load_audit`."""
     data, measures, headline = _study(results_dir, cfg)
-    return run_audit(data, measures, headline, Path(results_dir) / "correlation", cfg, progress=progress,
-                     engine_cache=engine_cache)
+    return run_audit(data, measures, headline, Path(results_dir) / "correlation", cfg, progress=progress)
 
 
 def _study(results_dir, cfg) -> tuple[StudyData, list[Measure], str]:
-    data = load_study_data(results_dir, list(_setting(cfg, "models", MODELS)))
-    measures, headline = study_measures(data.channel_names, _setting(cfg, "channels", None),
-                                        each=bool(_setting(cfg, "each", True)),
-                                        joint=bool(_setting(cfg, "joint", True)),
-                                        headline=_setting(cfg, "headline_channel", None))
+    data = load_study_data(results_dir, list(cfg.models))
+    measures, headline = study_measures(data.channel_names, cfg.channels, each=cfg.each, joint=cfg.joint,
+                                        headline=cfg.headline_channel)
     return data, measures, headline
 
 
-def fill_engine_cache(results_dir: str | Path, cfg, engine_cache: str | Path, *, progress: bool = True) -> None:
-    """Only the engine work of step 05 (:func:`engine_passes`), its results
-    left in ``engine_cache``: what every process of a multi-process job
-    does, each taking its share of the synthetic images; the notebook's
-    :func:`audit_study` then reads them back and writes the tables once."""
-    data, measures, _ = _study(results_dir, cfg)
-    groups = {m.name: list(m.index) for m in measures}
-    for p in engine_passes(data, measures, cfg):
-        run_engine(p.images, data.train, groups, k=p.k, desc=_describe(p.name),
-                   **_engine_settings(cfg, progress, engine_cache))
+def load_audit(results_dir: str | Path) -> StudyAudit:
+    """The audit step 05 wrote under ``results_dir/correlation/`` (by this
+    process or by a multi-process job), read back: the same tables
+    :func:`audit_study` returns, from its files."""
+    out = Path(results_dir) / "correlation"
+    summary = read_json(out / "summary.json")
+    infos = [summary["by_measure"][name] for name in summary["measures"]]
+    measures = [Measure(i["measure"], tuple(i["channels"]), tuple(i["channel_index"]), i["kind"], i["description"])
+                for i in infos]
+    audit = StudyAudit(out, summary, measures, summary["headline"])
+
+    def table(path: Path) -> pd.DataFrame | None:
+        return pd.read_csv(path) if path.is_file() else None
+
+    for m, info in zip(measures, infos):
+        folder = out / m.name
+        audit.thresholds[m.name] = {str(k): float(v) for k, v in table(folder / "thresholds.csv").itertuples(index=False)}
+        audit.baseline[m.name] = table(folder / "baseline.csv")
+        audit.control[m.name] = table(folder / "control_matches.csv")
+        audit.matches[m.name] = {model: table(folder / f"matches_{model}.csv") for model in info["models"]}
+        audit.exceedances[m.name] = table(folder / "exceedances.csv")
+        leakage = table(folder / "leakage.csv")
+        if leakage is not None:
+            audit.leakage[m.name] = leakage
+    audit.written = [*sorted(p for m in measures for p in (out / m.name).glob("*.csv")), out / "summary.json"]
+    return audit

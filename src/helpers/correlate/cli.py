@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from .. import correlation
+from ..config import CorrelateSettings, build
 from .audit import run_audit
 from .measures import measure_summary, study_measures
 from .result import StudyAudit
@@ -21,29 +21,25 @@ from .tables import reported_interval
 SYNTHETIC_NAME = "synthetic"
 
 
-@dataclass
-class AuditSettings:
-    """The settings of the audit command (the attributes of step 05's settings)."""
-
-    channels: list | None = None
-    each: bool = False
-    joint: bool = True
-    headline_channel: str | None = None
-    top_k: int = 1
-    backend: str = "auto"
-    memory_budget_gb: float = 2.0
-    n_control: int = 0
-    control_noise_sd: float = 8.0
-    seed: int = 0
+#: where the command's defaults differ from step 05's (the rest are the schema's, CorrelateSettings):
+#: all channels as one vector only, one match per image, no planted control
+COMMAND_DEFAULTS = {"each": False, "top_k": 1, "n_control": 0}
 
 
-def audit(synthetic, training, test=None, *, out: str | Path = "correlation_audit", cfg: AuditSettings | None = None,
-          progress: bool = True) -> StudyAudit:
+def command_settings(**values) -> CorrelateSettings:
+    """The command's settings: step 05's schema (:class:`helpers.config.CorrelateSettings`,
+    checked as it checks a config file) with :data:`COMMAND_DEFAULTS`."""
+    values = {**COMMAND_DEFAULTS, **values}
+    return build("correlate", values, {k: "the audit command" for k in values})
+
+
+def audit(synthetic, training, test=None, *, out: str | Path = "correlation_audit",
+          cfg: CorrelateSettings | None = None, progress: bool = True) -> StudyAudit:
     """Audit a set of synthetic images against training images (and a
     held-out test set for the baseline) for the measures of ``cfg``; writes
     the same layout and summary.json as step 05, the synthetic set named
     ``synthetic``."""
-    cfg = cfg or AuditSettings()
+    cfg = cfg or command_settings()
     train = correlation.open_images(training, label="training")
     syn = correlation.open_images(synthetic, label="synthetic")
     tst = correlation.open_images(test, label="test") if test is not None else None
@@ -86,21 +82,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="'all' (default: all channels as one vector), 'each' (one result per channel, as the "
                              "paper), both, and/or channel indices to restrict to")
     parser.add_argument("--headline", help="the measure printed first (default: the first channel, or 'all')")
-    parser.add_argument("--top-k", type=int, default=1, help="training matches kept per image (default 1)")
+    parser.add_argument("--top-k", type=int, default=COMMAND_DEFAULTS["top_k"],
+                        help=f"training matches kept per image (default {COMMAND_DEFAULTS['top_k']})")
     parser.add_argument("--out", default="correlation_audit", help="output folder (default ./correlation_audit)")
     parser.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
-    parser.add_argument("--memory-gb", type=float, default=2.0, help="memory budget of the engine (GiB)")
-    parser.add_argument("--control", type=int, default=0, help="planted copies of training images (uint8; default 0)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory-gb", type=float, default=CorrelateSettings.memory_budget_gb,
+                        help=f"memory budget of the engine (GiB; default {CorrelateSettings.memory_budget_gb:g})")
+    parser.add_argument("--control", type=int, default=COMMAND_DEFAULTS["n_control"],
+                        help=f"planted copies of training images (uint8; default {COMMAND_DEFAULTS['n_control']})")
+    parser.add_argument("--seed", type=int, default=CorrelateSettings.seed)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         channels, each, joint = channels_arg(args.channels)
-        cfg = AuditSettings(channels=channels, each=each, joint=joint, headline_channel=args.headline,
-                            top_k=args.top_k, backend=args.backend, memory_budget_gb=args.memory_gb,
-                            n_control=args.control, seed=args.seed)
+        cfg = command_settings(channels=channels, each=each, joint=joint, headline_channel=args.headline,
+                               top_k=args.top_k, backend=args.backend, memory_budget_gb=args.memory_gb,
+                               n_control=args.control, seed=args.seed)
         result = audit(args.synthetic, args.training, args.test, out=args.out, cfg=cfg, progress=not args.quiet)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError) as err:  # ConfigError is a ValueError
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     s = result.summary

@@ -133,13 +133,7 @@ def measure_summary(summary: Mapping, measure: str | None = None) -> dict:
     """One measure of ``summary.json`` as a flat dict with the keys of the
     single-measure summary (``dataset``, ``channels``, ``thresholds``,
     ``baseline``, ``models``, ``control``, ...) plus ``measure``, ``kind``,
-    ``description`` and ``headline``. ``measure=None``: the headline. A
-    summary of the older single-measure layout is its own (joint) measure."""
-    if "by_measure" not in summary:
-        if measure not in (None, JOINT):
-            raise ValueError(f"summary.json has one measure ('{JOINT}', the older layout), not {measure!r}")
-        return {**summary, "measure": JOINT, "kind": "joint", "label_map": False, "headline": True,
-                "description": JOINT_DESCRIPTION, "data_channels": summary.get("channels", [])}
+    ``description`` and ``headline``. ``measure=None``: the headline."""
     name = summary["headline"] if measure is None else str(measure).lower()
     if name not in summary["by_measure"]:
         raise ValueError(f"summary.json has no measure {measure!r}; measures: {', '.join(summary['measures'])}")

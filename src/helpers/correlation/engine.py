@@ -76,6 +76,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config.schema import MEMORY_BUDGET_GB
 from ..parallel import gather, rank_world, share
 from .arithmetic import Arithmetic, choose_arithmetic
 from .backend import Backend, get_backend
@@ -86,7 +87,7 @@ from .measures import _Group, _GroupOutput, _resolve_groups
 from .result import MatchResult
 from .search import _Matcher, _tolerance
 
-DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+DEFAULT_MEMORY_BUDGET = int(MEMORY_BUDGET_GB * 1024**3)  # bytes; the one default is the settings'
 CHUNK_BYTES = 192 * 1024**2  # target size of one prepared training chunk
 
 

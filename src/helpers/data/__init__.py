@@ -65,7 +65,7 @@ from .cxr import (
                     parse_cxr_patient,
                     plan_cxr,
 )
-from .prepare import SKIPPED_COLUMNS, prepare_dataset
+from .prepare import SKIPPED_COLUMNS, prepare_dataset, prepare_from_settings
 from .raw import SOURCES, locate_raw_data, missing_data_message
 from .slicing import (
                     axial_slices,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import common
+from ..config.schema import PrepareDataSettings
 from .base import DatasetNotFoundError
 from .brats import BRATS_CHANNELS, plan_brats
 from .cxr import CXR_CHANNELS, plan_cxr
@@ -54,26 +55,43 @@ def _validate(source, image_size, channels, pad_to, slice_stride, on_bad_subject
     return sorted(chosen, key=allowed.index)  # a subset keeps our order (BRATS_CHANNELS)
 
 
+#: step 01's defaults: the schema's, the one home of every setting (the keyword defaults below read it)
+_D = PrepareDataSettings()
+#: the settings prepare_dataset reads (the rest of PrepareDataSettings is the phantom's and the sweep's)
+READ_SETTINGS = ("image_size", "channels", "pad_to", "t1_threshold", "min_brain_fraction", "slice_stride",
+                 "n_test_subjects", "n_train_subjects", "test_fraction", "split", "on_bad_subject", "seed",
+                 "n_workers")
+
+
+def prepare_from_settings(raw_dir: str | os.PathLike, results_dir: str | os.PathLike,
+                          settings: PrepareDataSettings, *, dataset: str | None = None,
+                          progress: bool = True) -> dict:
+    """Step 01 from its settings, whole: :func:`prepare_dataset` with every
+    value :data:`READ_SETTINGS` names taken from ``settings``."""
+    return prepare_dataset(settings.source, raw_dir, results_dir, dataset=dataset, progress=progress,
+                           **{name: getattr(settings, name) for name in READ_SETTINGS})
+
+
 def prepare_dataset(
     source: str,
     raw_dir: str | os.PathLike,
     results_dir: str | os.PathLike,
-    image_size: int = 256,
-    channels: Sequence[str] | None = None,
+    image_size: int = _D.image_size,
+    channels: Sequence[str] | None = _D.channels,
     *,
     dataset: str | None = None,
-    pad_to: int = 256,
-    t1_threshold: float = 50,
-    min_brain_fraction: float = 0.15,
-    slice_stride: int = 1,
-    n_test_subjects: int = 56,
-    n_train_subjects: int | None = None,
-    test_fraction: float = 0.1,
-    split: str = "seeded",
+    pad_to: int = _D.pad_to,
+    t1_threshold: float = _D.t1_threshold,
+    min_brain_fraction: float = _D.min_brain_fraction,
+    slice_stride: int = _D.slice_stride,
+    n_test_subjects: int = _D.n_test_subjects,
+    n_train_subjects: int | None = _D.n_train_subjects,
+    test_fraction: float = _D.test_fraction,
+    split: str = _D.split,
     split_file: str | os.PathLike | None = None,
-    on_bad_subject: str = "fail",
-    seed: int = 0,
-    n_workers: int = 2,
+    on_bad_subject: str = _D.on_bad_subject,
+    seed: int = _D.seed,
+    n_workers: int = _D.n_workers,
     progress: bool = True,
 ) -> dict:
     """Read the raw data in ``raw_dir`` (BraTS subject folders or the

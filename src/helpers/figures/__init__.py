@@ -11,18 +11,15 @@ channels as one vector (ours) and the label map apart (see
 :mod:`helpers.correlate`), one folder per measure under ``correlation/``.
 Every loader, table and figure of one measure takes ``measure=``; ``None``
 means the *headline* measure named in ``correlation/summary.json``. The
-finding sentence, the size plot
-and the cross-dataset comparison use the headline by default, and
-:func:`measures` lists the measures headline first. Result folders of the
-older single-measure layout (files directly under ``correlation/``) read as
-one measure, ``all``.
+finding sentence and the cross-dataset comparison use the headline by default, and
+:func:`measures` lists the measures headline first.
 
 Modules, one per kind of output: :mod:`.results` (loaders), :mod:`.style`
 (names, colours, labels), :mod:`.output` (saving, Markdown), :mod:`.tables`,
 :mod:`.text` (the finding sentence), :mod:`.distributions` (figure 1),
 :mod:`.top_matches` (figure 2), :mod:`.images` (sample grids, montages),
-:mod:`.curves` (training curves), :mod:`.sizes` (memorization vs size) and
-:mod:`.compare` (across datasets). Every name is re-exported here, so
+:mod:`.curves` (training curves) and :mod:`.compare` (across datasets);
+the size sweep's figures are :mod:`helpers.sweep_figures`. Every name is re-exported here, so
 ``from helpers import figures; figures.<name>`` reaches all of them.
 """
 
@@ -71,7 +68,6 @@ from .results import (
                      result_file,
                      shown_channel,
 )
-from .sizes import plot_memorization_vs_size, size_note, size_series
 from .style import (
                      BASELINE,
                      COLOURS,
@@ -107,8 +103,8 @@ __all__ = [
     "max_correlations", "measure_folder", "measure_info", "measure_label", "measure_names", "measures",
     "measures_table", "memorization_table", "memorization_tables", "missing_text", "model_files", "model_status",
     "montage", "most_copied_table", "one_measure", "outputs_markdown", "params_markdown", "plot_compare",
-    "plot_loss_log", "plot_max_correlation", "plot_max_correlation_by_measure", "plot_memorization_vs_size",
-    "plot_sample_grids", "plot_top_matches", "plot_training_curves", "producer", "result_file", "save_figure",
+    "plot_loss_log", "plot_max_correlation", "plot_max_correlation_by_measure", "plot_sample_grids",
+    "plot_top_matches", "plot_training_curves", "producer", "result_file", "save_figure",
     "save_measure_figure", "save_measure_table", "save_table", "settings_markdown", "select_matches", "shown_channel",
-    "size_note", "size_series", "table_groups", "table_title", "threshold_label", "thresholds_by_measure", "thresholds_table",
+    "table_groups", "table_title", "threshold_label", "thresholds_by_measure", "thresholds_table",
 ]

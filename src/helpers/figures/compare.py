@@ -10,9 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..correlate import JOINT
-from .results import load_exceedances, load_summary
-from .sizes import _summary_view
+from ..correlate import JOINT, measure_summary
+from .results import load_summary
 from .style import BASELINE, COLOURS, CONTROL, MODELS, _pct, display_name, interval_columns
 
 
@@ -31,8 +30,7 @@ def collect_summaries(results_root, measure: str | None = None, all_measures: bo
     generator / baseline / control. By default each folder's headline
     measure (``measure``: that one instead, folders without it left out;
     ``all_measures``: every measure, ``headline`` marking each folder's
-    headline). The older layout's held-out baseline exceedances come from
-    that folder's exceedances.csv (``real_test`` rows) when present."""
+    headline)."""
     rows = []
     root = Path(results_root)
     paths = sorted(root.glob("*/correlation/summary.json")) + sorted(root.glob("*/sizes/*/correlation/summary.json"))
@@ -48,6 +46,15 @@ def collect_summaries(results_root, measure: str | None = None, all_measures: bo
     return pd.DataFrame(rows, columns=_COMPARE_COLUMNS)
 
 
+def _summary_view(folder: Path, measure: str | None) -> dict | None:
+    """One measure of a folder's summary.json (None: its headline); None
+    when that folder did not compute the measure."""
+    try:
+        return measure_summary(load_summary(folder), measure)
+    except ValueError:
+        return None
+
+
 def _summary_rows(folder: Path, summary: Mapping) -> list[dict]:
     """The rows of :func:`collect_summaries` for one measure of one folder."""
     groups = {m: info for m, info in summary["models"].items()}
@@ -55,17 +62,6 @@ def _summary_rows(folder: Path, summary: Mapping) -> list[dict]:
         groups[CONTROL] = summary[CONTROL]
     if summary.get("baseline") and summary["baseline"].get("exceedances"):
         groups[BASELINE] = summary["baseline"]
-    exc_path = folder / "correlation/exceedances.csv"  # the older layout
-    if BASELINE not in groups and exc_path.is_file() and summary.get("baseline"):
-        exc = load_exceedances(folder, JOINT)
-        exc = exc[exc["model"] == BASELINE]
-        if len(exc):
-            groups[BASELINE] = {
-                "n": int(exc["n_images"].iloc[0]), "constant": summary["baseline"].get("constant", 0),
-                "quantiles": summary["baseline"].get("quantiles", {}),
-                "exceedances": {r.threshold_name: {"n_above": r.n_above, "fraction": r.fraction,
-                                                   "wilson_low": r.wilson_low, "wilson_high": r.wilson_high}
-                                for r in exc.itertuples()}}
     rows = []
     for model, info in groups.items():
         q = info.get("quantiles") or {}

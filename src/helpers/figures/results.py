@@ -16,7 +16,7 @@ import pandas as pd
 
 from .. import models as registry
 from ..common import read_json
-from ..correlate import JOINT, is_label_channel, measure_summary
+from ..correlate import is_label_channel, measure_summary
 from .style import MODELS, display_name
 
 # Which notebook writes which top-level folder of results_dir (a model's: its registry entry's).
@@ -109,13 +109,12 @@ def load_summary(results_dir) -> dict:
 
 
 def measures(results_dir) -> list[str]:
-    """Step 05's measures, headline first (``["all"]`` for the older layout)."""
-    summary = load_summary(results_dir)
-    return list(summary["measures"]) if "measures" in summary else [JOINT]
+    """Step 05's measures, headline first."""
+    return list(load_summary(results_dir)["measures"])
 
 
 def headline(results_dir) -> str:
-    """The headline measure of step 05 (``all`` for the older layout)."""
+    """The headline measure of step 05."""
     return measures(results_dir)[0]
 
 
@@ -127,22 +126,10 @@ def measure_info(results_dir, measure: str | None = None) -> dict:
 
 def measure_folder(results_dir, measure: str | None = None) -> str:
     """``correlation/<measure>`` (relative to results_dir). ``None``: the
-    headline of summary.json. The older single-measure layout: ``correlation``."""
+    headline of summary.json."""
     if measure is not None:
-        name = str(measure).lower()
-        if (Path(results_dir) / "correlation" / name).is_dir() or not _old_layout(results_dir):
-            return f"correlation/{name}"
-        if name != JOINT:
-            raise ValueError(f"{Path(results_dir) / 'correlation'}: results of the older single-measure layout "
-                             f"have one measure, '{JOINT}', not {measure!r}")
-        return "correlation"
-    summary = load_summary(results_dir)
-    return f"correlation/{summary['headline']}" if "by_measure" in summary else "correlation"
-
-
-def _old_layout(results_dir) -> bool:
-    path = Path(results_dir) / "correlation/summary.json"
-    return path.is_file() and "by_measure" not in read_json(path)
+        return f"correlation/{str(measure).lower()}"
+    return f"correlation/{load_summary(results_dir)['headline']}"
 
 
 def load_matches(results_dir, model: str, measure: str | None = None) -> pd.DataFrame:
@@ -280,7 +267,7 @@ def shown_channel(results_dir, channel: str | None = None, measure: str | None =
         return 0
     info = measure_info(results_dir, measure)
     chans = [str(c) for c in info.get("channels", [])]
-    if info.get("kind") == "joint":  # the older layout's channels and a joint measure: the first image channel
+    if info.get("kind") == "joint":  # a joint measure: its first image channel
         chans = [c for c in chans if not is_label_channel(c)] or chans
     return channel_index(names, chans[0]) if chans and names else 0
 

@@ -38,7 +38,6 @@ from .criteria import (
                        FIXED_THRESHOLDS,
                        GU_RATIO,
                        TABLE_COLUMNS,
-                       correlation_flags,
                        correlation_thresholds,
                        count_flags,
                        coverage,
@@ -52,7 +51,7 @@ from .nearest import FIELD_OF_VIEW_MM, SLICE_SPACING_MM, default_neighbour_slice
 
 __all__ = [
     "BASELINE_PERCENTILES", "CRITERION_THRESHOLDS", "Capacity", "FIELD_OF_VIEW_MM", "FIXED_THRESHOLDS", "GU_RATIO",
-    "SLICE_SPACING_MM", "TABLE_COLUMNS", "correlation_flags", "correlation_thresholds", "count_flags", "coverage",
+    "SLICE_SPACING_MM", "TABLE_COLUMNS", "correlation_thresholds", "count_flags", "coverage",
     "coverage_table", "criteria_table", "default_neighbour_slices", "exceedance_flags", "l2_ratio_flags",
     "memorization_capacity", "nearest_l2", "wilson_interval",
 ]

@@ -65,11 +65,6 @@ def correlation_thresholds(baseline_best=None, fixed: Sequence[float] = CRITERIO
     return out
 
 
-def correlation_flags(best_correlation, thresholds: Mapping[str, float]) -> dict[str, np.ndarray]:
-    """``{"corr_" + threshold name: flags}`` for every threshold."""
-    return {f"corr_{name}": exceedance_flags(best_correlation, t) for name, t in thresholds.items()}
-
-
 def _flags(values) -> tuple[np.ndarray, np.ndarray]:
     """(flagged, judged) boolean arrays of a flag array."""
     a = np.asarray(values)

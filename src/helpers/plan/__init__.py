@@ -162,14 +162,14 @@ def _assumed_counts(prep, layout: str) -> tuple[int, int, str]:
                 order = read_subject_order(authors_split_file(layout))
                 subjects, n_test_subjects = len(order), int((order["split"] == "test").sum())
         else:
-            subjects, per = int(prep.phantom_brats_sizes.get("n_subjects", 24)), PHANTOM_SLICES_PER_SUBJECT
+            subjects, per = prep.phantom_brats_sizes.n_subjects, PHANTOM_SLICES_PER_SUBJECT
         n_train_subjects = subjects - n_test_subjects
         if prep.n_train_subjects:
             n_train_subjects = min(n_train_subjects, prep.n_train_subjects)
         per = math.ceil(per / max(prep.slice_stride, 1))
         return (n_train_subjects * per, n_test_subjects * per,
                 f"assumed: data/ not prepared; {n_train_subjects} training subjects × ~{per} slices")
-    total = CXR_IMAGES if prep.source == "cxr" else sum(int(v) for v in prep.phantom_cxr_sizes.values())
+    total = CXR_IMAGES if prep.source == "cxr" else prep.phantom_cxr_sizes.n_images
     n_test = round(total * prep.test_fraction)
     return total - n_test, n_test, f"assumed: data/ not prepared; {total} images, {prep.test_fraction:.0%} held out"
 
@@ -197,7 +197,7 @@ def make_plan(resolved, results: Path, processes: int | None = None) -> Plan:
         plan.steps.append(estimate_stylegan(sg_cfg, shape, runs, device, processes))
     with _worker_threads(df_cfg, runs, device):
         plan.steps.append(estimate_diffusion(df_cfg, shape, runs, device, processes))
-    plan.steps.append(estimate_sampling(resolved["sample"], sg_cfg, df_cfg, shape, runs, device, processes))
+    plan.steps.append(estimate_sampling(resolved["sample"], resolved.settings, shape, runs, device, processes))
     plan.steps.append(estimate_correlation(resolved["correlate"], resolved["sample"], _channel_names(results, shape),
                                            shape, runs, device, processes))
     return plan

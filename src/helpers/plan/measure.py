@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..common import write_json
-from ..models import sample_counts
+from ..models import SamplingProbe, sample_counts
+from ..models import get as get_model
 
 GIB = 2**30
 #: most pixels (batch × C × H × W) timed in one step on a CPU; a larger
@@ -155,49 +156,26 @@ def estimate_diffusion(settings, shape, runs, device: str, processes: int) -> St
                         f"{settings.keep_checkpoints} checkpoints + pipeline per run ({p / 1e6:.1f} M parameters)")
 
 
-def estimate_sampling(cfg, stylegan_cfg, diffusion_cfg, shape, runs, device: str, processes: int) -> StepEstimate:
-    import torch
-
-    from ..diffusion.model import build_unet
-    from ..stylegan.networks import Generator
-    from ..stylegan.sampling import generate_images
-
+def estimate_sampling(cfg, sections, shape, runs, device: str, processes: int) -> StepEstimate:
+    """Step 04: each model's own estimate (its registry entry's
+    ``time_sampling``, timed here), for the images ``cfg`` asks of it."""
     gpus = processes if device == "cuda" else 1
     counts = sample_counts(cfg)
     _reset_memory(device)
-    seconds, parts = 0.0, []
-    if "stylegan" in counts:
-        c = stylegan_cfg
-        G = Generator(shape[1], shape[0], c.z_dim, c.w_dim, c.mapping_layers, c.mapping_lr_multiplier,
-                      c.channel_base, c.channel_max, 0, c.conv_clamp).to(device).eval()
-        t = _timed(lambda: generate_images(G, [0]), repeats=2)  # one image at a time (batch-invariant)
-        seconds += t * counts["stylegan"] * len(runs) / gpus
-        parts.append(f"StyleGAN {t:.3f} s/image")
+    diffusion_cfg = sections["train_diffusion"]
     steps = (diffusion_cfg.num_train_timesteps if cfg.diffusion_sampler == "ddpm"
              else cfg.diffusion_inference_steps or 50)
     b = _timed_batch(cfg.batch_size, device, shape)
-    if "diffusion" in counts:
-        unet = build_unet(diffusion_cfg, shape[0], shape[1]).to(device).eval()
-        x = torch.randn(b, *shape, device=device)
-        with torch.no_grad():
-            t = _timed(lambda: unet(x, torch.full((b,), 10, device=device), return_dict=False))
-        seconds += t / b * steps * counts["diffusion"] * len(runs) / gpus
-        parts.append(f"diffusion {steps} network passes/image, a pass of batch {b} {t:.3f} s")
-        del unet
-    if "optimal_denoiser" in counts:
-        from ..diffusion.model import build_noise_scheduler
-        from ..optimal_denoiser import OptimalDenoiser
-
-        n_train = max(n for n, _ in runs.values())
-        measured = min(n_train, 1024)
-        training = np.random.default_rng(0).integers(0, 256, (measured, *shape), dtype=np.uint8)
-        model = OptimalDenoiser(training, build_noise_scheduler(diffusion_cfg)).to(device)
-        x = torch.randn(b, *shape, device=device)
-        t = _timed(lambda: model(x, 10, return_dict=False))
-        per_image = t / b * steps * sum(n for n, _ in runs.values()) / measured
-        seconds += per_image * counts["optimal_denoiser"] / gpus
-        parts.append(f"optimal denoiser: a pass of batch {b} over {measured} training images {t:.3f} s, "
-                     "scaled by each run's training set")
+    seconds, parts = 0.0, []
+    for name, n in counts.items():
+        model = get_model(name, "sample.models")
+        if model.time_sampling is None:
+            parts.append(f"{model.display}: not measured")
+            continue
+        probe = SamplingProbe(cfg, sections, tuple(shape), runs, device, b, steps, _timed, n)
+        model_seconds, basis = model.time_sampling(probe)
+        seconds += model_seconds / gpus
+        parts.append(basis)
     image = int(np.prod(shape))
     disk = len(runs) * sum(n * (image + 16) for n in counts.values())
     basis = "; ".join(parts) + (f"; {gpus} GPUs share the seeds" if gpus > 1 else "")

@@ -7,8 +7,9 @@ settings: one process, one after another; ``parallel_runs`` runs side by
 side (:func:`helpers.parallel.run_side_by_side`); or, with
 ``processes > 1``, a torchrun job (:func:`launch`) in which every run is
 shared by all processes. Whichever way, each run's job writes its outputs
-into the run's folder, and the results handed back are read the same way
-(a training's ``summary.json``, the samples files, the audit).
+into the run's folder; after a torchrun job the results handed back are
+read from those files (a training's ``summary.json``, the samples files,
+the audit: :func:`helpers.correlate.load_audit`).
 
 Which models exist, and how each trains and samples, is the model registry
 (:mod:`helpers.models`); which criteria judge a run, the criteria registry
@@ -22,12 +23,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import lifetime, models, runlock, sweep
-from ..common import display_path, read_json
+from .. import config, lifetime, models, runlock, sweep
+from ..common import display_path, read_json, save_params
 from ..config import as_dict
+from ..layout import Run
 from ..parallel import check_processes, run_side_by_side
 
 STEP_JOBS = ("sample", "correlate")  # with every trainable model's section: the jobs torchrun runs
@@ -40,6 +43,51 @@ def jobs() -> tuple[str, ...]:
 
 class DistributedError(RuntimeError):
     """A multi-process step failed; the message names the rank and its log."""
+
+
+# --------------------------------------------------------------------------
+# A step notebook's first cell
+# --------------------------------------------------------------------------
+
+@dataclass
+class OpenStep:
+    """What a step notebook works with (:func:`open_step`)."""
+
+    section: str
+    dataset: str
+    profile: str
+    results_dir: str
+    cfg: object              # the step's resolved settings (its schema)
+    runs: dict[str, Path]    # every run: the sweep's sizes, or {"all": results_dir}
+
+    @property
+    def largest(self) -> Path:
+        """The run a notebook shows: the largest training set."""
+        return list(self.runs.values())[-1]
+
+    def run(self, label: str | None = None) -> Run:
+        """The files of a run (default: the largest)."""
+        return Run(self.runs[label] if label else self.largest)
+
+    def settings_markdown(self) -> str:
+        from ..figures import settings_markdown
+
+        return settings_markdown(as_dict(self.cfg), self.dataset, self.profile)
+
+
+def open_step(section: str, dataset: str, profile: str | None, results_dir: str | None, settings: dict | None,
+              output: str | None = None) -> OpenStep:
+    """A step notebook's setup: what ``./runall.sh`` injects, or for a
+    notebook opened by hand what it would (:func:`helpers.config.runall_defaults`);
+    the step's settings; every run; and the settings written next to the
+    step's outputs (``<run>/<output>/params.yaml``) in every run."""
+    dataset, profile, results_dir = config.runall_defaults(dataset, profile, results_dir)
+    cfg = config.step_settings(section, dataset, profile, settings)
+    runs = sweep.run_dirs(results_dir)
+    if output is not None:
+        for run in runs.values():
+            save_params(as_dict(cfg), Path(run) / output)
+    return OpenStep(section, dataset, profile, results_dir, cfg, runs)
 
 
 # --------------------------------------------------------------------------
@@ -154,11 +202,6 @@ def train_every_run(results_dir: str | os.PathLike, step: str, cfg) -> dict[str,
     return {label: read_json(run / model.output / "summary.json") for label, run in sweep.run_dirs(results_dir).items()}
 
 
-def engine_cache(run_dir: str | os.PathLike) -> Path:
-    """Where a multi-process audit leaves its engine results for the notebook."""
-    return Path(run_dir) / "correlation" / ".engine_cache"
-
-
 def sample_every_run(results_dir: str | os.PathLike, cfg) -> dict[str, dict[str, str]]:
     """Step 04 on every run: ``{label: {model: samples file}}``. With
     ``cfg.processes > 1`` a torchrun job samples each run over all processes
@@ -176,15 +219,15 @@ def sample_every_run(results_dir: str | os.PathLike, cfg) -> dict[str, dict[str,
 def audit_every_run(results_dir: str | os.PathLike, cfg) -> dict[str, Any]:
     """Step 05 on every run: ``{label: StudyAudit}`` (the notebook then
     judges every run: :func:`helpers.criteria.judge_every_run`). With
-    ``cfg.processes > 1`` a torchrun job computes every correlation over all
-    processes and leaves the engine's results in each run's
-    :func:`engine_cache`; the audit here then reads them back (same code,
-    same files, nothing recomputed)."""
+    ``cfg.processes > 1`` a torchrun job audits each run over all processes
+    (the engine shares the images; process 0 writes the files) and the
+    audits are read back from them (:func:`helpers.correlate.load_audit`),
+    as the trainings' summaries and the samples are."""
     from .. import correlate
 
     runs = sweep.run_dirs(results_dir)
     if cfg.processes > 1:
         launch("correlate", results_dir, as_dict(cfg), cfg.processes, Path(results_dir) / "logs" / "correlate")
+        return {label: correlate.load_audit(run) for label, run in runs.items()}
     with runlock.for_runs(runs.values()):  # a notebook run by hand; under ./runall.sh the runner holds them
-        return {label: correlate.audit_study(run, cfg, engine_cache=engine_cache(run) if cfg.processes > 1 else None)
-                for label, run in runs.items()}
+        return {label: correlate.audit_study(run, cfg) for label, run in runs.items()}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import config, lifetime, sweep
 from ..parallel import barrier, rank_world
-from . import STEP_JOBS, engine_cache, jobs, sample_run, train_run
+from . import STEP_JOBS, jobs, sample_run, train_run
 
 
 def _init() -> None:
@@ -36,8 +36,7 @@ def run_job(job: str, results_dir: str, settings: dict) -> None:
         else:
             from .. import correlate
 
-            # the engine work only, shared: the notebook's audit reads it back and writes the tables once
-            correlate.fill_engine_cache(run, cfg, engine_cache(run), progress=rank == 0)
+            correlate.audit_study(run, cfg, progress=rank == 0)  # the engine shares the work; rank 0 writes
         barrier()
 
 
