@@ -546,3 +546,19 @@ def test_a_notebook_shows_a_saved_figure_as_a_smaller_palette_png_of_the_same_si
         assert difference.mean() < 1.0, "a palette copy, not another picture"
     assert len(output.preview_png(png)) < png.stat().st_size
     assert output.preview_png(png) == output.preview_png(png), "the same file gives the same bytes"
+
+
+def test_a_step_removes_what_it_wrote_last_time_and_not_this_time(tmp_path):
+    """Stale outputs: a table of a section that no longer exists does not outlive its run;
+    files the step never listed (and files outside its folder) are left alone."""
+    from helpers.figures import remove_stale_outputs
+
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    for name in ("a.csv", "old.csv", "user_notes.txt"):
+        (folder / name).write_text("x")
+    (tmp_path / "outside.csv").write_text("x")
+    assert remove_stale_outputs(folder, [folder / "a.csv", folder / "old.csv", tmp_path / "outside.csv"]) == []
+    removed = remove_stale_outputs(folder, [folder / "a.csv"])
+    assert removed == [folder / "old.csv"] and not (folder / "old.csv").exists()
+    assert (folder / "a.csv").exists() and (folder / "user_notes.txt").exists() and (tmp_path / "outside.csv").exists()

@@ -143,3 +143,29 @@ def outputs_markdown(paths: Iterable[str | os.PathLike]) -> str:
         lines.append(f"- `{path}` ({size / 1024:.1f} KiB)" if path.is_file() else f"- `{path}` (missing!)")
     return "\n".join(lines) if lines else "No files written."
 
+
+
+OUTPUTS_MANIFEST = ".outputs.json"
+
+
+def remove_stale_outputs(folder: str | os.PathLike, written: Iterable[str | os.PathLike]) -> list[Path]:
+    """Remove what this step wrote into ``folder`` last time and did not
+    write again this time (a figure or table of a model, size or section
+    that no longer exists would otherwise outlive its run), then record
+    this time's outputs (``folder/.outputs.json``). Only files the step
+    itself listed are ever removed; returns them."""
+    from ..common import read_json, write_json
+
+    folder = Path(folder)
+    manifest = folder / OUTPUTS_MANIFEST
+    now = {Path(p).resolve().relative_to(folder.resolve()).as_posix() for p in written
+           if Path(p).resolve().is_relative_to(folder.resolve())}
+    before = set(read_json(manifest).get("files", [])) if manifest.is_file() else set()
+    removed = []
+    for rel in sorted(before - now):
+        path = folder / rel
+        if path.is_file() and path.resolve().is_relative_to(folder.resolve()):
+            path.unlink()
+            removed.append(path)
+    write_json(manifest, {"files": sorted(now)})
+    return removed
