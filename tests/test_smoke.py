@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import common, pipeline, sweep
+from helpers import common, pipeline, report_checks, sweep
 
 #: What each step promises to write in every run folder of the smoke profile's
 #: size sweep (``sizes/n<K>/``; step 01 also writes the full split above them).
@@ -78,6 +78,11 @@ def test_runall_smoke_profile_end_to_end(tmp_path):
     assert not fit[fit.model == "gaussian_control"].fitted.any() and fit[fit.model == "held_out"].fitted.all(), fit
     over = pd.read_csv(results / "sweep" / "over_training.csv")
     assert sorted(set(over[over.model == "diffusion"].images_seen)) == [80, 160], over
+
+    # the pages read as a reviewer reads them: links resolve, the landing page's numbers are its
+    # tables', and no page states a model, size, sample count or setting this run did not have
+    problems = report_checks.check_results(results)
+    assert problems == [], report_checks.format_problems(results, problems)
 
     second = runall("phantom", "--profile", "smoke", results=tmp_path)
     assert second.returncode == 0, second.stderr[-4000:]
