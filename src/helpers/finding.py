@@ -50,7 +50,7 @@ def _fit_words(fit: pd.DataFrame | None, model: str, size: int) -> tuple[bool | 
     sharp = traced(row["sharpness"], FIT_TABLE, "sharpness", key, fmt=".2f")
     nn = traced(row["nn_accuracy"], FIT_TABLE, "nn_accuracy", key, fmt=".2f")
     if bool(row["fitted"]):
-        return True, f"fitted (sharpness {sharp}, 1-NN {nn})"
+        return True, f"fitted (sharpness {sharp}, nearest-neighbour accuracy {nn})"
     reasons = []
     why = str(row["why"])
     if "blurred" in why:
@@ -58,7 +58,7 @@ def _fit_words(fit: pd.DataFrame | None, model: str, size: int) -> tuple[bool | 
     elif "noisy" in why:
         reasons.append(f"noisy: sharpness {sharp}")
     if "1-NN" in why:
-        reasons.append(f"told apart from its training images: 1-NN {nn}")
+        reasons.append(f"told apart from its training images: nearest-neighbour accuracy {nn}")
     return False, "<strong>not fitted</strong> (" + "; ".join(reasons or [html.escape(why)]) + ")"
 
 
@@ -150,7 +150,7 @@ def glossary_markdown() -> str:
     items = [
         ("fitted", "learnt its data, by the reading rule declared before any result: samples as sharp as "
                    "real images (sharpness ratio within the rule's band) and no easier to tell from the training "
-                   "images than real unseen images are (1-NN two-sample accuracy)"),
+                   "images than real unseen images are (the nearest-neighbour two-sample accuracy)"),
         ("held-out p99", "the 99th percentile of the best correlation that real images of subjects never trained "
                          "on reach with the training set: a sample above it is closer to a training image than "
                          "99 % of real unseen images"),
