@@ -57,8 +57,8 @@ def test_index_opens_with_the_computed_finding_and_links_every_report(tmp_path):
     finding = page.index("The finding")
     assert finding < page.index("The steps")
     told = page[finding:page.index("The steps")]
-    # per size: the fit first (not judged in this old sweep), then memorization by both criteria
-    assert "What ran." in told and "4</span> training images." in told and "fit not judged" in told
+    # per size: the fit first, then memorization by both criteria
+    assert "What ran." in told and "4</span> training images." in told and "not fitted" in told
     assert "Memorized by t1ce above the held-out p99: diffusion" in told and "ℓ2 ratio" in told
     assert "fixed_0.95" not in told   # the fixed threshold is left to the reports (most real slices exceed it)
     assert 'href="notebooks/01_prepare_data.html"' in page and "(42 s)" in page
