@@ -88,7 +88,8 @@ class RunLog:
 
 
 #: the per-measure files (and per-model patterns) an audit writes; stale ones are removed
-_MEASURE_FILES = ("baseline.csv", "thresholds.csv", "exceedances.csv", "leakage.csv", "control_matches.csv")
+_MEASURE_FILES = ("baseline.csv", "thresholds.csv", "exceedances.csv", "leakage.csv", "control_matches.csv",
+                  "control_by_kind.csv")
 _MODEL_PATTERNS = ("matches_*.csv", "topk_*.csv", "most_matched_*.csv")
 
 
