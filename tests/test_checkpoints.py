@@ -90,3 +90,18 @@ def test_a_checkpoint_killed_before_its_rename_leaves_the_one_before_to_resume_f
     assert step == 1 and state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
     assert [p.name.startswith("step_000000002.tmp") for p in common.remove_temporaries(tmp_path)] == [True]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000000001.safetensors"]
+
+
+def test_the_tensor_digest_ignores_the_metadata_and_sees_the_weights(tmp_path):
+    import torch
+
+    from helpers.checkpoints import save_state, tensor_digest
+
+    a = save_state(tmp_path / "a.safetensors", {"G_ema": {"w": torch.ones(3)}, "rng": torch.arange(3), "seconds": 1.5})
+    b = save_state(tmp_path / "b.safetensors", {"G_ema": {"w": torch.ones(3)}, "rng": torch.arange(4), "seconds": 9.0})
+    c = save_state(tmp_path / "c.safetensors", {"G_ema": {"w": torch.ones(3) * 2}, "rng": torch.arange(3), "seconds": 1.5})
+    assert a.read_bytes() != b.read_bytes()                 # another time and generator state
+    assert tensor_digest(a, "G_ema") == tensor_digest(b, "G_ema") != tensor_digest(c, "G_ema")
+    assert tensor_digest(a) != tensor_digest(b)             # all tensors: the generator state counts
+    with pytest.raises(ValueError, match="no tensor under 'ema'"):
+        tensor_digest(a, "ema")

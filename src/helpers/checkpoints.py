@@ -171,3 +171,27 @@ def load_latest_checkpoint(folder: str | Path, device: str | torch.device = "cpu
         except ValueError as err:
             print(f"warning: skipping unreadable checkpoint: {err}")
     return None
+
+
+def tensor_digest(path: str | Path, prefix: str | None = None) -> str:
+    """SHA-256 of a safetensors file's tensors (names and bytes, in name
+    order), or of those under ``prefix`` (e.g. ``"G_ema"``): the same
+    weights give the same digest, whatever the metadata and whatever the
+    unseeded global generator states a training checkpoint also holds."""
+    import hashlib
+    import json
+    import struct
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        (header_size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_size))
+        names = sorted(k for k in header if k != "__metadata__"
+                       and (prefix is None or k == prefix or k.startswith(prefix + ".")))
+        if not names:
+            raise ValueError(f"{path}: no tensor under {prefix!r} in this checkpoint")
+        for name in names:
+            begin, end = header[name]["data_offsets"]
+            handle.seek(8 + header_size + begin)
+            digest.update(name.encode() + b"\0" + handle.read(end - begin))
+    return digest.hexdigest()

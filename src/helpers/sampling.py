@@ -47,25 +47,29 @@ def checkpoint_sample_files(results: str | os.PathLike, model: str) -> dict[int,
     return dict(sorted(found.items()))
 
 
-def sample_checkpoint_to_npy(generate: Generator, checkpoint: str | os.PathLike, out_path: str | os.PathLike,
-                             n_images: int, first_seed: int, image_shape: tuple[int, int, int], batch_size: int = 16,
-                             progress: bool = True, desc: str | None = None) -> Path:
+def sample_checkpoint_to_npy(generate: Generator, checkpoint: str | os.PathLike, weights: str,
+                             out_path: str | os.PathLike, n_images: int, first_seed: int,
+                             image_shape: tuple[int, int, int], batch_size: int = 16, progress: bool = True,
+                             desc: str | None = None) -> Path:
     """:func:`sample_to_npy` for a training checkpoint's samples, with the
-    checkpoint's digest kept beside them (``step_*.json``): samples of a
-    checkpoint that has since been replaced (a training run again) are
-    removed and drawn anew, never read as this checkpoint's."""
-    from .common import file_sha256, read_json, write_json
+    digest of the checkpoint's sampled weights (``weights``, e.g. ``"G_ema"``)
+    kept beside them (``step_*.json``): samples of a checkpoint that has
+    since been replaced (a training run again) are removed and drawn anew,
+    never read as this checkpoint's."""
+    from .checkpoints import tensor_digest
+    from .common import read_json, write_json
 
     out_path = Path(out_path)
     record = out_path.with_suffix(".json")
     if rank_world()[0] == 0:   # one process checks and keeps the record; the others wait for it
-        digest = file_sha256(checkpoint)
-        if record.is_file() and read_json(record).get("checkpoint_sha256") != digest:
+        digest = tensor_digest(checkpoint, weights)   # the same weights give the same digest
+        if record.is_file() and read_json(record).get("weights_sha256") != digest:
             print(f"{out_path}: drawn from an earlier checkpoint of that step; drawing it again")
             for stale in out_path.parent.glob(out_path.stem + "*"):
                 stale.unlink(missing_ok=True)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(record, {"checkpoint": str(Path(checkpoint).name), "checkpoint_sha256": digest})
+        write_json(record, {"checkpoint": str(Path(checkpoint).name), "weights": weights,
+                            "weights_sha256": digest})
     barrier()
     return sample_to_npy(generate, out_path, n_images, first_seed, image_shape, batch_size, progress, desc)
 

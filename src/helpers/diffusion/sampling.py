@@ -212,7 +212,7 @@ def sample_checkpoint(results_dir: str | os.PathLike, step: int, n_images: int, 
     cfg = pipeline.unet.config
     generate = make_generate(pipeline, sampler, num_inference_steps, num_threads=num_threads)
     return sample_checkpoint_to_npy(
-        generate, checkpoint_path(Path(results_dir) / MODEL_NAME / "checkpoints", step),
+        generate, checkpoint_path(Path(results_dir) / MODEL_NAME / "checkpoints", step), "ema",
         checkpoint_samples_path(results_dir, MODEL_NAME, step), n_images, first_seed,
         (cfg.in_channels, cfg.sample_size, cfg.sample_size), batch_size, progress=progress,
         desc=f"diffusion step {step}")

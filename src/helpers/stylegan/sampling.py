@@ -176,6 +176,6 @@ def sample_checkpoint(results_dir: str | os.PathLike, step: int, n_images: int, 
     G = checkpoint_generator(results_dir, step)
     source = checkpoint_path(Path(results_dir) / "stylegan" / "checkpoints", step)
     return sample_checkpoint_to_npy(
-        lambda seeds: generate_images(G, seeds, truncation_psi), source,
+        lambda seeds: generate_images(G, seeds, truncation_psi), source, "G_ema",
         checkpoint_samples_path(results_dir, "stylegan", step), n_images, first_seed,
         (G.img_channels, G.resolution, G.resolution), batch_size, progress=progress, desc=f"stylegan step {step}")
