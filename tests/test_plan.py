@@ -36,7 +36,10 @@ def test_a_plan_reads_the_prepared_data_and_measures_each_step(tmp_path, smoke):
     sample = estimate.steps[2]
     n = sum(models.sample_counts(smoke["sample"]).values())  # every model and control the profile samples
     assert n > smoke["sample"].n_stylegan
-    assert sample.disk_bytes == n * (5 * 32 * 32 + 16), "samples are uint8 N×C×H×W (+ a seed row each)"
+    # and the audits over training: every kept checkpoint of each trained model (2 each in smoke) sampled
+    audited = 2 * 2 * smoke["sample"].n_checkpoint_samples
+    assert audited > 0 and "images of its checkpoints per run" in sample.basis
+    assert sample.disk_bytes == (n + audited) * (5 * 32 * 32 + 16), "samples are uint8 N×C×H×W (+ a seed row each)"
     text = estimate.text()
     assert "02 train StyleGAN" in text and "measured" in text and "free on" in text
 

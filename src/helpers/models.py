@@ -71,6 +71,7 @@ class Model:
     # the audits over training (issue 22): the kept checkpoints' steps, images seen at a step, and
     # sample_checkpoint(run, settings, step, *, progress, parallel) -> samples file
     checkpoint_steps: Callable[[Any], list[int]] | None = None
+    checkpoints_planned: Callable[[Any], int] | None = None   # kept checkpoints its settings section will leave
     checkpoint_images_seen: Callable[[Any, int], int] | None = None
     sample_checkpoint: Callable[..., Any] | None = None
 
@@ -201,6 +202,11 @@ def _stylegan_images_seen(run, step: int) -> int:
     return stylegan.checkpoint_images_seen(run, step)
 
 
+def _stylegan_checkpoints_planned(settings) -> int:
+    n = int(settings.total_kimg // settings.checkpoint_kimg) or 1
+    return min(n, settings.keep_checkpoints) if settings.keep_checkpoints else n
+
+
 def _train_diffusion(run, settings, *, progress: bool = True, parallel: bool = False) -> dict:
     from . import diffusion
 
@@ -234,6 +240,11 @@ def _diffusion_images_seen(run, step: int) -> int:
     from . import diffusion
 
     return diffusion.checkpoint_images_seen(run, step)
+
+
+def _diffusion_checkpoints_planned(settings) -> int:
+    n = int(settings.max_steps // settings.checkpoint_every) or 1
+    return min(n, settings.keep_checkpoints) if settings.keep_checkpoints else n
 
 
 def _sample_optimal_denoiser(run, settings, *, progress: bool = True, parallel: bool = False) -> Path:
@@ -300,9 +311,11 @@ def _time_optimal_denoiser(p: SamplingProbe) -> tuple[float, str]:
 register(Model("stylegan", "StyleGAN", "tab:blue", _sample_stylegan, _train_stylegan, section="train_stylegan",
                notebook="02_train_stylegan", loss_columns=("loss_G", "loss_D", "r1", "augment_p"), marker="o",
                check_processes=_check_stylegan, time_sampling=_time_stylegan, checkpoint_steps=_stylegan_checkpoints,
+               checkpoints_planned=_stylegan_checkpoints_planned,
                checkpoint_images_seen=_stylegan_images_seen, sample_checkpoint=_sample_stylegan_checkpoint))
 register(Model("diffusion", "diffusion", "tab:orange", _sample_diffusion, _train_diffusion, section="train_diffusion",
                notebook="03_train_diffusion", loss_columns=("loss", "lr"), marker="s", time_sampling=_time_diffusion,
+               checkpoints_planned=_diffusion_checkpoints_planned,
                checkpoint_steps=_diffusion_checkpoints, checkpoint_images_seen=_diffusion_images_seen,
                sample_checkpoint=_sample_diffusion_checkpoint))
 register(Model("optimal_denoiser", "optimal denoiser", "tab:red", _sample_optimal_denoiser, marker="^",

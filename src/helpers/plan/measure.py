@@ -166,7 +166,7 @@ def estimate_sampling(cfg, sections, shape, runs, device: str, processes: int) -
     steps = (diffusion_cfg.num_train_timesteps if cfg.diffusion_sampler == "ddpm"
              else cfg.diffusion_inference_steps or 50)
     b = _timed_batch(cfg.batch_size, device, shape)
-    seconds, parts = 0.0, []
+    seconds, parts, audits = 0.0, [], 0
     for name, n in counts.items():
         model = get_model(name, "sample.models")
         if model.time_sampling is None:
@@ -174,10 +174,16 @@ def estimate_sampling(cfg, sections, shape, runs, device: str, processes: int) -
             continue
         probe = SamplingProbe(cfg, sections, tuple(shape), runs, device, b, steps, _timed, n)
         model_seconds, basis = model.time_sampling(probe)
+        audited = (model.checkpoints_planned(sections[model.section]) * cfg.n_checkpoint_samples
+                   if model.checkpoints_planned is not None and cfg.n_checkpoint_samples > 0 else 0)
+        if audited:  # the audits over training sample every kept checkpoint the same way
+            model_seconds *= 1 + audited / n
+            audits += audited
+            basis += f" (+ {audited:,} images of its checkpoints per run)"
         seconds += model_seconds / gpus
         parts.append(basis)
     image = int(np.prod(shape))
-    disk = len(runs) * sum(n * (image + 16) for n in counts.values())
+    disk = len(runs) * (sum(counts.values()) + audits) * (image + 16)
     basis = "; ".join(parts) + (f"; {gpus} GPUs share the seeds" if gpus > 1 else "")
     what = ", ".join(f"{n:,} {m}" for m, n in counts.items()) + " uint8 samples per run"
     return StepEstimate("04 sample", seconds, basis, _memory(device), disk, what)
