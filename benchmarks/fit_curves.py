@@ -29,15 +29,15 @@ import numpy as np
 import torch
 import yaml
 
-from helpers import config
+from helpers import config, run_fit
 from helpers.correlation import top_matches
-from helpers.fit import FitRule, fit_table
+from helpers.fit import fit_table
 
 CPU_PROFILE = Path(__file__).resolve().parents[1] / "configs" / "profiles" / "cpu.yaml"
 STYLEGAN_START = dict(style_mixing_prob=0.0, ada_kimg=10, checkpoint_kimg=8, keep_checkpoints=0, log_every=50,
                       total_kimg=80, num_threads=1)
 DIFFUSION_START = dict(checkpoint_every=500, keep_checkpoints=0, max_steps=3000, num_threads=1)
-RULE = FitRule(sharpness_low=0.8, sharpness_high=1.25, nn_margin=0.05)
+RULE = run_fit.rule_from(config.build("correlate", {}))   # step 05's declared rule, from the schema
 
 
 def settings_for(model: str, overrides: list[str]):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import common, criteria, models, sweep
+from . import common, criteria, models, sweep, sweep_figures
 from .report_checks import traced
 
 CRITERIA_TABLE = "sweep/criteria.csv"
@@ -60,14 +60,6 @@ def _fit_words(fit: pd.DataFrame | None, model: str, size: int) -> tuple[bool | 
     if "1-NN" in why:
         reasons.append(f"told apart from its training images: nearest-neighbour accuracy {nn}")
     return False, "<strong>not fitted</strong> (" + "; ".join(reasons or [html.escape(why)]) + ")"
-
-
-def _verdict(d: pd.Series, s: pd.Series) -> str:
-    if d["wilson_low"] > s["wilson_high"]:
-        return "diffusion memorizes more"
-    if s["wilson_low"] > d["wilson_high"]:
-        return "StyleGAN memorizes more"
-    return "no difference the intervals can show"
 
 
 def setup_markdown(results_dir: str | os.PathLike) -> str:
@@ -127,7 +119,7 @@ def sweep_markdown(results_dir: str | os.PathLike) -> str:
             cells = [f"{html.escape(models.display_name(m))} {_count(by[(m, name)])}" for m in COMPARED if (m, name) in by]
             if len(cells) < 2:
                 continue
-            verdict = _verdict(by[("diffusion", name)], by[("stylegan", name)])
+            verdict = sweep_figures.interval_verdict(by[("diffusion", name)], by[("stylegan", name)])
             unfitted = [models.display_name(m) for m, (ok, _) in fitted.items() if ok is False]
             if unfitted:
                 verdict = "no comparison of fitted models (" + " and ".join(unfitted) + " not fitted)"

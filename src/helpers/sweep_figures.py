@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import criteria as judged
-from . import models
+from . import models, run_fit
 
 REAL_STYLE = ("real held-out images", "0.45", "D")
 
@@ -52,10 +52,7 @@ def headline_criteria(criteria: pd.DataFrame) -> list[str]:
 
 def _fitted_at(fit: pd.DataFrame | None, group: str, sizes) -> np.ndarray:
     """Per size: whether ``group`` counts as fitted there (True where fit was not judged)."""
-    if fit is None or group not in set(fit["model"]):
-        return np.ones(len(sizes), dtype=bool)
-    verdict = fit[fit["model"] == group].set_index("size")["fitted"]
-    return np.array([bool(verdict.get(s, True)) for s in sizes], dtype=bool)
+    return np.array([run_fit.fitted(fit, group, int(s)) is not False for s in sizes], dtype=bool)
 
 
 def plot_sweep(criteria: pd.DataFrame, shown: Sequence[str] | None = None, dodge: float = 0.06,
@@ -141,6 +138,15 @@ def _unfitted_note(fit: pd.DataFrame | None, size) -> str:
     return "; ".join(notes)
 
 
+def interval_verdict(d, s) -> str:
+    """Diffusion's row against StyleGAN's: a difference only where their Wilson intervals do not overlap."""
+    if d["wilson_low"] > s["wilson_high"]:
+        return "diffusion memorizes more"
+    if s["wilson_low"] > d["wilson_high"]:
+        return "StyleGAN memorizes more"
+    return "no difference the intervals can show"
+
+
 def comparison_text(criteria: pd.DataFrame, criterion: str | None = None, fit: pd.DataFrame | None = None) -> str:
     """At each size: does diffusion memorize more than StyleGAN, with both
     intervals (non-overlapping Wilson intervals called a difference) — a
@@ -158,12 +164,7 @@ def comparison_text(criteria: pd.DataFrame, criterion: str | None = None, fit: p
         if not {"stylegan", "diffusion"} <= set(by.index):
             continue
         d, s = by.loc["diffusion"], by.loc["stylegan"]
-        if d["wilson_low"] > s["wilson_high"]:
-            verdict = "diffusion memorizes more"
-        elif s["wilson_low"] > d["wilson_high"]:
-            verdict = "StyleGAN memorizes more"
-        else:
-            verdict = "no difference the intervals can show"
+        verdict = interval_verdict(d, s)
         unfitted = _unfitted_note(fit, size)
         if unfitted:
             verdict = f"no comparison of fitted models: {unfitted}"

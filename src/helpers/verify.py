@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m helpers.verify",
         description="List every table and number in which a re-run's results folder differs from a reference "
                     "(e.g. the committed results/phantom). Exit status 0: the same; 1: different; 2: bad input.")
-    parser.add_argument("run", help="the re-run's results folder, e.g. /tmp/rerun/phantom")
+    parser.add_argument("run", help="the re-run's results folder, e.g. rerun/phantom")
     parser.add_argument("reference", help="the reference results folder, e.g. results/phantom")
     parser.add_argument("--rtol", type=float, default=0.0, help="relative tolerance for numbers (default 0: exact)")
     parser.add_argument("--atol", type=float, default=0.0, help="absolute tolerance for numbers (default 0: exact)")
