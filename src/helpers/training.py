@@ -190,3 +190,45 @@ class LossLog:
             values.append("" if v is None else (self.float_format(v) if isinstance(v, float) else str(v)))
         with open(self.path, "a") as handle:
             handle.write(",".join(values) + "\n")
+
+
+# --------------------------------------------------------------------------
+# Divergence
+# --------------------------------------------------------------------------
+
+class TrainingDiverged(RuntimeError):
+    """A loss or a weight became NaN or infinite: the run stops before it
+    writes a checkpoint of the diverged weights, so the newest checkpoint on
+    disk is the last good one."""
+
+
+def require_finite(model: str, step: int, checkpoint_folder: str | os.PathLike, *,
+                   losses: Mapping[str, float | None] | None = None,
+                   modules: Mapping[str, torch.nn.Module] | None = None,
+                   optimizers: Mapping[str, torch.optim.Optimizer] | None = None) -> None:
+    """Raise :class:`TrainingDiverged` naming the model, the step, what is not
+    finite and the last good checkpoint, when any of ``losses``, of the
+    weights of ``modules`` or of the moments of ``optimizers`` (an
+    overflowing gradient shows there first) is NaN or infinite. Weights are the same in every
+    process of a job (and losses are checked after the job's reduction), so
+    every process stops at the same step."""
+    bad = [name for name, value in (losses or {}).items() if value is not None and not math.isfinite(float(value))]
+    for name, module in (modules or {}).items():
+        if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+            bad.append(f"{name}'s weights")
+    for name, optimizer in (optimizers or {}).items():
+        moments = [t for state in optimizer.state.values() for t in state.values()
+                   if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        if not all(bool(torch.isfinite(t).all()) for t in moments):
+            bad.append(f"{name}'s moments")
+    if not bad:
+        return
+    from .checkpoints import list_checkpoints
+
+    kept = list_checkpoints(checkpoint_folder)
+    where = (f"its last good checkpoint, step {kept[-1][0]} ({kept[-1][1]}), is kept" if kept
+             else f"no checkpoint had been written yet ({checkpoint_folder})")
+    raise TrainingDiverged(
+        f"{model} training diverged at step {step}: {', '.join(bad)} not finite (NaN or inf). The run stopped; "
+        f"{where}. The run is deterministic, so the same settings diverge again: lower the learning rate "
+        f"and train anew in another results folder.")

@@ -18,7 +18,7 @@ from .. import config
 from ..common import progress as progress_bar
 from ..common import read_json, stable_hash, write_json
 from ..config import TrainDiffusionSettings
-from ..training import LossLog, TrainingImages, count_parameters, step_seed
+from ..training import LossLog, TrainingImages, count_parameters, require_finite, step_seed
 from .trainer import TrainingSetup, setup_training, train_step
 
 MODEL_NAME = "diffusion"
@@ -128,7 +128,11 @@ def train(results_dir: str | os.PathLike, settings: TrainDiffusionSettings | Map
             sum_loss.zero_()
             sum_norm.zero_()
             n_sum = 0
+            require_finite("diffusion", done, ckpt_dir, losses={"loss": mean_loss})
         if done % settings.checkpoint_every == 0 or done == end:
+            # the loss since the last log row (reduced over the processes) and the weights (every process's)
+            require_finite("diffusion", done, ckpt_dir, losses={"loss": acc.reduce(sum_loss, reduction="mean").item()},
+                           modules={"UNet": setup.unet}, optimizers={"the optimizer": setup.optimizer})
             _save_checkpoint(setup, ckpt_dir, done, identity_hash, elapsed + time.perf_counter() - t0)
         bar.update(1)
     bar.close()

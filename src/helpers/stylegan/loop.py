@@ -14,7 +14,7 @@ from ..common import progress as progress_bar
 from ..common import write_json
 from ..config import TrainStyleGANSettings
 from ..parallel import average, barrier
-from ..training import LossLog, TrainingImages, count_parameters, shortest_float
+from ..training import LossLog, TrainingImages, count_parameters, require_finite, shortest_float
 from .sampling import GENERATOR_WEIGHTS, export_generator, generate_images, save_grid
 from .trainer import StyleGANTrainer
 
@@ -80,8 +80,15 @@ def train(results_dir: str | os.PathLike, config: TrainStyleGANSettings, seed: i
             row[key] = float(torch.stack(pending[key]).mean()) if pending.get(key) else float("nan")
         log.append(row)
         pending, interval_t0, interval_images = {}, time.monotonic(), 0
+        guard()
+
+    def guard() -> None:  # stop before a diverged state is checkpointed (the weights are every process's)
+        require_finite("StyleGAN", trainer.step_count, ckpt_dir, modules={"G": trainer.G, "D": trainer.D,
+                                                                                    "G_ema": trainer.G_ema},
+                       optimizers={"G's optimizer": trainer.opt_G, "D's optimizer": trainer.opt_D})
 
     def checkpoint() -> None:
+        guard()
         state = trainer.state()  # every process: the ADA statistic is pooled here
         if main_process:
             state["log_pending"] = {k: torch.stack(v) for k, v in pending.items() if v}
