@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from . import common, memorization, sweep
-from .correlate.tables import BASELINE_NAME
+from .audit.tables import BASELINE_NAME
 from .data import load_split
 from .layout import Run
 

@@ -8,7 +8,7 @@ README): ``data/`` (step 01), ``stylegan/loss_log.csv`` (02),
 
 Measures. Step 05 correlates each modality alone (the paper's measure), all
 channels as one vector (ours) and the label map apart (see
-:mod:`helpers.correlate`), one folder per measure under ``correlation/``.
+:mod:`helpers.audit`), one folder per measure under ``correlation/``.
 Every loader, table and figure of one measure takes ``measure=``; ``None``
 means the *headline* measure named in ``correlation/summary.json``. The
 finding sentence and the cross-dataset comparison use the headline by default, and

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from .. import models as registry
+from ..audit import is_label_channel, measure_summary
 from ..common import read_json
-from ..correlate import is_label_channel, measure_summary
 from .style import MODELS, display_name
 
 # Which notebook writes which top-level folder of results_dir (a model's: its registry entry's).
@@ -93,7 +93,7 @@ def load_loss_log(results_dir, model: str) -> pd.DataFrame:
 
 
 def load_summary(results_dir) -> dict:
-    """``correlation/summary.json`` (all measures; :func:`helpers.correlate.measure_summary`
+    """``correlation/summary.json`` (all measures; :func:`helpers.audit.measure_summary`
     gives one measure's flat view)."""
     path = result_file(results_dir, "correlation/summary.json")
     summary = read_json(path)

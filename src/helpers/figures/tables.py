@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..correlate import JOINT, measure_summary, reported_interval
+from ..audit import JOINT, measure_summary, reported_interval
 from .results import load_exceedances, load_leakage, load_most_matched, load_thresholds, measure_folder, measures
 from .style import BASELINE, CONTROL, THRESHOLD_NAMES, display_name, threshold_label
 

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..correlate import neighbour_slices
+from ..audit import neighbour_slices
 from .results import (
     load_images,
     load_index,

@@ -191,7 +191,7 @@ def estimate_sampling(cfg, sections, shape, runs, device: str, processes: int) -
 
 def estimate_correlation(cfg, sample_cfg, channel_names, shape, runs, device: str, processes: int) -> StepEstimate:
     from .. import correlation
-    from ..correlate.measures import study_measures
+    from ..audit.measures import study_measures
 
     measures, _ = study_measures(channel_names, cfg.channels, each=True, joint=cfg.joint,
                                  headline=cfg.headline_channel)

@@ -1,5 +1,5 @@
 """One audit path for step 05 (:func:`audit_study`) and the command
-(:func:`helpers.correlate.cli.audit`): baseline and thresholds, the positive
+(:func:`helpers.audit.cli.audit`): baseline and thresholds, the positive
 control, every synthetic set's matches, exceedances, leakage and
 summary.json, with one engine pass per image set for all measures."""
 
@@ -166,7 +166,7 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
     leakage and most-matched tables where subjects are known, and
     summary.json; one engine pass per image set for all measures. ``cfg``:
     a :class:`helpers.config.CorrelateSettings` (step 05's, or the audit
-    command's: :func:`helpers.correlate.cli.command_settings`). In a
+    command's: :func:`helpers.audit.cli.command_settings`). In a
     torch.distributed job every process runs it (the engine shares the
     work) and process 0 alone writes the files."""
     out = Path(out)
@@ -268,8 +268,8 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
 def audit_study(results_dir: str | Path, cfg, *, progress: bool = True) -> StudyAudit:
     """Step 05: every measure of ``results_dir``'s samples against its
     training set, written under ``results_dir/correlation/`` (see
-    :mod:`helpers.correlate` for the layout and
-    :func:`helpers.correlate.measures.measure_summary` for summary.json).
+    :mod:`helpers.audit` for the layout and
+    :func:`helpers.audit.measures.measure_summary` for summary.json).
 
     ``cfg``: step 05's :class:`helpers.config.CorrelateSettings`. Models without samples are skipped (the baseline and
     control still run). What it wrote is read back by :func:`load_audit`."""
