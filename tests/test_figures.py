@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from helpers import audit, common, figures, memorization  # noqa: E402
+from helpers import audit, common, figures, memorization, sampling  # noqa: E402
 
 THRESHOLDS = ("fixed_0.90", "fixed_0.95", "fixed_0.99", "baseline_p95", "baseline_p99")
 
@@ -207,7 +207,7 @@ def _close_figures():
     (figures.load_matches, ("diffusion", "t1"), "correlation/t1/matches_diffusion.csv", "05_correlate"),
     (figures.load_matches, ("diffusion",), "correlation/summary.json", "05_correlate"),  # the headline is unknown
     (figures.load_images, ("train",), "data/train.npy", "01_prepare_data"),
-    (figures.load_samples, ("stylegan",), "samples/stylegan.npy", "04_sample"),
+    (sampling.load_samples, ("stylegan",), "samples/stylegan.npy", "04_sample"),  # the one sample loader
     (figures.load_loss_log, ("diffusion",), "diffusion/loss_log.csv", "03_train_diffusion"),
     (figures.load_summary, (), "correlation/summary.json", "05_correlate"),
 ])

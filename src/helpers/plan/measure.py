@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common import write_json
+from ..layout import DataFiles
 from ..models import SamplingProbe, sample_counts
 from ..models import get as get_model
 
@@ -91,8 +92,8 @@ def _per_process_batch(batch: int, processes: int, device: str) -> int:
 
 def _random_training(folder: Path, n: int, shape: tuple[int, int, int]) -> Path:
     images = np.random.default_rng(0).integers(0, 256, (n, *shape), dtype=np.uint8)
-    np.save(folder / "train.npy", images)
-    write_json(folder / "meta.json", {"channels": shape[0], "image_size": shape[1]})
+    np.save(DataFiles(folder).train, images)
+    write_json(DataFiles(folder).meta, {"channels": shape[0], "image_size": shape[1]})
     return folder
 
 

@@ -199,20 +199,18 @@ def train_every_run(results_dir: str | os.PathLike, step: str, cfg) -> dict[str,
     else:
         check_processes(cfg.processes, cfg.batch_size, f"{step}.")
     launch(step, results_dir, as_dict(cfg), cfg.processes, Path(results_dir) / "logs" / step)
-    return {label: read_json(run / model.output / "summary.json") for label, run in sweep.run_dirs(results_dir).items()}
+    return {label: read_json(Run(run).training_summary(model.name)) for label, run in sweep.run_dirs(results_dir).items()}
 
 
 def sample_every_run(results_dir: str | os.PathLike, cfg) -> dict[str, dict[str, str]]:
     """Step 04 on every run: ``{label: {model: samples file}}``. With
     ``cfg.processes > 1`` a torchrun job samples each run over all processes
     (the files are identical to a one-process run's)."""
-    from ..sampling import samples_path
-
     models.check_names(cfg.models, "sample.models")
     if cfg.processes <= 1:
         return for_every_run(results_dir, sample_run, cfg)
     launch("sample", results_dir, as_dict(cfg), cfg.processes, Path(results_dir) / "logs" / "sample")
-    return {label: {m: str(samples_path(run, m)) for m in cfg.models if samples_path(run, m).exists()}
+    return {label: {m: str(Run(run).samples(m)) for m in cfg.models if Run(run).samples(m).exists()}
             for label, run in sweep.run_dirs(results_dir).items()}
 
 
