@@ -34,14 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import models
 from ..common import display_path
 from ..layout import Run
 from .measure import (
     StepEstimate,
     estimate_correlation,
-    estimate_diffusion,
     estimate_sampling,
-    estimate_stylegan,
+    estimate_training,
 )
 
 #: the steps a plan estimates (step 01 too, by its size, when it has not run)
@@ -193,11 +193,10 @@ def make_plan(resolved, results: Path, processes: int | None = None) -> Plan:
         n_train, n_test, _ = _assumed_counts(resolved["prepare_data"], _layout(resolved))
         plan.steps.append(StepEstimate("01 prepare data", None, "not measured (reading the raw files)", "–",
                                        (n_train + n_test) * int(np.prod(shape)), "data/train.npy and test.npy (uint8)"))
-    sg_cfg, df_cfg = resolved["train_stylegan"], resolved["train_diffusion"]
-    with _worker_threads(sg_cfg, runs, device):
-        plan.steps.append(estimate_stylegan(sg_cfg, shape, runs, device, processes))
-    with _worker_threads(df_cfg, runs, device):
-        plan.steps.append(estimate_diffusion(df_cfg, shape, runs, device, processes))
+    for model in models.trainable():   # each brings its own estimate (helpers.models)
+        cfg = resolved[model.section]
+        with _worker_threads(cfg, runs, device):
+            plan.steps.append(estimate_training(model, cfg, shape, runs, device, processes))
     plan.steps.append(estimate_sampling(resolved["sample"], resolved.settings, shape, runs, device, processes))
     plan.steps.append(estimate_correlation(resolved["correlate"], resolved["sample"], _channel_names(results, shape),
                                            shape, runs, device, processes))
