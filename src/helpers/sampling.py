@@ -9,7 +9,7 @@ regenerated alone and the result does not depend on the batch size.
 memory-mapped ``.partial.npy`` file and one done-flag per batch; a re-run
 continues where the last one stopped (with any number of processes), and the
 final file appears (by an atomic rename) only when every image is there. In
-a torch.distributed job (:mod:`helpers.distributed`) each process writes its
+a torch.distributed job (:mod:`helpers.parallel`) each process writes its
 own batches into the same file, so the result is identical to one process's.
 """
 
