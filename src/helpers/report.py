@@ -25,7 +25,10 @@ KEY_FIGURES = {
     "sweep_whole_subjects": "Memorization against training-set size, one panel per criterion (hollow: not fitted)",
     "memorization_against_fit": "Memorization against fit over training: one line per model and size "
                                 "(filled: fitted), the references as points",
+    "story": "At each size, each generator's most copy-like sample beside its nearest training slice",
 }
+#: the method diagram, shown with the glossary
+METHOD_FIGURE = "method"
 HIDDEN_TAGS = ("parameters", "injected-parameters")
 
 
@@ -146,6 +149,10 @@ def write_index(results_dir: str | os.PathLike, title: str | None = None,
         f'<figure><a href="{p.relative_to(results).as_posix()}"><img src="{p.relative_to(results).as_posix()}" '
         f'alt="{html.escape(p.stem.replace("_", " "))}"></a><figcaption>{html.escape(p.stem)}</figcaption></figure>'
         for p in shown)
+    method = "".join(
+        f'<figure class="key"><a href="{p.relative_to(results).as_posix()}"><img src="{p.relative_to(results).as_posix()}" '
+        f'alt="The method: train, sample, correlate, best r, compare with held-out patients, threshold, fit">'
+        f'</a></figure>' for p in pngs if p.stem == METHOD_FIGURE)
     steps = "".join(
         f'<li><a href="{p.relative_to(results).as_posix()}">{html.escape(p.stem)}</a>'
         f'<span data-untraced="the step\'s run time">{html.escape(times.get(p.stem, ""))}</span></li>' for p in notebooks)
@@ -158,7 +165,8 @@ def write_index(results_dir: str | os.PathLike, title: str | None = None,
 <h2>The finding</h2>
 {_markdown(finding_markdown(results, finding_threshold))}
 {lead}
-<h2>What the words mean</h2>
+<h2>How the study works, and what the words mean</h2>
+{method}
 {_markdown(finding.glossary_markdown())}
 <h2>The steps, as executed</h2>
 <p>Each report shows prose, figures and tables first; the code is folded under each cell

@@ -28,6 +28,7 @@ from .curves import plot_loss_log, plot_training_curves
 from .distributions import max_correlations, plot_max_correlation, plot_max_correlation_by_measure
 from .fit import memorization_against_fit
 from .images import montage, plot_sample_grids
+from .method import plot_method, plot_method_of
 from .output import (
                      markdown_table,
                      measure_names,
@@ -69,6 +70,7 @@ from .results import (
                      result_file,
                      shown_channel,
 )
+from .story import most_copy_like, plot_story, plot_story_of
 from .style import (
                      BASELINE,
                      COLOURS,
@@ -95,7 +97,7 @@ from .text import finding_text
 from .top_matches import intensity_histogram, plot_top_matches, select_matches
 
 __all__ = [
-    "memorization_against_fit",
+    "memorization_against_fit", "most_copy_like", "plot_method", "plot_method_of", "plot_story", "plot_story_of",
     "BASELINE", "COLOURS", "CONTROL", "DISPLAY_NAMES", "MODELS", "THRESHOLD_NAMES", "ResultMissing",
     "available", "channel_index", "collect_summaries", "compare_table", "compare_text", "display_name",
     "finding_text", "headline", "intensity_histogram", "interval_columns", "load_baseline", "load_control",

@@ -100,6 +100,7 @@ def plot_top_matches(results_dir, model: str, n_top: int = 4, n_typical: int = 2
     topk_path = measure_files(results_dir, measure).topk(model)
     topk = load_topk(results_dir, model, measure) if topk_path.is_file() else None
     neighbours = dict(zip((-1, 1), neighbour_slices(index)))  # the nearest kept slice below / above
+    phantom = str(meta.get("source", "")).startswith("phantom")  # say so: its subject ids read like patients'
 
     n_rows = max(len(rows), 1)
     fig, axes = plt.subplots(n_rows, 5, figsize=(9.5, 1.95 * n_rows), squeeze=False)
@@ -110,7 +111,7 @@ def plot_top_matches(results_dir, model: str, n_top: int = 4, n_typical: int = 2
         ax = axes[r]
         syn_i, tr_i = int(row["synthetic_index"]), int(row["train_index"])
         t_img, s_img = train[tr_i, ch], samples[syn_i, ch]
-        subject, z = str(row["subject"]), int(row["slice"])
+        subject, z = ("phantom " if phantom else "") + str(row["subject"]), int(row["slice"])
         first = r == 0
         _show(ax[0], t_img, "training image" if first else None, note=f"train #{tr_i}")
         seed = f", seed {int(row['seed'])}" if "seed" in row and pd.notna(row.get("seed")) else ""
@@ -135,8 +136,9 @@ def plot_top_matches(results_dir, model: str, n_top: int = 4, n_typical: int = 2
                     _show(ax[col], None, f"{k}{'nd' if k == 2 else 'rd'}-best match" if first else None, note=note)
                 else:
                     j = int(hit["train_index"].iloc[0])
+                    who = ("phantom " if phantom else "") + str(index["subject"].iloc[j])
                     _show(ax[col], train[j, ch], f"{k}{'nd' if k == 2 else 'rd'}-best match" if first else None,
-                          note=f"{index['subject'].iloc[j]}, train #{j}, r={float(hit['correlation'].iloc[0]):.3f}")
+                          note=f"{who}, train #{j}, r={float(hit['correlation'].iloc[0]):.3f}")
         kind = f"rank {int(row['rank'])}" if row["kind"] == "top" else f"typical\n(rank {int(row['rank'])})"
         where = f"z={z}" if z >= 0 else "x-ray"
         ax[0].set_ylabel(f"{kind}\n{subject}\n{where}", fontsize=7)
