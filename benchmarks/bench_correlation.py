@@ -34,7 +34,7 @@ products, :mod:`helpers.correlation.integer`) and on the float path, each
 timed and checked against the other.
 
 ``--mode audit`` measures the issue-20 goal: the audit command end to end
-(``python -m helpers.correlate``: process start, loading, the measure, the
+(``python -m helpers.audit``: process start, loading, the measure, the
 tables and summary.json written) on ``--n-synthetic`` × ``--n-train`` uint8
 images of ``--size``² (defaults 3000 × 12000 at 256², one channel), against
 a plain NumPy float32 matrix product of the same normalised images (inputs
@@ -235,7 +235,7 @@ def audit(args) -> int:
         np.save(files[1], train)
         del train, synthetic
         gc.collect()
-        audit_cmd = [sys.executable, "-m", "helpers.correlate", "--synthetic", str(files[0]), "--training",
+        audit_cmd = [sys.executable, "-m", "helpers.audit", "--synthetic", str(files[0]), "--training",
                      str(files[1]), "--quiet", "--backend", "numpy", "--out"]
         methods = {"numpy float32 matmul": None, "audit command (auto)": {}}
         if not args.no_float_audit:

@@ -2,7 +2,7 @@
 
 Writes (once, reused) memory-mapped uint8 arrays of random images: samples
 N_s×5×S² and training N_t×5×S² (default 20 000 and 30 000 of 256²: 6.6 and
-9.8 GB), then runs step 05's correlation pass (``correlate.run_engine``:
+9.8 GB), then runs step 05's correlation pass (``audit.run_engine``:
 every per-modality measure and the joint one, as step 05 calls it for each
 model) in a child process, and samples the child's memory every 0.2 s:
 
@@ -15,7 +15,7 @@ A full pass at paper shapes takes hours on a small machine, so the child is
 stopped after ``--minutes`` (the resident synthetic block and the streamed
 training chunks are all allocated within the first training chunks; the
 peak does not grow with the pass). ``--whole-step`` instead runs the whole
-``correlate.audit_study`` of a results folder of smaller arrays to the end
+``audit.audit_study`` of a results folder of smaller arrays to the end
 (tables, control, baseline included).
 
     python benchmarks/bench_step05_memory.py --folder /tmp/bench05 --minutes 6
@@ -67,22 +67,22 @@ def make_results(folder: Path, n_samples: int, n_train: int, n_test: int, size: 
 
 
 def _engine_pass(folder: str, budget_gb: float) -> None:  # the child
-    from helpers import correlate, correlation
+    from helpers import audit, correlation
 
     names = CHANNELS
     train = correlation.open_images(Path(folder) / "data" / "train.npy", channel_names=names)
     samples = correlation.open_images(Path(folder) / "samples" / "diffusion.npy", channel_names=names)
-    measures, _ = correlate.study_measures(names, None, each=True, joint=True, headline="t1ce")
-    correlate.run_engine(samples, train, {m.name: list(m.index) for m in measures}, k=5,
-                         memory_budget_gb=budget_gb, progress=True, desc="diffusion vs train")
+    measures, _ = audit.study_measures(names, None, each=True, joint=True, headline="t1ce")
+    audit.run_engine(samples, train, {m.name: list(m.index) for m in measures}, k=5,
+                     memory_budget_gb=budget_gb, progress=True, desc="diffusion vs train")
 
 
 def _whole_step(folder: str, budget_gb: float) -> None:  # the child
-    from helpers import config, correlate
+    from helpers import audit, config
 
     cfg = config.build("correlate", {"memory_budget_gb": budget_gb, "headline_channel": "t1ce",
                                      "models": ["diffusion"], "n_control": 64})
-    correlate.audit_study(folder, cfg, progress=True)
+    audit.audit_study(folder, cfg, progress=True)
 
 
 def _status(pid: int) -> dict[str, int]:

@@ -229,16 +229,16 @@ def test_phantom_sizes_and_each_are_typed_fields(tmp_path):
 
 
 def test_the_audit_command_builds_step_05_s_settings_with_one_memory_budget():
-    from helpers import correlate, correlation
+    from helpers import audit, correlation
 
-    cfg = correlate.command_settings(channels=[0, 2], memory_budget_gb=0.5)
+    cfg = audit.command_settings(channels=[0, 2], memory_budget_gb=0.5)
     assert isinstance(cfg, config.CorrelateSettings)
     assert (cfg.each, cfg.top_k, cfg.n_control, cfg.memory_budget_gb) == (False, 1, 0, 0.5)
-    default = correlate.command_settings()
+    default = audit.command_settings()
     assert default.memory_budget_gb == config.CorrelateSettings().memory_budget_gb == config.MEMORY_BUDGET_GB
     assert correlation.DEFAULT_MEMORY_BUDGET == int(config.MEMORY_BUDGET_GB * 1024**3)
     with pytest.raises(config.ConfigError, match="the audit command: correlate.top_k = 0"):
-        correlate.command_settings(top_k=0)
+        audit.command_settings(top_k=0)
 
 
 def test_prepare_dataset_s_defaults_are_the_schema_s():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from helpers.correlate.control import control_by_kind
+from helpers.audit.control import control_by_kind
 
 
 def test_control_by_kind_counts_each_kind_against_each_threshold():

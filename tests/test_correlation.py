@@ -10,7 +10,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 from scipy.stats import pearsonr
 
-from helpers import correlate, correlation
+from helpers import audit, correlation
 
 RNG = np.random.default_rng(20250101)
 
@@ -185,10 +185,10 @@ def test_ties_go_to_the_lowest_training_index(arith):
 
 
 @ARITH
-@pytest.mark.parametrize("kind", correlate.CONTROL_KINDS)
+@pytest.mark.parametrize("kind", audit.CONTROL_KINDS)
 def test_perturbed_copies_ranked_first(kind, arith):
     tra = smooth_set(80, size=32, channels=2)
-    images, table = correlate.make_control(correlation.open_images(tra), 12, seed=1, noise_sd=10.0,
+    images, table = audit.make_control(correlation.open_images(tra), 12, seed=1, noise_sd=10.0,
                                            kinds=(kind,))
     res = matches(images, tra, k=2, arith=arith)
     np.testing.assert_array_equal(res.best_index, table["planted_index"].to_numpy())

@@ -94,7 +94,7 @@ def _best_r(samples: np.ndarray, train: np.ndarray) -> np.ndarray:
 
 def test_criteria_csv_counts_the_planted_cases(tmp_path):
     from helpers import config
-    from helpers.correlate import audit_study
+    from helpers.audit import audit_study
 
     results = tmp_path / "results" / "toy"
     arrays = make_criteria_run(results)
@@ -158,7 +158,7 @@ def test_criteria_csv_counts_the_planted_cases(tmp_path):
 
 def test_a_new_criterion_is_one_decorated_function_judged_on_every_run(tmp_path):
     from helpers import config
-    from helpers.correlate import audit_study
+    from helpers.audit import audit_study
 
     results = tmp_path / "results" / "toy"
     arrays = make_criteria_run(results)

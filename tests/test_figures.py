@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from helpers import common, correlate, figures, memorization  # noqa: E402
+from helpers import audit, common, figures, memorization, sampling  # noqa: E402
 
 THRESHOLDS = ("fixed_0.90", "fixed_0.95", "fixed_0.99", "baseline_p95", "baseline_p99")
 
@@ -207,7 +207,7 @@ def _close_figures():
     (figures.load_matches, ("diffusion", "t1"), "correlation/t1/matches_diffusion.csv", "05_correlate"),
     (figures.load_matches, ("diffusion",), "correlation/summary.json", "05_correlate"),  # the headline is unknown
     (figures.load_images, ("train",), "data/train.npy", "01_prepare_data"),
-    (figures.load_samples, ("stylegan",), "samples/stylegan.npy", "04_sample"),
+    (sampling.load_samples, ("stylegan",), "samples/stylegan.npy", "04_sample"),  # the one sample loader
     (figures.load_loss_log, ("diffusion",), "diffusion/loss_log.csv", "03_train_diffusion"),
     (figures.load_summary, (), "correlation/summary.json", "05_correlate"),
 ])
@@ -523,7 +523,7 @@ def test_words_use_wilson_intervals():
     text = figures.finding_text(summary)
     assert "Of 64 StyleGAN synthetic images, 0 (0.0 %, 95 % CI 0.0 %–5.7 %)" in text
     assert "overlap: this run does not separate" in text
-    assert correlate.reported_interval({"wilson_low": 0.0, "wilson_high": 0.057}) == (0.0, 0.057)
+    assert audit.reported_interval({"wilson_low": 0.0, "wilson_high": 0.057}) == (0.0, 0.057)
     frame = pd.DataFrame({"wilson_low": [0.0, 0.1], "wilson_high": [0.057, 0.3]})
     lo, hi = figures.interval_columns(frame)
     assert lo.tolist() == [0.0, 0.1] and hi.tolist() == [0.057, 0.3]

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("primitives", {"common", "parallel", "layout"}),
     ("settings, checkpoints, data", {"config", "checkpoints", "training", "data"}),
     ("raw data, sampling, engine", {"phantom", "sampling", "correlation"}),
-    ("models, audit, fit measures, sweep folders", {"stylegan", "diffusion", "correlate", "fit", "sweep"}),
+    ("models, audit, fit measures, sweep folders", {"stylegan", "diffusion", "audit", "fit", "sweep"}),
     ("controls", {"optimal_denoiser"}),
     ("model registry", {"models"}),
     ("criteria, fit of every run, figures, plan", {"criteria", "run_fit", "figures", "plan"}),
@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, set[str]]] = [
 LAYER = {package: level for level, (_, packages) in enumerate(LAYERS) for package in packages}
 
 NO_TORCH = ["helpers.config", "helpers.common", "helpers.data", "helpers.phantom", "helpers.correlation",
-            "helpers.correlate", "helpers.memorization", "helpers.figures", "helpers.sweep_figures",
+            "helpers.audit", "helpers.memorization", "helpers.figures", "helpers.sweep_figures",
             "helpers.report", "helpers.models", "helpers.criteria", "helpers.run_fit", "helpers.sweep", "helpers.parallel"]
 
 

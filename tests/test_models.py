@@ -108,7 +108,7 @@ def test_a_third_model_is_one_entry_through_the_registry_driven_paths(tmp_path, 
     assert sweep_figures.groups()["mean_image"] == ("mean image", "tab:purple", "o")
     assert models.sample_counts(cfg) == {"mean_image": 3, "stylegan": 1}
     # step 05 and the criteria take it as any model
-    from helpers.correlate import audit_study
+    from helpers.audit import audit_study
 
     audit_study(run, config.CorrelateSettings(models=["mean_image"], n_control=0, top_k=1, backend="numpy"),
                 progress=False)

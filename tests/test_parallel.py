@@ -130,7 +130,7 @@ def test_the_audit_over_two_processes_writes_what_one_process_writes(tmp_path):
     """Step 05 as a torchrun job: every rank audits, rank 0 writes, the notebook loads the files."""
     import pandas as pd
 
-    from helpers import common, config, correlate
+    from helpers import audit, common, config
 
     rng = np.random.default_rng(3)
     train, test = rng.integers(0, 256, (12, 2, 8, 8), dtype=np.uint8), rng.integers(0, 256, (5, 2, 8, 8), dtype=np.uint8)
@@ -160,7 +160,7 @@ def test_the_audit_over_two_processes_writes_what_one_process_writes(tmp_path):
     assert two.thresholds == one.thresholds and "baseline_p99" in one.thresholds["all"]
     assert two.models == one.models == ["diffusion"]
     pd.testing.assert_frame_equal(two.overview(), one.overview(), check_dtype=False)
-    loaded = correlate.load_audit(runs["one"])  # and read back in one process: the same tables
+    loaded = audit.load_audit(runs["one"])  # and read back in one process: the same tables
     pd.testing.assert_frame_equal(loaded.exceedance_frame(), one.exceedance_frame(), check_dtype=False)
     assert loaded.summary == common.read_json(runs["one"] / "correlation" / "summary.json")
 

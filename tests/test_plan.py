@@ -40,8 +40,36 @@ def test_a_plan_reads_the_prepared_data_and_measures_each_step(tmp_path, smoke):
     audited = 2 * 2 * smoke["sample"].n_checkpoint_samples
     assert audited > 0 and "images of its checkpoints per run" in sample.basis
     assert sample.disk_bytes == (n + audited) * (5 * 32 * 32 + 16), "samples are uint8 N×C×H×W (+ a seed row each)"
+    assert "Gaussian control" in sample.basis and "not measured" not in sample.basis  # numpy, timed too
     text = estimate.text()
-    assert "02 train StyleGAN" in text and "measured" in text and "free on" in text
+    assert "02 train StyleGAN" in text and "03 train diffusion" in text and "measured" in text and "free on" in text
+
+
+def test_a_model_brings_its_own_training_estimate(tmp_path):
+    """The plan times a model through its registry entry (one signature for all): the probe's
+    random training folder is one the models' image loader reads, the estimate becomes its step's row."""
+    from types import SimpleNamespace
+
+    from helpers.plan.measure import estimate_training
+    from helpers.training import TrainingImages
+
+    seen = {}
+
+    def time_training(probe):
+        seen["images"] = len(TrainingImages(probe.random_training(3)))
+        per_step = probe.timed(lambda: sum(range(1000)), repeats=1)
+        return models.TrainingEstimate(per_step * 10 * len(probe.runs), f"10 steps of batch {probe.batch}",
+                                       123, "one file")
+
+    toy = models.Model("toy", "toy model", "k", lambda *a, **k: None, lambda *a, **k: {}, section="train_toy",
+                       notebook="03_train_toy", time_training=time_training)
+    cfg = SimpleNamespace(batch_size=4)
+    row = estimate_training(toy, cfg, (1, 8, 8), {"n4": (4, 2), "n8": (8, 2)}, "cpu", 1)
+    assert seen == {"images": 3} and row.step == "03 train toy model" and row.basis == "10 steps of batch 4"
+    assert row.seconds > 0 and (row.disk_bytes, row.disk_what) == (123, "one file") and row.memory.startswith("RSS")
+    untimed = estimate_training(models.Model("toy", "toy model", "k", toy.sample, toy.train, section="train_toy"),
+                                cfg, (1, 8, 8), {"all": (4, 2)}, "cpu", 1)
+    assert untimed.seconds is None and untimed.step == "train toy model" and "not measured" in untimed.basis
 
 
 def test_without_data_the_counts_are_an_assumption_that_says_so(tmp_path):

@@ -33,9 +33,10 @@ import numpy as np
 import pandas as pd
 
 from . import common, memorization, sweep
-from .correlate.tables import BASELINE_NAME
+from .audit.tables import BASELINE_NAME
 from .data import load_split
 from .layout import Run
+from .sampling import load_samples
 
 REAL = BASELINE_NAME        # held-out real images: the negative reference
 L2_CRITERION = "l2: d1 < d2/3"
@@ -103,9 +104,8 @@ class RunData:
         """Every model of ``models`` with samples, then the held-out real images."""
         sets = {}
         for model in self.models:
-            path = self.files.samples(model)
-            if path.is_file():
-                sets[model] = np.load(path, mmap_mode="r")
+            if self.files.samples(model).is_file():
+                sets[model] = load_samples(self.folder, model)[0]
         sets[REAL] = np.load(self.files.data.test, mmap_mode="r")
         return sets
 

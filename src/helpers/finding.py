@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import common, criteria, models, sweep, sweep_figures
+from .layout import Run
 from .report_checks import traced
 
 CRITERIA_TABLE = "sweep/criteria.csv"
@@ -65,7 +66,7 @@ def _fit_words(fit: pd.DataFrame | None, model: str, size: int) -> tuple[bool | 
 def setup_markdown(results_dir: str | os.PathLike) -> str:
     """What ran: the data, the sizes, each model's images seen, the samples and the held-out set."""
     results = Path(results_dir)
-    meta = common.read_json(results / "data" / "meta.json")
+    meta = common.read_json(Run(results).data.meta)
     sizes = sweep.sizes_table(results)
     source = str(meta.get("source", ""))
     kind = ("the embedded **synthetic phantom** (made by `helpers.phantom`, not patients)"
@@ -83,7 +84,7 @@ def setup_markdown(results_dir: str | os.PathLike) -> str:
         parts.append("Training-set sizes: " + ", ".join(cells) + " images.")
         first = results / sizes["folder"].iloc[0]
         for model in models.trainable():
-            path = first / model.output / "summary.json"
+            path = Run(first).training_summary(model.name)
             if path.is_file():
                 rel = path.relative_to(results).as_posix()
                 parts.append(f"{html.escape(model.display)}: "

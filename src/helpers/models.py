@@ -9,6 +9,11 @@ that needs no training), and two functions with one signature for all:
     train(run, settings, *, progress, parallel) -> summary dict
     sample(run, settings, *, progress, parallel) -> samples file, or None
 
+and the plan's estimates (``--plan``), one signature each for all models:
+
+    time_training(TrainingProbe) -> TrainingEstimate
+    time_sampling(SamplingProbe) -> (seconds, how they were got)
+
 ``run`` is one run folder (a results folder, or a sweep's size folder);
 ``settings`` the step's resolved settings (:mod:`helpers.config.schema`);
 ``parallel`` says that runs go side by side (one thread each). The step
@@ -31,6 +36,31 @@ from typing import Any
 
 TrainFn = Callable[..., dict]
 SampleFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class TrainingProbe:
+    """What a model's training-time estimate may use (the plan fills it in)."""
+
+    settings: Any                           # the model's training settings (its section)
+    shape: tuple[int, int, int]             # C, H, W
+    runs: Mapping[str, tuple[int, int]]     # run label -> (training images, held-out images)
+    device: str
+    processes: int
+    per_process: int                        # the batch of one process (on a CPU: the whole batch)
+    batch: int                              # the batch timed (on a CPU at most a few MB of pixels)
+    timed: Callable[..., float]             # seconds per call of a function (after a warm-up)
+    random_training: Callable[[int], Path]  # a data folder of that many random images of ``shape``
+
+
+@dataclass(frozen=True)
+class TrainingEstimate:
+    """A training step's estimate: seconds for all runs, how they were got, what it writes."""
+
+    seconds: float
+    basis: str
+    disk_bytes: int
+    disk_what: str
 
 
 @dataclass(frozen=True)
@@ -68,6 +98,7 @@ class Model:
                                                                # share (default: batch_size divisible by processes)
     time_sampling: Callable[[SamplingProbe], tuple[float, str]] | None = None  # the plan's estimate: seconds
                                                                # for all runs on one device, and how they were got
+    time_training: Callable[[TrainingProbe], TrainingEstimate] | None = None  # the plan's estimate of its training
     # the audits over training (issue 22): the kept checkpoints' steps, images seen at a step, and
     # sample_checkpoint(run, settings, step, *, progress, parallel) -> samples file
     checkpoint_steps: Callable[[Any], list[int]] | None = None
@@ -263,6 +294,73 @@ def _sample_gaussian_control(run, settings, *, progress: bool = True, parallel: 
 
 
 # --------------------------------------------------------------------------
+# Their training times, for the plan (--plan): a few steps timed
+# --------------------------------------------------------------------------
+
+def _side_by_side(settings) -> str:
+    return f", runs {settings.parallel_runs} side by side" if settings.parallel_runs > 1 else ""
+
+
+def _time_train_stylegan(p: TrainingProbe) -> TrainingEstimate:
+    import dataclasses
+
+    from .stylegan.trainer import StyleGANTrainer
+    from .training import TrainingImages, count_parameters
+
+    cfg, b, per = p.settings, p.batch, p.per_process
+    small = dataclasses.replace(cfg, batch_size=b, processes=1, mbstd_group=min(cfg.mbstd_group, b))
+    trainer = StyleGANTrainer(small, p.shape, seed=0, device=p.device)
+    data = TrainingImages(p.random_training(2 * b))
+    intervals = [i for i, on in ((cfg.pl_interval, cfg.pl_weight > 0), (cfg.r1_interval, cfg.r1_gamma > 0)) if on]
+
+    def plain():
+        trainer.step_count = 1  # a step without regularization (1 is no multiple of an interval > 1)
+        trainer.step(data)
+
+    def regularized():
+        trainer.step_count = 0  # both regularizers run at step 0
+        trainer.step(data)
+
+    t_plain = p.timed(plain)
+    t_reg = p.timed(regularized, repeats=1) if intervals and min(intervals) > 1 else t_plain
+    g, d = count_parameters(trainer.G), count_parameters(trainer.D)
+    scale = per / b
+    per_step = (t_plain + (t_reg - t_plain) / min(intervals or [1])) * scale
+    seconds = per_step * cfg.total_steps * len(p.runs) / cfg.parallel_runs
+    basis = (f"{cfg.total_steps:,} steps × {len(p.runs)} run(s); a step of batch {b} measured "
+             f"({t_plain:.2f} s, with regularization {t_reg:.2f} s)" + (f", ×{scale:g} for batch {per}" if scale != 1 else "")
+             + _side_by_side(cfg))
+    params = 4 * g + 3 * d  # G, G_ema and G's two Adam moments; D and its two
+    disk = len(p.runs) * 4 * (cfg.keep_checkpoints * params + g)
+    what = f"{cfg.keep_checkpoints} checkpoints + generator per run (G {g / 1e6:.1f} M, D {d / 1e6:.1f} M parameters)"
+    return TrainingEstimate(seconds, basis, disk, what)
+
+
+def _time_train_diffusion(p: TrainingProbe) -> TrainingEstimate:
+    import dataclasses
+
+    import torch
+
+    from .diffusion.trainer import setup_training, train_step
+    from .training import count_parameters
+
+    settings, b, per = p.settings, p.batch, p.per_process
+    setup = setup_training(dataclasses.replace(settings, batch_size=b, processes=1), p.shape[0], p.shape[1],
+                           device=p.device)
+    images = torch.rand(b, *p.shape, device=setup.accelerator.device) * 2 - 1
+    generator = torch.Generator(device=setup.accelerator.device).manual_seed(0)
+    t_step = p.timed(lambda: train_step(setup, images, generator))
+    n = count_parameters(setup.unet)
+    scale = per / b
+    seconds = t_step * scale * settings.max_steps * len(p.runs) / settings.parallel_runs
+    basis = (f"{settings.max_steps:,} steps × {len(p.runs)} run(s); a step of batch {b} measured ({t_step:.2f} s)"
+             + (f", ×{scale:g} for batch {per}" if scale != 1 else "") + _side_by_side(settings))
+    disk = len(p.runs) * 4 * n * (4 * settings.keep_checkpoints + 1)  # model, EMA, two Adam moments; the pipeline
+    return TrainingEstimate(seconds, basis, disk,
+                            f"{settings.keep_checkpoints} checkpoints + pipeline per run ({n / 1e6:.1f} M parameters)")
+
+
+# --------------------------------------------------------------------------
 # Their sampling times, for the plan (--plan): a few passes timed
 # --------------------------------------------------------------------------
 
@@ -308,13 +406,28 @@ def _time_optimal_denoiser(p: SamplingProbe) -> tuple[float, str]:
                                     f"{t:.3f} s, scaled by each run's training set")
 
 
+def _time_gaussian_control(p: SamplingProbe) -> tuple[float, str]:
+    """numpy on the CPU whatever the device: a draw costs one normal vector
+    per image (its fit, a mean and a spread per pixel, costs nothing beside)."""
+    import numpy as np
+
+    from .fit.controls import GaussianControl
+
+    control = GaussianControl(np.random.default_rng(0).integers(0, 256, (8, *p.shape), dtype=np.uint8))
+    seeds = list(range(p.batch))
+    t = p.timed(lambda: control.sample(seeds)) / p.batch
+    return t * p.n_images * len(p.runs), f"Gaussian control {t:.2g} s/image (numpy)"
+
+
 register(Model("stylegan", "StyleGAN", "tab:blue", _sample_stylegan, _train_stylegan, section="train_stylegan",
                notebook="02_train_stylegan", loss_columns=("loss_G", "loss_D", "r1", "augment_p"), marker="o",
-               check_processes=_check_stylegan, time_sampling=_time_stylegan, checkpoint_steps=_stylegan_checkpoints,
+               check_processes=_check_stylegan, time_sampling=_time_stylegan, time_training=_time_train_stylegan,
+               checkpoint_steps=_stylegan_checkpoints,
                checkpoints_planned=_stylegan_checkpoints_planned,
                checkpoint_images_seen=_stylegan_images_seen, sample_checkpoint=_sample_stylegan_checkpoint))
 register(Model("diffusion", "diffusion", "tab:orange", _sample_diffusion, _train_diffusion, section="train_diffusion",
                notebook="03_train_diffusion", loss_columns=("loss", "lr"), marker="s", time_sampling=_time_diffusion,
+               time_training=_time_train_diffusion,
                checkpoints_planned=_diffusion_checkpoints_planned,
                checkpoint_steps=_diffusion_checkpoints, checkpoint_images_seen=_diffusion_images_seen,
                sample_checkpoint=_sample_diffusion_checkpoint))
@@ -322,4 +435,5 @@ register(Model("optimal_denoiser", "optimal denoiser", "tab:red", _sample_optima
                legend="optimal denoiser (memorizes by construction)", control=True,
                time_sampling=_time_optimal_denoiser))
 register(Model("gaussian_control", "Gaussian control", "tab:purple", _sample_gaussian_control, marker="X",
-               legend="Gaussian control (learns only each pixel's mean and spread)", control=True))
+               legend="Gaussian control (learns only each pixel's mean and spread)", control=True,
+               time_sampling=_time_gaussian_control))

@@ -47,6 +47,7 @@ import torch
 
 from . import config, diffusion
 from .common import read_json, write_json
+from .layout import Run
 from .sampling import finished_samples, sample_to_npy, samples_path
 
 MODEL_NAME = "optimal_denoiser"
@@ -251,7 +252,7 @@ def sample(results_dir: str | os.PathLike, n_images: int, first_seed: int, batch
     schedule, training data) is kept in ``samples/optimal_denoiser_sampler.json``
     and samples made otherwise are never mixed in or overwritten silently."""
     results_dir = Path(results_dir)
-    data = diffusion.TrainingImages(results_dir / "data")
+    data = diffusion.TrainingImages(Run(results_dir).data.folder)
     scheduler = noise_scheduler(results_dir, settings)
     device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = samples_path(results_dir, MODEL_NAME)

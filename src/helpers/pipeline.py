@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import common, config, lifetime, plan, report, runlock
+from .layout import Run
 
 KERNEL_NAME = "beware-study"
 SKIP_DIRS = {"notebooks", ".stamps"}
@@ -288,7 +289,7 @@ def _interrupt(signum, frame):  # a `kill` or a closed terminal stops the run li
 
 def _size_folders(results: Path) -> list[Path]:
     """The sweep's size folders that step 01 listed (``data/sizes.json``)."""
-    path = results / "data" / "sizes.json"
+    path = Run(results).data.sizes
     try:
         rows = common.read_json(path)["sizes"] if path.is_file() else []
     except (ValueError, KeyError, TypeError):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import common
 from .config import FINDING_THRESHOLD
+from .layout import Run
 
 TEMPLATE_DIR = Path(__file__).with_name("report_template")
 #: the figures that answer the study's questions, shown full width on the landing page, with their captions
@@ -108,7 +109,7 @@ def finding_markdown(results_dir: str | os.PathLike, threshold: str = FINDING_TH
     results = Path(results_dir)
     if sweep_figures.load_sweep(results) is not None:
         return finding.setup_markdown(results) + "\n\n" + finding.sweep_markdown(results)
-    summary_path = results / "correlation" / "summary.json"
+    summary_path = Run(results).summary
     if summary_path.exists():
         text = figures.finding_text(common.read_json(summary_path), threshold)
         judged = criteria.headline_markdown(criteria.load_run_criteria(results))

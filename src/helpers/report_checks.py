@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from .layout import Run
+
 #: a quoted number (thin spaces and commas group digits); "01", "n00004" are names, not quotes
 _NUMBER = re.compile(r"(?<![\w.])[-+]?(?!0\d)\d+(?:[,\s]\d{3}(?!\d))*(?:\.\d+)?(?![\w])")
 #: elements whose numbers are not quotes of a result
@@ -300,14 +302,14 @@ def run_facts(results: Path) -> Facts:
     if "models" in sample:
         facts.models = list(sample["models"])
         facts.samples = {m: int(sample[f"n_{m}"]) for m in facts.models if f"n_{m}" in sample}
-    sizes = _read(results / "data" / "sizes.json")
+    sizes = _read(Run(results).data.sizes)
     if sizes and sizes.get("sizes"):
         facts.sizes = sorted({int(r["size"]) for r in sizes["sizes"]})
         facts.subjects = sorted({int(r["n_subjects"]) for r in sizes["sizes"] if "n_subjects" in r})
-    meta = _read(results / "data" / "meta.json") or {}
+    meta = _read(Run(results).data.meta) or {}
     facts.n_train, facts.n_train_subjects = meta.get("n_train"), meta.get("n_train_subjects")
     facts.has_results = (results / "sweep" / "criteria.csv").is_file() or \
-        (results / "correlation" / "summary.json").is_file() or any(results.glob("sizes/*/correlation/summary.json"))
+        Run(results).summary.is_file() or any(Run(p).summary.is_file() for p in results.glob("sizes/*"))
     return facts
 
 
@@ -454,7 +456,7 @@ def check_compare(results: Path) -> list[Problem]:
     for name, part in table.groupby("dataset", sort=False):
         run, _, size = str(name).partition("/")
         folder = results.parent / run / ("sizes/" + size if size else "")
-        summary = folder / "correlation" / "summary.json"
+        summary = Run(folder).summary
         if not summary.is_file():
             problems.append(Problem(COMPARE_TABLE, "facts", f"row '{name}': no such run "
                                                             f"({_short(summary, results.parent)} does not exist)"))

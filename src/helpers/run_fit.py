@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import common, criteria, memorization, models, sweep
 from .data import load_split
-from .sampling import checkpoint_sample_files, samples_path
+from .sampling import checkpoint_sample_files, load_samples, samples_path
 
 if TYPE_CHECKING:
     from .fit import FitRule
@@ -63,9 +63,8 @@ def judge_run(run_dir: str | os.PathLike, model_names: Sequence[str], rule: FitR
     held_out = np.asarray(load_split(run_dir, "test")[0])
     generated = {}
     for name in model_names:
-        path = samples_path(run_dir, name)
-        if path.is_file():
-            generated[name] = np.asarray(np.load(path, mmap_mode="r")[:n_samples])
+        if samples_path(run_dir, name).is_file():
+            generated[name] = np.asarray(load_samples(run_dir, name)[0][:n_samples])
     references = [UNDERFIT_CONTROL] + ([] if "optimal_denoiser" in generated else [COPIER])
     table = fit_table(generated, training=training, held_out=held_out,
                       real=np.concatenate([real_pool, held_out]), rule=rule,
@@ -116,7 +115,7 @@ def judge_over_training(run_dir: str | os.PathLike, model_names: Sequence[str], 
     references = {}
     for name in model_names:
         if name in models.REGISTRY and models.REGISTRY[name].control and samples_path(run_dir, name).is_file():
-            references[name] = np.asarray(np.load(samples_path(run_dir, name), mmap_mode="r")[:n_samples])
+            references[name] = np.asarray(load_samples(run_dir, name)[0][:n_samples])
     table = fit_table({**generated, **references}, training=np.asarray(run.train), held_out=held_out,
                       real=np.concatenate([real_pool, held_out]), rule=rule,
                       roles={name: _role(name) for name in references}, seed=seed,

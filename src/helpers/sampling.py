@@ -9,7 +9,7 @@ regenerated alone and the result does not depend on the batch size.
 memory-mapped ``.partial.npy`` file and one done-flag per batch; a re-run
 continues where the last one stopped (with any number of processes), and the
 final file appears (by an atomic rename) only when every image is there. In
-a torch.distributed job (:mod:`helpers.distributed`) each process writes its
+a torch.distributed job (:mod:`helpers.parallel`) each process writes its
 own batches into the same file, so the result is identical to one process's.
 """
 
@@ -24,7 +24,7 @@ import pandas as pd
 
 from .common import fsync, image_seeds, read_json, write_csv, write_json
 from .common import progress as progress_bar
-from .layout import Run
+from .layout import SAMPLES, WRITTEN_BY, Run, missing, seeds_of
 from .lifetime import fault_point
 from .parallel import barrier, rank_world
 
@@ -37,12 +37,12 @@ def samples_path(results: str | os.PathLike, model: str) -> Path:
 
 def checkpoint_samples_path(results: str | os.PathLike, model: str, step: int) -> Path:
     """Samples of a model's training checkpoint ``step`` (the audits over training)."""
-    return Path(results) / "samples" / "checkpoints" / model / f"step_{step:09d}.npy"
+    return Run(results).checkpoint_samples(model, step)
 
 
 def checkpoint_sample_files(results: str | os.PathLike, model: str) -> dict[int, Path]:
     """``{step: samples file}`` of every sampled checkpoint of ``model``, in step order."""
-    folder = Path(results) / "samples" / "checkpoints" / model
+    folder = Run(results).checkpoint_samples_folder(model)
     found = {int(p.stem.split("_")[1]): p for p in folder.glob("step_*.npy") if p.stem.split("_")[1].isdigit()}
     return dict(sorted(found.items()))
 
@@ -83,7 +83,7 @@ def finished_samples(out_path: str | os.PathLike, n_images: int, first_seed: int
     """Whether ``out_path`` (and its seed table) already holds exactly the
     ``n_images`` uint8 images of seeds ``first_seed``, ``first_seed + 1``, …"""
     out_path = Path(out_path)
-    seeds_csv = out_path.with_name(out_path.stem + "_seeds.csv")
+    seeds_csv = seeds_of(out_path)
     if not (out_path.exists() and seeds_csv.exists()):
         return False
     done = np.load(out_path, mmap_mode="r")
@@ -112,7 +112,7 @@ def sample_to_npy(
     rank, world = rank_world()
     seeds = image_seeds(n_images, first_seed)
     shape = (n_images, *image_shape)
-    seeds_csv = out_path.with_name(out_path.stem + "_seeds.csv")
+    seeds_csv = seeds_of(out_path)
     partial = out_path.with_name(out_path.stem + ".partial.npy")
     flags_path = out_path.with_name(out_path.stem + ".partial.done.npy")
     record = out_path.with_name(out_path.stem + ".partial.json")
@@ -184,9 +184,21 @@ def to_uint8(images) -> np.ndarray:
     return np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def load_samples(results: str | os.PathLike, model: str) -> tuple[np.ndarray, pd.DataFrame]:
-    """Memory-mapped samples of ``model`` and their seed table."""
-    path = samples_path(results, model)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no samples of model '{model}' (run notebook 04 first)")
-    return np.load(path, mmap_mode="r"), pd.read_csv(seeds_path(results, model))
+def load_samples(results: str | os.PathLike, model: str) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """Step 04's samples of ``model`` (memory-mapped uint8 N×C×H×W) and
+    their seed table in image order, the one loader of every reader (the
+    audit, the criteria, the fit, the figures). The table is None where it
+    is missing or is not one seed per image: the audit still runs on such
+    samples. No samples file: :class:`helpers.layout.ResultMissing` naming
+    the step that writes it."""
+    run = Run(results)
+    path = run.samples(model)
+    if not path.is_file():
+        raise missing(path, WRITTEN_BY[SAMPLES])
+    images = np.load(path, mmap_mode="r")
+    seeds = None
+    if run.seeds(model).is_file():
+        frame = pd.read_csv(run.seeds(model))
+        if len(frame) == len(images) and "seed" in frame:
+            seeds = frame.sort_values("index").reset_index(drop=True) if "index" in frame else frame
+    return images, seeds

@@ -31,9 +31,9 @@ import pandas as pd
 
 from . import common
 from .data import load_split
+from .layout import Run
 
-SIZES_FILE = "sizes.json"
-DATA_FILES = ("test.npy", "test.csv")  # shared by every size: the held-out subjects
+SIZES_FILE = Run("").data.sizes.name
 
 
 def centre_out(slices: Sequence[int]) -> list[int]:
@@ -103,27 +103,28 @@ def write_size_folders(results_dir: str | os.PathLike, sizes: Iterable[int],
     held-out set; ``data/sizes.json`` lists them. Returns the table of runs."""
     results_dir = Path(results_dir)
     train, table = load_split(results_dir, "train")
-    meta = common.read_json(results_dir / "data" / "meta.json")
+    data = Run(results_dir).data
+    meta = common.read_json(data.meta)
     rows = []
     for rule in rules:
         for n, indices in nested_subsets(table, sizes, rule).items():
             folder = results_dir / "sizes" / size_label(n, rule)
-            data_dir = folder / "data"
-            data_dir.mkdir(parents=True, exist_ok=True)
-            with common.atomic_path(data_dir / "train.npy") as tmp:
+            own = Run(folder).data
+            own.folder.mkdir(parents=True, exist_ok=True)
+            with common.atomic_path(own.train) as tmp:
                 np.save(tmp, np.ascontiguousarray(train[indices]))
             subset = table.iloc[indices].reset_index(drop=True)
             subset = subset.assign(index=np.arange(len(subset)), full_index=indices)
-            common.write_csv(data_dir / "train.csv", subset)
-            for name in DATA_FILES:
-                _link_or_copy(results_dir / "data" / name, data_dir / name)
+            common.write_csv(own.train_table, subset)
+            for shared, copy in ((data.test, own.test), (data.test_table, own.test_table)):  # every size's held-out set
+                _link_or_copy(shared, copy)
             subjects = int(subset["subject"].nunique())
-            common.write_json(data_dir / "meta.json", {**meta, "n_train": int(n), "n_train_subjects": subjects,
-                                                       "sweep_size": int(n), "sweep_rule": rule})
+            common.write_json(own.meta, {**meta, "n_train": int(n), "n_train_subjects": subjects,
+                                         "sweep_size": int(n), "sweep_rule": rule})
             rows.append({"size": int(n), "rule": rule, "label": size_label(n, rule), "n_subjects": subjects,
                          "folder": str(folder.relative_to(results_dir))})
     runs = pd.DataFrame(rows)
-    common.write_json(results_dir / "data" / SIZES_FILE, {"sizes": rows})
+    common.write_json(data.sizes, {"sizes": rows})
     return runs
 
 
@@ -132,7 +133,7 @@ def prepare(results_dir: str | os.PathLike, sizes: Iterable[int] | None,
     """Step 01's last part: the size folders of a sweep, or (without one)
     the removal of an earlier run's list, so later steps see one run."""
     if not sizes:
-        (Path(results_dir) / "data" / SIZES_FILE).unlink(missing_ok=True)
+        Run(results_dir).data.sizes.unlink(missing_ok=True)
         return None
     return write_size_folders(results_dir, sizes, rules)
 
@@ -150,7 +151,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def sizes_table(results_dir: str | os.PathLike) -> pd.DataFrame | None:
     """The sweep's sizes (size, label, n_subjects, folder), or None without a sweep."""
-    path = Path(results_dir) / "data" / SIZES_FILE
+    path = Run(results_dir).data.sizes
     if not path.is_file():
         return None
     return pd.DataFrame(common.read_json(path)["sizes"])

@@ -14,6 +14,7 @@ import pandas as pd
 
 from . import criteria as judged
 from . import models, run_fit
+from .layout import Run
 
 REAL_STYLE = ("real held-out images", "0.45", "D")
 
@@ -225,13 +226,13 @@ def run_design_text(results_dir: str | os.PathLike) -> str:
         return "No size sweep in this run."
     import yaml
 
-    params_path = results_dir / "data" / "params.yaml"
+    params_path = Run(results_dir).data.folder / "params.yaml"
     params = (yaml.safe_load(params_path.read_text()) or {}).get("parameters", {}) if params_path.is_file() else {}
     stride = params.get("slice_stride")
     seen = {}
     for row in sizes.itertuples():
         for model in models.trainable():
-            path = results_dir / row.folder / model.output / "summary.json"
+            path = Run(results_dir / row.folder).training_summary(model.name)
             if path.is_file():
                 seen.setdefault(model.display, set()).add(int(common.read_json(path).get("images_seen", 0)))
     parts = [f"**This run**: sizes {', '.join(f'{r.size} ({r.n_subjects} subj.)' for r in sizes.itertuples())} "

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .common import read_json, stable_hash, write_text
+from .layout import DataFiles, Run
 
 
 def count_parameters(module: torch.nn.Module) -> int:
@@ -57,10 +58,10 @@ class TrainingImages:
     """
 
     def __init__(self, folder: str | os.PathLike, seed: int = 0, shuffle_salt: Sequence[int] = ()) -> None:
-        folder = Path(folder)
-        if not (folder / "train.npy").exists() and (folder / "data").is_dir():
-            folder = folder / "data"
-        array_path, meta_path = folder / "train.npy", folder / "meta.json"
+        files = DataFiles(Path(folder))   # a data folder, or a run (its data/)
+        if not files.train.exists() and Run(folder).data.folder.is_dir():
+            files = Run(folder).data
+        array_path, meta_path = files.train, files.meta
         for path in (array_path, meta_path):
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing; run notebook 01 (prepare data) first")

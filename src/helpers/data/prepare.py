@@ -14,6 +14,7 @@ import pandas as pd
 
 from .. import common
 from ..config.schema import PrepareDataSettings
+from ..layout import DataFiles, Run
 from .base import DatasetNotFoundError
 from .brats import BRATS_CHANNELS, plan_brats
 from .cxr import CXR_CHANNELS, plan_cxr
@@ -141,7 +142,7 @@ def prepare_dataset(
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise DatasetNotFoundError(missing_data_message(dataset, source, raw_dir))
-    out_dir = Path(results_dir) / "data"
+    out_dir = Run(results_dir).data.folder
     if out_dir.resolve().is_relative_to(raw_dir.resolve()):
         raise ValueError(f"results folder {out_dir} lies inside the raw data folder {raw_dir}; "
                          "nothing may be written there")
@@ -204,10 +205,10 @@ def prepare_dataset(
         "on_bad_subject": on_bad_subject,
         "notes": plan.notes,
         "files": [str(p.relative_to(out_dir.parent)) for p in
-                  [out_dir / "train.npy", out_dir / "test.npy", *written]] + ["data/meta.json"],
+                  [DataFiles(out_dir).train, DataFiles(out_dir).test, *written]] + ["data/meta.json"],
         "seconds": round(time.perf_counter() - started, 2),
         "n_workers": int(n_workers),
         **plan.meta,
     }
-    common.write_json(out_dir / "meta.json", meta)
+    common.write_json(DataFiles(out_dir).meta, meta)
     return meta

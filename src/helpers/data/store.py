@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .. import common
+from ..layout import DataFiles, Run
 from .base import DataError, DataLayoutError, PreparedUnit, ReaderPlan, Unit
 
 
@@ -143,8 +144,8 @@ def stream_units(out_dir: Path, plan: ReaderPlan, row_shape: tuple[int, ...], *,
     done: dict[str, int] = {}
     skipped = plan.skipped
     out_dir.mkdir(parents=True, exist_ok=True)
-    with NpyAppender(out_dir / "train.npy", row_shape) as train_npy, \
-            NpyAppender(out_dir / "test.npy", row_shape) as test_npy:
+    with NpyAppender(DataFiles(out_dir).train, row_shape) as train_npy, \
+            NpyAppender(DataFiles(out_dir).test, row_shape) as test_npy:
         writers = {"train": train_npy, "test": test_npy}
         bar = common.progress(total=len(plan.units), unit=plan.bar_unit, desc=desc, disable=not progress)
         for unit, outcome in _ordered_results(plan.work, plan.units, int(n_workers)):
@@ -178,10 +179,10 @@ def stream_units(out_dir: Path, plan: ReaderPlan, row_shape: tuple[int, ...], *,
 def split_counts(results_dir: str | os.PathLike) -> pd.DataFrame:
     """Images and subjects per split (and per label for the x-rays), from
     the written tables: what the notebook shows as the counts table."""
-    folder = Path(results_dir) / "data"
+    data = Run(results_dir).data
     frames = []
     for role in ("train", "test"):
-        table = pd.read_csv(folder / f"{role}.csv", keep_default_na=False)
+        table = pd.read_csv(data.table(role), keep_default_na=False)
         by = table.groupby("label") if table["label"].astype(str).str.len().any() else [("", table)]
         for label, part in by:
             frames.append({"split": role, "label": label, "images": len(part),
@@ -191,9 +192,9 @@ def split_counts(results_dir: str | os.PathLike) -> pd.DataFrame:
 
 def load_split(results_dir: str | os.PathLike, role: str = "train", mmap: bool = True) -> tuple[np.ndarray, pd.DataFrame]:
     """``data/<role>.npy`` (memory-mapped) and its table, checked to match."""
-    folder = Path(results_dir) / "data"
-    images = np.load(folder / f"{role}.npy", mmap_mode="r" if mmap else None)
-    table = pd.read_csv(folder / f"{role}.csv", keep_default_na=False)
+    data = Run(results_dir).data
+    images = np.load(data.images(role), mmap_mode="r" if mmap else None)
+    table = pd.read_csv(data.table(role), keep_default_na=False)
     if len(images) != len(table):
-        raise ValueError(f"{folder}: {role}.npy has {len(images)} images but {role}.csv {len(table)} rows")
+        raise ValueError(f"{data.folder}: {role}.npy has {len(images)} images but {role}.csv {len(table)} rows")
     return images, table

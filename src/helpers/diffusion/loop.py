@@ -18,6 +18,7 @@ from .. import config
 from ..common import progress as progress_bar
 from ..common import read_json, stable_hash, write_json
 from ..config import TrainDiffusionSettings
+from ..layout import Run
 from ..training import LossLog, TrainingImages, count_parameters, require_finite, step_seed
 from .trainer import TrainingSetup, setup_training, train_step
 
@@ -53,7 +54,7 @@ def train(results_dir: str | os.PathLike, settings: TrainDiffusionSettings | Map
     results_dir = Path(results_dir)
     out = output_dir(results_dir)
     ckpt_dir = out / "checkpoints"
-    data = TrainingImages(results_dir / "data", settings.seed, shuffle_salt=SHUFFLE_SALT)
+    data = TrainingImages(Run(results_dir).data.folder, settings.seed, shuffle_salt=SHUFFLE_SALT)
     identity = {**settings.identity(), "data": data.fingerprint()}
     identity_hash = stable_hash(identity)
     if settings.num_threads and settings.num_threads > 0:

@@ -14,6 +14,7 @@ import torch
 
 from ..common import progress as progress_bar
 from ..common import read_json, write_json
+from ..layout import Run
 from ..sampling import finished_samples, sample_to_npy, samples_path, to_uint8
 from .loop import MODEL_NAME, pipeline_dir
 
@@ -196,7 +197,7 @@ def checkpoint_pipeline(results_dir: str | os.PathLike, step: int):
 
 def checkpoint_images_seen(results_dir: str | os.PathLike, step: int) -> int:
     """Images seen by training checkpoint ``step`` (the run's batch from its summary)."""
-    summary = read_json(Path(results_dir) / MODEL_NAME / "summary.json")
+    summary = read_json(Run(results_dir).training_summary(MODEL_NAME))
     return int(step) * int(summary["images_seen"]) // int(summary["step"])
 
 

@@ -8,7 +8,7 @@ README): ``data/`` (step 01), ``stylegan/loss_log.csv`` (02),
 
 Measures. Step 05 correlates each modality alone (the paper's measure), all
 channels as one vector (ours) and the label map apart (see
-:mod:`helpers.correlate`), one folder per measure under ``correlation/``.
+:mod:`helpers.audit`), one folder per measure under ``correlation/``.
 Every loader, table and figure of one measure takes ``measure=``; ``None``
 means the *headline* measure named in ``correlation/summary.json``. The
 finding sentence and the cross-dataset comparison use the headline by default, and
@@ -56,10 +56,10 @@ from .results import (
                      load_matches,
                      load_meta,
                      load_most_matched,
-                     load_samples,
                      load_summary,
                      load_thresholds,
                      load_topk,
+                     measure_files,
                      measure_folder,
                      measure_info,
                      measures,
@@ -102,8 +102,8 @@ __all__ = [
     "available", "channel_index", "collect_summaries", "compare_table", "compare_text", "display_name",
     "finding_text", "headline", "intensity_histogram", "interval_columns", "load_baseline", "load_control",
     "load_exceedances", "load_images", "load_index", "load_leakage", "load_loss_log", "load_matches", "load_meta",
-    "load_most_matched", "load_samples", "load_summary", "load_thresholds", "load_topk", "markdown_table",
-    "max_correlations", "measure_folder", "measure_info", "measure_label", "measure_names", "measures",
+    "load_most_matched", "load_summary", "load_thresholds", "load_topk", "markdown_table",
+    "max_correlations", "measure_files", "measure_folder", "measure_info", "measure_label", "measure_names", "measures",
     "measures_table", "memorization_table", "memorization_tables", "missing_text", "model_files", "model_status",
     "montage", "most_copied_table", "one_measure", "outputs_markdown", "params_markdown", "remove_stale_outputs", "plot_compare",
     "plot_loss_log", "plot_max_correlation", "plot_max_correlation_by_measure", "plot_sample_grids",

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..correlate import JOINT, measure_summary
+from ..audit import JOINT, measure_summary
 from .results import load_summary
 from .style import BASELINE, COLOURS, CONTROL, MODELS, _pct, display_name, interval_columns
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .results import load_baseline, load_control, load_matches, load_thresholds, measure_folder, measure_info, measures
+from .results import load_baseline, load_control, load_matches, load_thresholds, measure_files, measure_info, measures
 from .style import BASELINE, COLOURS, CONTROL, MODELS, display_name, measure_label
 
 
@@ -27,7 +26,7 @@ def max_correlations(results_dir, models: Sequence[str], measure: str | None = N
     b = load_baseline(results_dir, measure)
     b = b[~b["constant"] & b["correlation"].notna()]
     frames.append(pd.DataFrame({"model": BASELINE, "correlation": b["correlation"].astype(float)}))
-    if control and (Path(results_dir) / measure_folder(results_dir, measure) / "control_matches.csv").is_file():
+    if control and measure_files(results_dir, measure).control_matches.is_file():
         c = load_control(results_dir, measure)
         c = c[~c["constant"] & c["correlation"].notna()]
         frames.append(pd.DataFrame({"model": CONTROL, "correlation": c["correlation"].astype(float)}))

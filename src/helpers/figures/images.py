@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .results import load_images, load_meta, load_samples, shown_channel
+from ..sampling import load_samples
+from .results import load_images, load_meta, shown_channel
 from .style import MODELS, display_name
 
 
@@ -73,7 +74,7 @@ def plot_sample_grids(results_dir, models: Sequence[str] = MODELS, n: int = 16, 
     meta = load_meta(results_dir)
     ch = shown_channel(results_dir, channel)
     sources = [("training (random)", load_images(results_dir, "train"))]
-    sources += [(f"{display_name(m)} samples (random)", load_samples(results_dir, m)) for m in models]
+    sources += [(f"{display_name(m)} samples (random)", load_samples(results_dir, m)[0]) for m in models]
     rng = np.random.default_rng(seed)
     fig = plt.figure(figsize=(3.2 * len(sources), 3.4))
     subfigs = fig.subfigures(1, len(sources), squeeze=False)[0]

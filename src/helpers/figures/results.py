@@ -15,17 +15,13 @@ import numpy as np
 import pandas as pd
 
 from .. import models as registry
+from ..audit import is_label_channel, measure_summary
 from ..common import read_json
-from ..correlate import is_label_channel, measure_summary
+from ..layout import AUDIT, WRITTEN_BY, AuditFiles, ResultMissing, Run, missing
 from .style import MODELS, display_name
 
-# Which notebook writes which top-level folder of results_dir (a model's: its registry entry's).
-_STEP_PRODUCERS = {"data": "01_prepare_data", "samples": "04_sample", "correlation": "05_correlate"}
-
-
-
-class ResultMissing(FileNotFoundError):
-    """A result file another step should have written is not there."""
+#: a run's files relative to its folder (how the tables of expected files show them)
+RELATIVE = Run("")
 
 
 def producer(relpath: str | os.PathLike) -> str:
@@ -34,22 +30,18 @@ def producer(relpath: str | os.PathLike) -> str:
     model = registry.REGISTRY.get(top)
     if model is not None and model.notebook:
         return model.notebook
-    return _STEP_PRODUCERS.get(top, "an earlier step")
+    return WRITTEN_BY.get(top, "an earlier step")
 
 
-def result_file(results_dir: str | os.PathLike, relpath: str) -> Path:
+def result_file(results_dir: str | os.PathLike, relpath: str | os.PathLike) -> Path:
     """``results_dir/relpath``, or :class:`ResultMissing` naming the step to run."""
     path = Path(results_dir) / relpath
     if not path.is_file():
-        step = producer(relpath)
-        raise ResultMissing(
-            f"{path}: missing; it is written by notebooks/{step}.ipynb "
-            f"(run that step first, e.g. ./runall.sh <dataset> --from {step[:2]})"
-        )
+        raise missing(path, producer(relpath))
     return path
 
 
-def _read_csv(results_dir, relpath: str, columns: Iterable[str]) -> pd.DataFrame:
+def _read_csv(results_dir, relpath: str | os.PathLike, columns: Iterable[str]) -> pd.DataFrame:
     path = result_file(results_dir, relpath)
     frame = pd.read_csv(path, keep_default_na=True)
     missing = [c for c in columns if c not in frame.columns]
@@ -68,34 +60,29 @@ def _as_bool(series: pd.Series) -> pd.Series:
 
 
 def load_meta(results_dir) -> dict:
-    return read_json(result_file(results_dir, "data/meta.json"))
+    return read_json(result_file(results_dir, RELATIVE.data.meta))
 
 
 def load_index(results_dir, split: str = "train") -> pd.DataFrame:
     """``data/<split>.csv``: one row per image, row i ↔ image i of the array."""
-    frame = _read_csv(results_dir, f"data/{split}.csv", ("subject", "slice"))
+    frame = _read_csv(results_dir, RELATIVE.data.table(split), ("subject", "slice"))
     frame["subject"] = frame["subject"].astype(str)
     return frame
 
 
 def load_images(results_dir, split: str = "train") -> np.ndarray:
     """``data/<split>.npy`` memory-mapped (uint8 N×C×H×W)."""
-    return np.load(result_file(results_dir, f"data/{split}.npy"), mmap_mode="r")
-
-
-def load_samples(results_dir, model: str) -> np.ndarray:
-    """``samples/<model>.npy`` memory-mapped (uint8 N×C×H×W)."""
-    return np.load(result_file(results_dir, f"samples/{model}.npy"), mmap_mode="r")
+    return np.load(result_file(results_dir, RELATIVE.data.images(split)), mmap_mode="r")
 
 
 def load_loss_log(results_dir, model: str) -> pd.DataFrame:
-    return _read_csv(results_dir, f"{model}/loss_log.csv", ("step",))
+    return _read_csv(results_dir, RELATIVE.loss_log(model), ("step",))
 
 
 def load_summary(results_dir) -> dict:
-    """``correlation/summary.json`` (all measures; :func:`helpers.correlate.measure_summary`
+    """``correlation/summary.json`` (all measures; :func:`helpers.audit.measure_summary`
     gives one measure's flat view)."""
-    path = result_file(results_dir, "correlation/summary.json")
+    path = result_file(results_dir, RELATIVE.summary)
     summary = read_json(path)
     layout = ("headline", "measures", "by_measure") if "by_measure" in summary else ("thresholds", "baseline", "models")
     for key in layout:
@@ -127,15 +114,25 @@ def measure_info(results_dir, measure: str | None = None) -> dict:
 def measure_folder(results_dir, measure: str | None = None) -> str:
     """``correlation/<measure>`` (relative to results_dir). ``None``: the
     headline of summary.json."""
-    if measure is not None:
-        return f"correlation/{str(measure).lower()}"
-    return f"correlation/{load_summary(results_dir)['headline']}"
+    if measure is None:
+        measure = load_summary(results_dir)["headline"]
+    return str(RELATIVE.audit(str(measure).lower()).folder)
+
+
+def _audit(results_dir, measure: str | None) -> AuditFiles:
+    """Step 05's files of ``measure`` (None: the headline), relative to results_dir."""
+    return AuditFiles(Path(measure_folder(results_dir, measure)))
+
+
+def measure_files(results_dir, measure: str | None = None) -> AuditFiles:
+    """Step 05's files of ``measure`` (None: the headline) under results_dir."""
+    return AuditFiles(Path(results_dir) / measure_folder(results_dir, measure))
 
 
 def load_matches(results_dir, model: str, measure: str | None = None) -> pd.DataFrame:
     """Best training match of every synthetic image (``constant`` as bool)."""
     frame = _read_csv(
-        results_dir, f"{measure_folder(results_dir, measure)}/matches_{model}.csv",
+        results_dir, _audit(results_dir, measure).matches(model),
         ("synthetic_index", "train_index", "correlation", "subject", "slice", "constant"),
     )
     frame["constant"] = _as_bool(frame["constant"])
@@ -144,13 +141,13 @@ def load_matches(results_dir, model: str, measure: str | None = None) -> pd.Data
 
 
 def load_topk(results_dir, model: str, measure: str | None = None) -> pd.DataFrame:
-    return _read_csv(results_dir, f"{measure_folder(results_dir, measure)}/topk_{model}.csv",
+    return _read_csv(results_dir, _audit(results_dir, measure).topk(model),
                      ("synthetic_index", "rank", "train_index", "correlation"))
 
 
 def load_baseline(results_dir, measure: str | None = None) -> pd.DataFrame:
     """Best training match of every held-out real test image."""
-    frame = _read_csv(results_dir, f"{measure_folder(results_dir, measure)}/baseline.csv",
+    frame = _read_csv(results_dir, _audit(results_dir, measure).baseline,
                       ("test_index", "train_index", "correlation", "constant"))
     frame["constant"] = _as_bool(frame["constant"])
     return frame
@@ -158,20 +155,20 @@ def load_baseline(results_dir, measure: str | None = None) -> pd.DataFrame:
 
 def load_control(results_dir, measure: str | None = None) -> pd.DataFrame:
     """The planted-copy positive control's matches."""
-    frame = _read_csv(results_dir, f"{measure_folder(results_dir, measure)}/control_matches.csv",
+    frame = _read_csv(results_dir, _audit(results_dir, measure).control_matches,
                       ("control_index", "control_kind", "train_index", "correlation", "constant", "found"))
     frame["constant"] = _as_bool(frame["constant"])
     return frame
 
 
 def load_thresholds(results_dir, measure: str | None = None) -> dict[str, float]:
-    frame = _read_csv(results_dir, f"{measure_folder(results_dir, measure)}/thresholds.csv", ("name", "value"))
+    frame = _read_csv(results_dir, _audit(results_dir, measure).thresholds, ("name", "value"))
     return {str(n): float(v) for n, v in zip(frame["name"], frame["value"])}
 
 
 def load_exceedances(results_dir, measure: str | None = None) -> pd.DataFrame:
     return _read_csv(
-        results_dir, f"{measure_folder(results_dir, measure)}/exceedances.csv",
+        results_dir, _audit(results_dir, measure).exceedances,
         ("model", "threshold_name", "threshold", "n_images", "n_above", "fraction", "wilson_low",
          "wilson_high"),
     )
@@ -179,30 +176,27 @@ def load_exceedances(results_dir, measure: str | None = None) -> pd.DataFrame:
 
 def load_leakage(results_dir, measure: str | None = None) -> pd.DataFrame:
     return _read_csv(
-        results_dir, f"{measure_folder(results_dir, measure)}/leakage.csv",
+        results_dir, _audit(results_dir, measure).leakage,
         ("model", "threshold_name", "threshold", "n_subjects_leaked", "n_train_subjects", "fraction_subjects"),
     )
 
 
 def load_most_matched(results_dir, model: str, measure: str | None = None) -> pd.DataFrame:
-    return _read_csv(results_dir, f"{measure_folder(results_dir, measure)}/most_matched_{model}.csv",
+    return _read_csv(results_dir, _audit(results_dir, measure).most_matched(model),
                      ("train_index", "subject", "slice", "n_matched", "max_correlation"))
 
 
-def model_files(model: str, folder: str = "correlation") -> dict[str, str]:
+def model_files(model: str, folder: str = AUDIT) -> dict[str, str]:
     """The result files of one generator, by what they hold (step 05's under
-    ``folder``); a control that trains nothing (the registry's) has no training log."""
-    from .. import models
-
-    trains = model not in models.REGISTRY or models.REGISTRY[model].train is not None
-    return {
-        **({"training log": f"{model}/loss_log.csv"} if trains else {}),
-        "samples": f"samples/{model}.npy",
-        "seeds": f"samples/{model}_seeds.csv",
-        "best matches": f"{folder}/matches_{model}.csv",
-        "top-k matches": f"{folder}/topk_{model}.csv",
-        "most-matched training images": f"{folder}/most_matched_{model}.csv",
-    }
+    ``folder``), relative to results_dir; a control that trains nothing (the
+    registry's) has no training log."""
+    trains = model not in registry.REGISTRY or registry.REGISTRY[model].train is not None
+    audit = AuditFiles(Path(folder))
+    files = {"training log": RELATIVE.loss_log(model)} if trains else {}
+    files.update({"samples": RELATIVE.samples(model), "seeds": RELATIVE.seeds(model),
+                  "best matches": audit.matches(model), "top-k matches": audit.topk(model),
+                  "most-matched training images": audit.most_matched(model)})
+    return {what: str(path) for what, path in files.items()}
 
 
 def model_status(results_dir, models: Sequence[str] = MODELS,
@@ -222,7 +216,7 @@ def model_status(results_dir, models: Sequence[str] = MODELS,
             rows.append({"model": model, "file": rel, "holds": what, "present": (Path(results_dir) / rel).is_file(),
                          "written by": producer(rel)})
     status = pd.DataFrame(rows, columns=["model", "file", "holds", "present", "written by"])
-    present = [m for m in models if (Path(results_dir) / f"{folder}/matches_{m}.csv").is_file()]
+    present = [m for m in models if (Path(results_dir) / AuditFiles(Path(folder)).matches(m)).is_file()]
     return present, status
 
 

@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .results import load_images, load_matches, load_meta, load_samples, load_thresholds, shown_channel
+from ..sampling import load_samples
+from .results import load_images, load_matches, load_meta, load_thresholds, shown_channel
 from .style import COLOURS, display_name
 
 #: the threshold the story marks: the paper's (held-out images' 99th percentile)
@@ -102,7 +103,7 @@ def plot_story(runs: Mapping[str, str | os.PathLike], models: Sequence[str] = ("
             above = "above" if corr > threshold else "below"
             judged = matches["correlation"].notna() & ~matches["constant"].astype(bool)
             n_above = int((matches.loc[judged, "correlation"] > threshold).sum())
-            samples = load_samples(run, model)
+            samples = load_samples(run, model)[0]
             _panel(sample_ax, samples[int(row["synthetic_index"]), ch], f"{name}: most copy-like" if first else None,
                    note=f"{_fit_word(fit, model, size)}; {n_above}/{int(judged.sum())} above p99",
                    colour=COLOURS.get(model))

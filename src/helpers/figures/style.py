@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from .. import models as registry
+from ..audit import BASELINE_NAME as BASELINE
+from ..audit import CONTROL_NAME as CONTROL
+from ..audit import reported_interval
 from ..config import MODELS
-from ..correlate import BASELINE_NAME as BASELINE
-from ..correlate import CONTROL_NAME as CONTROL
-from ..correlate import reported_interval
 from ..memorization import BASELINE_PERCENTILES, FIXED_THRESHOLDS
 
 __all__ = ["BASELINE", "COLOURS", "CONTROL", "DISPLAY_NAMES", "MODELS", "THRESHOLD_NAMES", "display_name",
@@ -72,7 +72,7 @@ def _pct(x: float) -> str:
 
 
 def interval_columns(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`helpers.correlate.reported_interval` for every row of a table
+    """:func:`helpers.audit.reported_interval` for every row of a table
     with wilson_low/wilson_high columns (exceedances.csv, summary rows)."""
     pairs = [reported_interval(row) for row in frame.to_dict("records")]
     return np.array([p[0] for p in pairs], dtype=float), np.array([p[1] for p in pairs], dtype=float)

@@ -4,13 +4,12 @@ thresholds, memorization per group and measure, most-copied images."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..correlate import JOINT, measure_summary, reported_interval
-from .results import load_exceedances, load_leakage, load_most_matched, load_thresholds, measure_folder, measures
+from ..audit import JOINT, measure_summary, reported_interval
+from .results import load_exceedances, load_leakage, load_most_matched, load_thresholds, measure_files, measures
 from .style import BASELINE, CONTROL, THRESHOLD_NAMES, display_name, threshold_label
 
 
@@ -34,12 +33,12 @@ def memorization_table(results_dir, model: str, threshold_names: Sequence[str] =
     Wilson 95 % interval from step 05) and training subjects leaked, on
     ``measure`` (None: the headline). Values are copied from
     exceedances.csv / leakage.csv, only rescaled to %."""
-    folder = measure_folder(results_dir, measure)
+    files = measure_files(results_dir, measure)
     exc = load_exceedances(results_dir, measure)
     exc = exc[exc["model"] == model]
     if exc.empty:
-        raise ValueError(f"{Path(results_dir) / folder / 'exceedances.csv'}: no rows for model '{model}'")
-    leak_path = Path(results_dir) / folder / "leakage.csv"
+        raise ValueError(f"{files.exceedances}: no rows for model '{model}'")
+    leak_path = files.leakage
     leak = load_leakage(results_dir, measure) if leak_path.is_file() else pd.DataFrame(
         columns=["model", "threshold_name", "n_subjects_leaked", "n_train_subjects", "fraction_subjects"])
     leak = leak[leak["model"] == model][["threshold_name", "n_subjects_leaked", "n_train_subjects", "fraction_subjects"]]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from ..correlate import measure_summary, reported_interval
+from ..audit import measure_summary, reported_interval
 from .style import BASELINE, CONTROL, MODELS, _pct, display_name, measure_label, threshold_label
 
 

@@ -4,21 +4,20 @@ intensities and the neighbouring slices of the matched training subject."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..correlate import neighbour_slices
+from ..audit import neighbour_slices
+from ..sampling import load_samples
 from .results import (
     load_images,
     load_index,
     load_matches,
     load_meta,
-    load_samples,
     load_topk,
-    measure_folder,
+    measure_files,
     measure_info,
     shown_channel,
 )
@@ -95,10 +94,10 @@ def plot_top_matches(results_dir, model: str, n_top: int = 4, n_typical: int = 2
     ch_name = str(meta["channels"][ch]) if meta.get("channels") else f"ch{ch}"
     train = load_images(results_dir, "train")
     index = load_index(results_dir, "train")
-    samples = load_samples(results_dir, model)
+    samples = load_samples(results_dir, model)[0]
     matches = load_matches(results_dir, model, measure)
     rows = select_matches(matches, n_top, n_typical)
-    topk_path = Path(results_dir) / measure_folder(results_dir, measure) / f"topk_{model}.csv"
+    topk_path = measure_files(results_dir, measure).topk(model)
     topk = load_topk(results_dir, model, measure) if topk_path.is_file() else None
     neighbours = dict(zip((-1, 1), neighbour_slices(index)))  # the nearest kept slice below / above
     phantom = str(meta.get("source", "")).startswith("phantom")  # say so: its subject ids read like patients'

@@ -72,10 +72,11 @@ def sample(run: str | os.PathLike, n_images: int, first_seed: int, batch_size: i
     to is kept in ``samples/gaussian_control_sampler.json``; samples of
     other data are never mixed in or overwritten silently."""
     from ..common import read_json, write_json
+    from ..layout import Run
     from ..sampling import finished_samples, sample_to_npy, samples_path
     from ..training import TrainingImages
 
-    data = TrainingImages(Path(run) / "data")
+    data = TrainingImages(Run(run).data.folder)
     control = GaussianControl(np.asarray(data.array))
     out = samples_path(run, CONTROL_NAME)
     partial = out.with_name(out.stem + ".partial.npy")

@@ -41,7 +41,7 @@ def l2_ratio_flags(nearest_distance, second_distance, ratio: float = GU_RATIO) -
 
 def exceedance_flags(best_correlation, threshold: float) -> np.ndarray:
     """The paper's criterion: the best Pearson correlation with any training
-    image *exceeds* (strictly, as in ``helpers.correlate``) ``threshold``.
+    image *exceeds* (strictly, as in ``helpers.audit``) ``threshold``.
     NaN where the correlation is undefined (constant images)."""
     r = np.asarray(best_correlation, dtype=float)
     out = np.full(r.shape, np.nan)

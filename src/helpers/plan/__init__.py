@@ -34,13 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import models
 from ..common import display_path
+from ..layout import Run
 from .measure import (
     StepEstimate,
     estimate_correlation,
-    estimate_diffusion,
     estimate_sampling,
-    estimate_stylegan,
+    estimate_training,
 )
 
 #: the steps a plan estimates (step 01 too, by its size, when it has not run)
@@ -125,11 +126,11 @@ def run_sizes(resolved, results: Path) -> tuple[dict[str, tuple[int, int]], tupl
     """``({run label: (n_train, n_test)}, image shape, where the counts come from)``."""
     from .. import sweep
 
-    if (results / "data" / "train.npy").is_file():
+    if Run(results).data.train.is_file():
         runs = {}
         for label, run in sweep.run_dirs(results).items():
-            train = np.load(run / "data" / "train.npy", mmap_mode="r")
-            test_path = run / "data" / "test.npy"
+            train = np.load(Run(run).data.train, mmap_mode="r")
+            test_path = Run(run).data.test
             runs[label] = (len(train), len(np.load(test_path, mmap_mode="r")) if test_path.is_file() else 0)
             shape = tuple(int(s) for s in train.shape[1:])
         return runs, shape, "from data/"
@@ -188,15 +189,14 @@ def make_plan(resolved, results: Path, processes: int | None = None) -> Plan:
     runs, shape, note = run_sizes(resolved, Path(results))
     plan = Plan(resolved.dataset, resolved.profile, torch.cuda.get_device_name(0) if device == "cuda" else "CPU",
                 processes, runs, shape, note, Path(results))
-    if not (Path(results) / "data" / "train.npy").is_file():  # step 01 has not run: its arrays count too
+    if not Run(results).data.train.is_file():  # step 01 has not run: its arrays count too
         n_train, n_test, _ = _assumed_counts(resolved["prepare_data"], _layout(resolved))
         plan.steps.append(StepEstimate("01 prepare data", None, "not measured (reading the raw files)", "–",
                                        (n_train + n_test) * int(np.prod(shape)), "data/train.npy and test.npy (uint8)"))
-    sg_cfg, df_cfg = resolved["train_stylegan"], resolved["train_diffusion"]
-    with _worker_threads(sg_cfg, runs, device):
-        plan.steps.append(estimate_stylegan(sg_cfg, shape, runs, device, processes))
-    with _worker_threads(df_cfg, runs, device):
-        plan.steps.append(estimate_diffusion(df_cfg, shape, runs, device, processes))
+    for model in models.trainable():   # each brings its own estimate (helpers.models)
+        cfg = resolved[model.section]
+        with _worker_threads(cfg, runs, device):
+            plan.steps.append(estimate_training(model, cfg, shape, runs, device, processes))
     plan.steps.append(estimate_sampling(resolved["sample"], resolved.settings, shape, runs, device, processes))
     plan.steps.append(estimate_correlation(resolved["correlate"], resolved["sample"], _channel_names(results, shape),
                                            shape, runs, device, processes))
@@ -223,7 +223,7 @@ def _channel_names(results: Path, shape) -> list[str]:
     from ..common import read_json
     from ..data.brats import BRATS_SUFFIX
 
-    meta = Path(results) / "data" / "meta.json"
+    meta = Run(results).data.meta
     if meta.is_file() and isinstance(read_json(meta).get("channels"), list):
         return [str(c) for c in read_json(meta)["channels"]]
     return list(BRATS_SUFFIX) if shape[0] == len(BRATS_SUFFIX) else [f"ch{i}" for i in range(shape[0])]

@@ -4,7 +4,6 @@ See :mod:`helpers.plan` for what is measured and how it is scaled."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import resource
 import tempfile
@@ -16,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..common import write_json
-from ..models import SamplingProbe, sample_counts
+from ..layout import DataFiles
+from ..models import SamplingProbe, TrainingProbe, sample_counts
 from ..models import get as get_model
 
 GIB = 2**30
@@ -91,69 +91,29 @@ def _per_process_batch(batch: int, processes: int, device: str) -> int:
 
 def _random_training(folder: Path, n: int, shape: tuple[int, int, int]) -> Path:
     images = np.random.default_rng(0).integers(0, 256, (n, *shape), dtype=np.uint8)
-    np.save(folder / "train.npy", images)
-    write_json(folder / "meta.json", {"channels": shape[0], "image_size": shape[1]})
+    np.save(DataFiles(folder).train, images)
+    write_json(DataFiles(folder).meta, {"channels": shape[0], "image_size": shape[1]})
     return folder
 
 
-def estimate_stylegan(cfg, shape, runs, device: str, processes: int) -> StepEstimate:
-    from ..stylegan.trainer import StyleGANTrainer
-    from ..training import TrainingImages, count_parameters
-
+def estimate_training(model, cfg, shape, runs, device: str, processes: int) -> StepEstimate:
+    """Step ``02``/``03``…: a model's own estimate (its registry entry's
+    ``time_training``), timed here on random images of the data's shape."""
+    label = (f"{model.notebook[:2]} " if model.notebook else "") + f"train {model.display}"
+    if model.time_training is None:
+        return StepEstimate(label, None, "not measured (its registry entry has no estimate)", "–", 0, "–")
     per = _per_process_batch(cfg.batch_size, processes, device)
-    b = _timed_batch(per, device, shape)
     _reset_memory(device)
     with tempfile.TemporaryDirectory() as tmp:
-        small = dataclasses.replace(cfg, batch_size=b, processes=1, mbstd_group=min(cfg.mbstd_group, b))
-        trainer = StyleGANTrainer(small, shape, seed=0, device=device)
-        data = TrainingImages(_random_training(Path(tmp), 2 * b, shape))
-        intervals = [i for i, on in ((cfg.pl_interval, cfg.pl_weight > 0), (cfg.r1_interval, cfg.r1_gamma > 0)) if on]
+        def random_training(n: int) -> Path:
+            folder = Path(tmp) / f"random_{n}"
+            folder.mkdir(exist_ok=True)
+            return _random_training(folder, n, tuple(shape))
 
-        def plain():
-            trainer.step_count = 1  # a step without regularization (1 is no multiple of an interval > 1)
-            trainer.step(data)
-
-        def regularized():
-            trainer.step_count = 0  # both regularizers run at step 0
-            trainer.step(data)
-
-        t_plain = _timed(plain)
-        t_reg = _timed(regularized, repeats=1) if intervals and min(intervals) > 1 else t_plain
-        g, d = count_parameters(trainer.G), count_parameters(trainer.D)
-    scale = per / b
-    per_step = (t_plain + (t_reg - t_plain) / min(intervals or [1])) * scale
-    seconds = per_step * cfg.total_steps * len(runs) / cfg.parallel_runs
-    basis = (f"{cfg.total_steps:,} steps × {len(runs)} run(s); a step of batch {b} measured "
-             f"({t_plain:.2f} s, with regularization {t_reg:.2f} s)" + (f", ×{scale:g} for batch {per}" if scale != 1 else "")
-             + (f", runs {cfg.parallel_runs} side by side" if cfg.parallel_runs > 1 else ""))
-    params = 4 * g + 3 * d  # G, G_ema and G's two Adam moments; D and its two
-    disk = len(runs) * 4 * (cfg.keep_checkpoints * params + g)
-    what = f"{cfg.keep_checkpoints} checkpoints + generator per run (G {g / 1e6:.1f} M, D {d / 1e6:.1f} M parameters)"
-    return StepEstimate("02 train StyleGAN", seconds, basis, _memory(device), disk, what)
-
-
-def estimate_diffusion(settings, shape, runs, device: str, processes: int) -> StepEstimate:
-    import torch
-
-    from ..diffusion.trainer import setup_training, train_step
-    from ..training import count_parameters
-
-    per = _per_process_batch(settings.batch_size, processes, device)
-    b = _timed_batch(per, device, shape)
-    _reset_memory(device)
-    setup = setup_training(dataclasses.replace(settings, batch_size=b, processes=1), shape[0], shape[1], device=device)
-    images = torch.rand(b, *shape, device=setup.accelerator.device) * 2 - 1
-    generator = torch.Generator(device=setup.accelerator.device).manual_seed(0)
-    t_step = _timed(lambda: train_step(setup, images, generator))
-    p = count_parameters(setup.unet)
-    scale = per / b
-    seconds = t_step * scale * settings.max_steps * len(runs) / settings.parallel_runs
-    basis = (f"{settings.max_steps:,} steps × {len(runs)} run(s); a step of batch {b} measured ({t_step:.2f} s)"
-             + (f", ×{scale:g} for batch {per}" if scale != 1 else "")
-             + (f", runs {settings.parallel_runs} side by side" if settings.parallel_runs > 1 else ""))
-    disk = len(runs) * 4 * p * (4 * settings.keep_checkpoints + 1)  # model, EMA, two Adam moments; the pipeline
-    return StepEstimate("03 train diffusion", seconds, basis, _memory(device), disk,
-                        f"{settings.keep_checkpoints} checkpoints + pipeline per run ({p / 1e6:.1f} M parameters)")
+        probe = TrainingProbe(cfg, tuple(shape), runs, device, processes, per, _timed_batch(per, device, shape),
+                              _timed, random_training)
+        done = model.time_training(probe)
+    return StepEstimate(label, done.seconds, done.basis, _memory(device), done.disk_bytes, done.disk_what)
 
 
 def estimate_sampling(cfg, sections, shape, runs, device: str, processes: int) -> StepEstimate:
@@ -191,7 +151,7 @@ def estimate_sampling(cfg, sections, shape, runs, device: str, processes: int) -
 
 def estimate_correlation(cfg, sample_cfg, channel_names, shape, runs, device: str, processes: int) -> StepEstimate:
     from .. import correlation
-    from ..correlate.measures import study_measures
+    from ..audit.measures import study_measures
 
     measures, _ = study_measures(channel_names, cfg.channels, each=True, joint=cfg.joint,
                                  headline=cfg.headline_channel)

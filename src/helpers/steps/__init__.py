@@ -9,7 +9,7 @@ side (:func:`helpers.parallel.run_side_by_side`); or, with
 shared by all processes. Whichever way, each run's job writes its outputs
 into the run's folder; after a torchrun job the results handed back are
 read from those files (a training's ``summary.json``, the samples files,
-the audit: :func:`helpers.correlate.load_audit`).
+the audit: :func:`helpers.audit.load_audit`).
 
 Which models exist, and how each trains and samples, is the model registry
 (:mod:`helpers.models`); which criteria judge a run, the criteria registry
@@ -199,20 +199,18 @@ def train_every_run(results_dir: str | os.PathLike, step: str, cfg) -> dict[str,
     else:
         check_processes(cfg.processes, cfg.batch_size, f"{step}.")
     launch(step, results_dir, as_dict(cfg), cfg.processes, Path(results_dir) / "logs" / step)
-    return {label: read_json(run / model.output / "summary.json") for label, run in sweep.run_dirs(results_dir).items()}
+    return {label: read_json(Run(run).training_summary(model.name)) for label, run in sweep.run_dirs(results_dir).items()}
 
 
 def sample_every_run(results_dir: str | os.PathLike, cfg) -> dict[str, dict[str, str]]:
     """Step 04 on every run: ``{label: {model: samples file}}``. With
     ``cfg.processes > 1`` a torchrun job samples each run over all processes
     (the files are identical to a one-process run's)."""
-    from ..sampling import samples_path
-
     models.check_names(cfg.models, "sample.models")
     if cfg.processes <= 1:
         return for_every_run(results_dir, sample_run, cfg)
     launch("sample", results_dir, as_dict(cfg), cfg.processes, Path(results_dir) / "logs" / "sample")
-    return {label: {m: str(samples_path(run, m)) for m in cfg.models if samples_path(run, m).exists()}
+    return {label: {m: str(Run(run).samples(m)) for m in cfg.models if Run(run).samples(m).exists()}
             for label, run in sweep.run_dirs(results_dir).items()}
 
 
@@ -221,13 +219,13 @@ def audit_every_run(results_dir: str | os.PathLike, cfg) -> dict[str, Any]:
     judges every run: :func:`helpers.criteria.judge_every_run`). With
     ``cfg.processes > 1`` a torchrun job audits each run over all processes
     (the engine shares the images; process 0 writes the files) and the
-    audits are read back from them (:func:`helpers.correlate.load_audit`),
+    audits are read back from them (:func:`helpers.audit.load_audit`),
     as the trainings' summaries and the samples are."""
-    from .. import correlate
+    from .. import audit
 
     runs = sweep.run_dirs(results_dir)
     if cfg.processes > 1:
         launch("correlate", results_dir, as_dict(cfg), cfg.processes, Path(results_dir) / "logs" / "correlate")
-        return {label: correlate.load_audit(run) for label, run in runs.items()}
+        return {label: audit.load_audit(run) for label, run in runs.items()}
     with runlock.for_runs(runs.values()):  # a notebook run by hand; under ./runall.sh the runner holds them
-        return {label: correlate.audit_study(run, cfg) for label, run in runs.items()}
+        return {label: audit.audit_study(run, cfg) for label, run in runs.items()}

@@ -34,9 +34,9 @@ def run_job(job: str, results_dir: str, settings: dict) -> None:
         elif job == "sample":
             sample_run(run, cfg, parallel=False)
         else:
-            from .. import correlate
+            from .. import audit
 
-            correlate.audit_study(run, cfg, progress=rank == 0)  # the engine shares the work; rank 0 writes
+            audit.audit_study(run, cfg, progress=rank == 0)  # the engine shares the work; rank 0 writes
         barrier()
 
 

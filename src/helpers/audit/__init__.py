@@ -2,7 +2,7 @@
 correlation engine (:mod:`helpers.correlation`), one audit path for step 05
 (:func:`audit_study`) and the command
 
-    python -m helpers.correlate --synthetic PATH --training PATH [--test PATH]
+    python -m helpers.audit --synthetic PATH --training PATH [--test PATH]
         [--channels all|each|C ...] [--headline C] [--top-k K] [--out DIR]
         [--backend auto|numpy|cupy] [--control N]
 

@@ -1,5 +1,5 @@
 """One audit path for step 05 (:func:`audit_study`) and the command
-(:func:`helpers.correlate.cli.audit`): baseline and thresholds, the positive
+(:func:`helpers.audit.cli.audit`): baseline and thresholds, the positive
 control, every synthetic set's matches, exceedances, leakage and
 summary.json, with one engine pass per image set for all measures."""
 
@@ -18,6 +18,7 @@ from ..common import read_json
 from ..common import write_csv as _write_csv
 from ..common import write_json as _write_json
 from ..config import MEMORY_BUDGET_GB
+from ..layout import SUMMARY, AuditFiles, Run
 from ..parallel import rank_world
 from .control import control_by_kind, control_summary, control_table, make_control, scored_control
 from .measures import Measure, study_measures
@@ -88,15 +89,15 @@ class RunLog:
 
 
 #: the per-measure files (and per-model patterns) an audit writes; stale ones are removed
-_MEASURE_FILES = ("baseline.csv", "thresholds.csv", "exceedances.csv", "leakage.csv", "control_matches.csv",
-                  "control_by_kind.csv")
-_MODEL_PATTERNS = ("matches_*.csv", "topk_*.csv", "most_matched_*.csv")
+_MEASURE_FILES = tuple(getattr(AuditFiles(Path()), name).name for name in (
+    "baseline", "thresholds", "exceedances", "leakage", "control_matches", "control_by_kind"))
+_MODEL_PATTERNS = tuple(getattr(AuditFiles(Path()), name)("*").name for name in ("matches", "topk", "most_matched"))
 
 
 def _previous_folders(out: Path) -> list[Path]:
     """The folders an earlier audit in ``out`` wrote tables to, from its
     summary.json: one per measure."""
-    path = out / "summary.json"
+    path = out / SUMMARY
     if not path.is_file():
         return []
     try:
@@ -166,7 +167,7 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
     leakage and most-matched tables where subjects are known, and
     summary.json; one engine pass per image set for all measures. ``cfg``:
     a :class:`helpers.config.CorrelateSettings` (step 05's, or the audit
-    command's: :func:`helpers.correlate.cli.command_settings`). In a
+    command's: :func:`helpers.audit.cli.command_settings`). In a
     torch.distributed job every process runs it (the engine shares the
     work) and process 0 alone writes the files."""
     out = Path(out)
@@ -186,6 +187,7 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
     log = RunLog()
     audit = StudyAudit(out, {}, list(measures), headline)
     previous = _previous_folders(out)
+    files = {m.name: AuditFiles(out / m.name) for m in measures}
     w = audit.written
     meta, test_meta = data.train_meta, data.test_meta
     subjects = meta is not None and "subject" in meta
@@ -197,10 +199,10 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
         base = None
         if data.test is not None:
             base = baseline_table(res[m.name], test_meta, meta, data.test.names, train_names)
-            w.append(write_csv(out / m.name / "baseline.csv", base))
+            w.append(write_csv(files[m.name].baseline, base))
         audit.baseline[m.name] = base
         audit.thresholds[m.name] = compute_thresholds(None if base is None else valid_correlations(base))
-        w.append(write_csv(out / m.name / "thresholds.csv", thresholds_table(audit.thresholds[m.name])))
+        w.append(write_csv(files[m.name].thresholds, thresholds_table(audit.thresholds[m.name])))
 
     # 2. the planted-copy positive control (every image measure must find it)
     audit.control = {m.name: None for m in measures}
@@ -209,8 +211,8 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
         for m in measures:
             table = control_table(res[m.name], control.control, control.images, data.train, meta, list(m.index))
             audit.control[m.name] = table
-            w.append(write_csv(out / m.name / "control_matches.csv", table))
-            w.append(write_csv(out / m.name / "control_by_kind.csv", control_by_kind(table, audit.thresholds[m.name])))
+            w.append(write_csv(files[m.name].control_matches, table))
+            w.append(write_csv(files[m.name].control_by_kind, control_by_kind(table, audit.thresholds[m.name])))
 
     # 3. every synthetic set against the training set
     audit.matches = {m.name: {} for m in measures}
@@ -222,8 +224,8 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
                 table = add_adjacent_slices(table, images, data.train, meta, list(m.index))
             table = table[[c for c in MATCH_COLUMNS if c in table] + [c for c in table if c not in MATCH_COLUMNS]]
             audit.matches[m.name][model] = table
-            w.append(write_csv(out / m.name / f"matches_{model}.csv", table))
-            w.append(write_csv(out / m.name / f"topk_{model}.csv", topk_table(res[m.name])))
+            w.append(write_csv(files[m.name].matches(model), table))
+            w.append(write_csv(files[m.name].topk(model), topk_table(res[m.name])))
 
     # 4. exceedances, leakage, most-matched and the summary, per measure
     by_measure = {}
@@ -232,14 +234,14 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
         groups_m = comparison_groups(audit.matches[m.name], audit.baseline[m.name], control)
         exc = exceedance_table(groups_m, audit.thresholds[m.name])
         audit.exceedances[m.name] = exc
-        w.append(write_csv(out / m.name / "exceedances.csv", exc))
+        w.append(write_csv(files[m.name].exceedances, exc))
         leak = None
         if subjects:
             leak = leakage_table(groups_m, audit.thresholds[m.name], data.n_train_subjects)
             audit.leakage[m.name] = leak
-            w.append(write_csv(out / m.name / "leakage.csv", leak))
+            w.append(write_csv(files[m.name].leakage, leak))
             for model, table in audit.matches[m.name].items():
-                w.append(write_csv(out / m.name / f"most_matched_{model}.csv", most_matched(table)))
+                w.append(write_csv(files[m.name].most_matched(model), most_matched(table)))
         by_measure[m.name] = {
             **m.info(headline),
             "train_constant": max((r["by_measure"][m.name].get("n_train_constant", 0) for r in log.runs.values()),
@@ -259,7 +261,7 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
         "headline": headline, "measures": names, "by_measure": by_measure,
         **log.as_dict(), "wall_seconds": round(time.perf_counter() - t0, 3),
     }
-    w.append(write_json(out / "summary.json", audit.summary))
+    w.append(write_json(out / SUMMARY, audit.summary))
     if first:
         _remove_stale(out, previous, names, w)
     return audit
@@ -268,13 +270,13 @@ def run_audit(data: StudyData, measures: Sequence[Measure], headline: str, out: 
 def audit_study(results_dir: str | Path, cfg, *, progress: bool = True) -> StudyAudit:
     """Step 05: every measure of ``results_dir``'s samples against its
     training set, written under ``results_dir/correlation/`` (see
-    :mod:`helpers.correlate` for the layout and
-    :func:`helpers.correlate.measures.measure_summary` for summary.json).
+    :mod:`helpers.audit` for the layout and
+    :func:`helpers.audit.measures.measure_summary` for summary.json).
 
     ``cfg``: step 05's :class:`helpers.config.CorrelateSettings`. Models without samples are skipped (the baseline and
     control still run). What it wrote is read back by :func:`load_audit`."""
     data, measures, headline = _study(results_dir, cfg)
-    return run_audit(data, measures, headline, Path(results_dir) / "correlation", cfg, progress=progress)
+    return run_audit(data, measures, headline, Run(results_dir).correlation, cfg, progress=progress)
 
 
 def _study(results_dir, cfg) -> tuple[StudyData, list[Measure], str]:
@@ -288,8 +290,8 @@ def load_audit(results_dir: str | Path) -> StudyAudit:
     """The audit step 05 wrote under ``results_dir/correlation/`` (by this
     process or by a multi-process job), read back: the same tables
     :func:`audit_study` returns, from its files."""
-    out = Path(results_dir) / "correlation"
-    summary = read_json(out / "summary.json")
+    out = Run(results_dir).correlation
+    summary = read_json(out / SUMMARY)
     infos = [summary["by_measure"][name] for name in summary["measures"]]
     measures = [Measure(i["measure"], tuple(i["channels"]), tuple(i["channel_index"]), i["kind"], i["description"])
                 for i in infos]
@@ -299,14 +301,14 @@ def load_audit(results_dir: str | Path) -> StudyAudit:
         return pd.read_csv(path) if path.is_file() else None
 
     for m, info in zip(measures, infos):
-        folder = out / m.name
-        audit.thresholds[m.name] = {str(k): float(v) for k, v in table(folder / "thresholds.csv").itertuples(index=False)}
-        audit.baseline[m.name] = table(folder / "baseline.csv")
-        audit.control[m.name] = table(folder / "control_matches.csv")
-        audit.matches[m.name] = {model: table(folder / f"matches_{model}.csv") for model in info["models"]}
-        audit.exceedances[m.name] = table(folder / "exceedances.csv")
-        leakage = table(folder / "leakage.csv")
+        folder = AuditFiles(out / m.name)
+        audit.thresholds[m.name] = {str(k): float(v) for k, v in table(folder.thresholds).itertuples(index=False)}
+        audit.baseline[m.name] = table(folder.baseline)
+        audit.control[m.name] = table(folder.control_matches)
+        audit.matches[m.name] = {model: table(folder.matches(model)) for model in info["models"]}
+        audit.exceedances[m.name] = table(folder.exceedances)
+        leakage = table(folder.leakage)
         if leakage is not None:
             audit.leakage[m.name] = leakage
-    audit.written = [*sorted(p for m in measures for p in (out / m.name).glob("*.csv")), out / "summary.json"]
+    audit.written = [*sorted(p for m in measures for p in (out / m.name).glob("*.csv")), out / SUMMARY]
     return audit

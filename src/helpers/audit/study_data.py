@@ -12,7 +12,8 @@ import pandas as pd
 from .. import correlation
 from ..common import read_json
 from ..config import MODELS
-from ..sampling import samples_path, seeds_path
+from ..layout import Run
+from ..sampling import load_samples as load_sample_files
 
 
 @dataclass
@@ -47,21 +48,21 @@ def load_study_data(results: str | Path, models: Sequence[str] = ()) -> StudyDat
     """``data/{train,test}.npy`` (memory-mapped) with their index tables, and
     ``samples/<model>.npy`` of each of ``models`` that exists."""
     results = Path(results)
-    data = results / "data"
-    meta_path = data / "meta.json"
+    data = Run(results).data
+    meta_path = data.meta
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: missing — run notebook 01 (prepare data) first")
     meta = read_json(meta_path)
-    train = correlation.open_images(data / "train.npy", label="train")
+    train = correlation.open_images(data.train, label="train")
     names = [str(n) for n in (meta.get("channels") or [])] or [f"ch{i}" for i in range(train.image_shape[0])]
     if len(names) != train.image_shape[0]:
         raise ValueError(f"{meta_path}: {len(names)} channel names but the images have {train.image_shape[0]} channels")
     train = correlation.open_images(train, channel_names=names)
-    train_meta = _read_index(data / "train.csv", train.n)
+    train_meta = _read_index(data.train_table, train.n)
     test = test_meta = None
-    if (data / "test.npy").is_file():
-        test = correlation.open_images(data / "test.npy", channel_names=names, label="test")
-        test_meta = _read_index(data / "test.csv", test.n)
+    if data.test.is_file():
+        test = correlation.open_images(data.test, channel_names=names, label="test")
+        test_meta = _read_index(data.test_table, test.n)
     study = StudyData(results, str(meta.get("dataset", results.name)), names, train, test, train_meta, test_meta)
     for model in available_models(results, models):
         images, seeds = load_samples(results, model, channel_names=names)
@@ -83,20 +84,13 @@ def _read_index(path: Path, n: int) -> pd.DataFrame:
 
 def available_models(results: str | Path, models: Sequence[str] = MODELS) -> list[str]:
     """The models whose ``samples/<model>.npy`` exists (in the given order)."""
-    return [m for m in models if samples_path(results, m).is_file()]
+    return [m for m in models if Run(results).samples(m).is_file()]
 
 
 def load_samples(results: str | Path, model: str, channel_names=None):
-    """``(ImageSet, seeds or None)`` for ``samples/<model>.npy``.
-
-    Not :func:`helpers.sampling.load_samples`: the engine needs an ImageSet
-    with the data's channel names, and an audit must also run on samples
-    whose seed table is missing or does not match (seeds are then None)."""
-    images = correlation.open_images(samples_path(results, model), channel_names=channel_names, label=model)
-    seeds = None
-    seeds_csv = seeds_path(results, model)
-    if seeds_csv.is_file():
-        frame = pd.read_csv(seeds_csv)
-        if len(frame) == images.n and "seed" in frame:
-            seeds = frame.sort_values("index")["seed"].to_numpy() if "index" in frame else frame["seed"].to_numpy()
-    return images, seeds
+    """``(ImageSet, seeds or None)`` for ``samples/<model>.npy``: step 04's
+    samples (:func:`helpers.sampling.load_samples`) as the engine takes them,
+    with the data's channel names."""
+    images, seeds = load_sample_files(results, model)
+    images = correlation.open_images(images, channel_names=channel_names, label=model)
+    return images, None if seeds is None else seeds["seed"].to_numpy()

@@ -1,4 +1,4 @@
-"""The audit command, ``python -m helpers.correlate`` (``study-correlate``):
+"""The audit command, ``python -m helpers.audit`` (``study-correlate``):
 any synthetic images against any training images, written in step 05's
 layout with the synthetic set named ``synthetic``."""
 
@@ -72,7 +72,7 @@ def channels_arg(values: Sequence[str] | None) -> tuple[list | None, bool, bool]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m helpers.correlate",
+        prog="python -m helpers.audit",
         description="Audit synthetic images for copies of training images: exact Pearson correlation of "
                     "every synthetic image with every training image (best match and its value), per measure.")
     parser.add_argument("--synthetic", required=True, help="folder of PNG/JPEG images or .npy array")

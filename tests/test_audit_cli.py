@@ -1,4 +1,4 @@
-"""The audit command (python -m helpers.correlate) on folders of PNGs, and
+"""The audit command (python -m helpers.audit) on folders of PNGs, and
 the study tables of notebook 05 on a tiny results folder made here."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from scipy.stats import pearsonr
 
-from helpers import common, config, correlate, correlation, figures
+from helpers import audit, common, config, correlation, figures
 
 RNG = np.random.default_rng(7)
 
@@ -52,7 +52,7 @@ def folders(tmp_path):
 
 def test_audit_command_on_png_folders(folders, tmp_path, capsys):
     out = tmp_path / "audit"
-    rc = correlate.main(["--synthetic", str(folders["synthetic"][0]), "--training", str(folders["train"][0]),
+    rc = audit.main(["--synthetic", str(folders["synthetic"][0]), "--training", str(folders["train"][0]),
                          "--test", str(folders["test"][0]), "--top-k", "3", "--out", str(out), "--quiet",
                          "--backend", "numpy"])
     assert rc == 0
@@ -78,11 +78,11 @@ def test_audit_command_on_png_folders(folders, tmp_path, capsys):
     assert th["name"].tolist() == ["fixed_0.90", "fixed_0.95", "fixed_0.99", "baseline_p95", "baseline_p99"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["headline"] == "all" and summary["measures"] == ["all"]  # one grayscale channel
-    info = correlate.measure_summary(summary)
+    info = audit.measure_summary(summary)
     assert summary["n_synthetic"] == 7 and summary["n_test"] == 8 and info["baseline"]["n"] == 8
     exc = info["models"]["synthetic"]["exceedances"]["fixed_0.99"]
     assert exc["n_above"] == 2
-    wlo, whi = correlate.wilson_interval(2, 6)  # 7 images, one constant (no correlation)
+    wlo, whi = audit.wilson_interval(2, 6)  # 7 images, one constant (no correlation)
     assert exc["wilson_low"] == pytest.approx(wlo)
     assert exc["wilson_high"] == pytest.approx(whi)
     assert summary["backend"] == "numpy"
@@ -92,7 +92,7 @@ def test_audit_command_runs_as_a_module_on_npy(tmp_path):
     tra, syn = smooth(10), smooth(4)
     np.save(tmp_path / "t.npy", tra)
     np.save(tmp_path / "s.npy", syn)
-    proc = subprocess.run([sys.executable, "-m", "helpers.correlate", "--synthetic", str(tmp_path / "s.npy"),
+    proc = subprocess.run([sys.executable, "-m", "helpers.audit", "--synthetic", str(tmp_path / "s.npy"),
                            "--training", str(tmp_path / "t.npy"), "--out", str(tmp_path / "o"), "--quiet"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -121,7 +121,7 @@ def test_audit_command_names_the_bad_input(problem, folders, tmp_path, capsys):
         syn_dir = tmp_path / "big"
         write_pngs(syn_dir, smooth(2, size=32))
         expect = "are 1×32×32 but training images"
-    rc = correlate.main(["--synthetic", str(syn_dir), "--training", str(folders["train"][0]), "--quiet",
+    rc = audit.main(["--synthetic", str(syn_dir), "--training", str(folders["train"][0]), "--quiet",
                          "--out", str(tmp_path / "o")])
     assert rc == 2
     assert expect in capsys.readouterr().err
@@ -181,26 +181,26 @@ def fake_results(root: Path, models=("stylegan",), channels=("t1", "flair")) -> 
 
 def test_neighbour_slices():
     meta = pd.DataFrame({"subject": ["a", "a", "b", "a", "b", "c"], "slice": [5, 7, 1, 6, 2, -1]})
-    prev, nxt = correlate.neighbour_slices(meta)
+    prev, nxt = audit.neighbour_slices(meta)
     assert prev.tolist() == [-1, 3, -1, 0, 2, -1]
     assert nxt.tolist() == [3, -1, 4, 1, -1, -1]
 
 
 def test_study_tables(tmp_path):
     root = fake_results(tmp_path / "phantom", models=("stylegan",))
-    assert correlate.available_models(root) == ["stylegan"]
-    data = correlate.load_study_data(root, ["stylegan", "diffusion"])
+    assert audit.available_models(root) == ["stylegan"]
+    data = audit.load_study_data(root, ["stylegan", "diffusion"])
     assert data.channel_names == ["t1", "flair"] and data.train.shape == (2, 16, 16) and data.n_train_subjects == 6
     assert list(data.synthetic) == ["stylegan"]
     images, seeds = data.synthetic["stylegan"]
     groups = {"flair": ["flair"]}
-    log = correlate.RunLog()
-    res = log.add("stylegan", correlate.run_engine(images, data.train, groups, k=3, progress=False))["flair"]
-    table = correlate.add_adjacent_slices(correlate.match_table(res, data.train_meta, seeds), images, data.train,
+    log = audit.RunLog()
+    res = log.add("stylegan", audit.run_engine(images, data.train, groups, k=3, progress=False))["flair"]
+    table = audit.add_adjacent_slices(audit.match_table(res, data.train_meta, seeds), images, data.train,
                                           data.train_meta, ["flair"])
     out = root / "correlation" / "flair"
     common.write_csv(out / "matches_stylegan.csv", table)
-    common.write_csv(out / "topk_stylegan.csv", correlate.topk_table(res))
+    common.write_csv(out / "topk_stylegan.csv", audit.topk_table(res))
     expected = ["synthetic_index", "seed", "train_index", "correlation", "subject", "slice",
                 "prev_correlation", "next_correlation", "constant"]
     assert set(expected) <= set(pd.read_csv(out / "matches_stylegan.csv").columns)
@@ -216,37 +216,37 @@ def test_study_tables(tmp_path):
     assert bool(table.loc[1, "constant"]) and np.isnan(table.loc[1, "correlation"])
     assert np.isnan(table.loc[1, "prev_correlation"])
 
-    baseline_res = log.add("baseline", correlate.run_engine(data.test, data.train, groups, progress=False))["flair"]
-    baseline = correlate.baseline_table(baseline_res, data.test_meta, data.train_meta)
+    baseline_res = log.add("baseline", audit.run_engine(data.test, data.train, groups, progress=False))["flair"]
+    baseline = audit.baseline_table(baseline_res, data.test_meta, data.train_meta)
     assert list(baseline.columns[:6]) == ["test_index", "test_subject", "train_index", "correlation", "subject",
                                           "slice"]
     assert not set(baseline["test_subject"]) & set(data.train_meta["subject"])
-    thresholds = correlate.compute_thresholds(correlate.valid_correlations(baseline))
+    thresholds = audit.compute_thresholds(audit.valid_correlations(baseline))
     assert list(thresholds) == ["fixed_0.90", "fixed_0.95", "fixed_0.99", "baseline_p95", "baseline_p99"]
     assert thresholds["baseline_p95"] <= thresholds["baseline_p99"] <= baseline["correlation"].max()
 
-    images_c, control = correlate.make_control(data.train, 8, seed=0)
+    images_c, control = audit.make_control(data.train, 8, seed=0)
     control_set = data.images(images_c)
-    control_res = log.add("control", correlate.run_engine(control_set, data.train, groups, progress=False))["flair"]
-    control_tab = correlate.control_table(control_res, control, control_set, data.train, data.train_meta, ["flair"])
+    control_res = log.add("control", audit.run_engine(control_set, data.train, groups, progress=False))["flair"]
+    control_tab = audit.control_table(control_res, control, control_set, data.train, data.train_meta, ["flair"])
     assert control_tab["found"].all() and (control_tab["planted_correlation"] > 0.9).all()
 
-    groups = {"stylegan": ("model", correlate.valid_correlations(table)),
-              "real_test": ("baseline", correlate.valid_correlations(baseline)),
-              "control": ("control", correlate.valid_correlations(control_tab))}
-    ex = correlate.exceedance_table(groups, thresholds)
+    groups = {"stylegan": ("model", audit.valid_correlations(table)),
+              "real_test": ("baseline", audit.valid_correlations(baseline)),
+              "control": ("control", audit.valid_correlations(control_tab))}
+    ex = audit.exceedance_table(groups, thresholds)
     assert list(ex.columns) == ["model", "threshold_name", "threshold", "n_images", "n_above", "fraction",
                                 "wilson_low", "wilson_high", "kind"]
     assert set(ex.loc[ex["model"] == "real_test", "threshold_name"]) == {"fixed_0.90", "fixed_0.95", "fixed_0.99"}
     sg = ex[(ex["model"] == "stylegan") & (ex["threshold_name"] == "fixed_0.99")].iloc[0]
     assert sg.n_images == 8 and sg.n_above == 1 and sg.wilson_low <= sg.fraction <= sg.wilson_high
-    assert (sg.wilson_low, sg.wilson_high) == pytest.approx(correlate.wilson_interval(1, 8))
+    assert (sg.wilson_low, sg.wilson_high) == pytest.approx(audit.wilson_interval(1, 8))
 
-    leak = correlate.leakage_table({"stylegan": ("model", table), "real_test": ("baseline", baseline)},
+    leak = audit.leakage_table({"stylegan": ("model", table), "real_test": ("baseline", baseline)},
                                    thresholds, data.n_train_subjects)
     row = leak[(leak["model"] == "stylegan") & (leak["threshold_name"] == "fixed_0.99")].iloc[0]
     assert (row.n_subjects_leaked, row.n_train_subjects) == (1, 6)
-    most = correlate.most_matched(table)
+    most = audit.most_matched(table)
     assert list(most.columns[:5]) == ["train_index", "subject", "slice", "n_matched", "max_correlation"]
     assert most["n_matched"].sum() == 8 and most.loc[most["train_index"] == 12, "n_matched_above"].item() == 1
     assert log.pairs == log.image_pairs > 0 and set(log.runs) == {"stylegan", "baseline", "control"}
@@ -260,54 +260,54 @@ BRATS = ["T1", "T2", "T1ce", "FLAIR", "Seg"]
 
 
 def test_measures_per_modality_joint_and_label_map():
-    measures, head = correlate.study_measures(BRATS)
+    measures, head = audit.study_measures(BRATS)
     assert head == "t1"
     assert [m.name for m in measures] == ["t1", "t2", "t1ce", "flair", "all", "seg"]  # headline first, seg last
     kinds = {m.name: m.kind for m in measures}
     assert kinds["all"] == "joint" and kinds["seg"] == "label_map" and kinds["t2"] == "modality"
     assert measures[-1].label_map and not measures[0].label_map
     joint = next(m for m in measures if m.name == "all")
-    assert joint.index == (0, 1, 2, 3, 4) and joint.description == correlate.JOINT_DESCRIPTION
+    assert joint.index == (0, 1, 2, 3, 4) and joint.description == audit.JOINT_DESCRIPTION
     assert "not the paper's" in joint.description
 
-    measures, head = correlate.study_measures(BRATS, headline="T1CE")  # any case
+    measures, head = audit.study_measures(BRATS, headline="T1CE")  # any case
     assert head == "t1ce" and [m.name for m in measures][:2] == ["t1ce", "t1"]
-    measures, head = correlate.study_measures(BRATS, headline="all")
+    measures, head = audit.study_measures(BRATS, headline="all")
     assert head == "all" and measures[0].name == "all"
-    measures, head = correlate.study_measures(BRATS, joint=False)
+    measures, head = audit.study_measures(BRATS, joint=False)
     assert "all" not in [m.name for m in measures]
-    measures, head = correlate.study_measures(BRATS, ["flair", "t1"], headline=None)
+    measures, head = audit.study_measures(BRATS, ["flair", "t1"], headline=None)
     assert head == "t1" and [m.name for m in measures] == ["t1", "flair", "t1+flair"]
     assert measures[-1].index == (0, 3)
-    measures, head = correlate.study_measures(BRATS, ["Seg", "T2"])  # seg selected: never the default headline
+    measures, head = audit.study_measures(BRATS, ["Seg", "T2"])  # seg selected: never the default headline
     assert head == "t2"
-    measures, head = correlate.study_measures(BRATS, each=False)  # the joint measure alone (as before)
+    measures, head = audit.study_measures(BRATS, each=False)  # the joint measure alone (as before)
     assert head == "all" and [m.name for m in measures] == ["all"]
 
 
 def test_single_channel_data_has_one_measure():
-    measures, head = correlate.study_measures(["gray"])
+    measures, head = audit.study_measures(["gray"])
     assert head == "gray" and [m.name for m in measures] == ["gray"] and measures[0].kind == "modality"
-    measures, head = correlate.study_measures(["gray"], headline="gray", joint=True)
+    measures, head = audit.study_measures(["gray"], headline="gray", joint=True)
     assert len(measures) == 1
-    measures, head = correlate.study_measures(["gray"], each=False)
+    measures, head = audit.study_measures(["gray"], each=False)
     assert head == "all" and len(measures) == 1
 
 
 def test_headline_errors_name_the_allowed_channels():
     with pytest.raises(ValueError, match=r"'seg' is a label map.*choose one of: t1, t2, t1ce, flair, all"):
-        correlate.study_measures(BRATS, headline="seg")
+        audit.study_measures(BRATS, headline="seg")
     with pytest.raises(ValueError, match=r"'pd' is not one of the measures computed; choose one of: t1, t2, "
                                          r"t1ce, flair, all"):
-        correlate.study_measures(BRATS, headline="pd")
+        audit.study_measures(BRATS, headline="pd")
     with pytest.raises(ValueError, match=r"'t1' is not one of the measures computed; choose one of: t2$"):
-        correlate.study_measures(BRATS, ["t2"], headline="t1")
+        audit.study_measures(BRATS, ["t2"], headline="t1")
     with pytest.raises(ValueError, match="label maps are never the headline"):
-        correlate.study_measures(BRATS, ["seg"], joint=False)
+        audit.study_measures(BRATS, ["seg"], joint=False)
     with pytest.raises(ValueError, match="not one of the data's channels: T1, T2"):
-        correlate.study_measures(BRATS, ["t3"])
+        audit.study_measures(BRATS, ["t3"])
     with pytest.raises(ValueError, match="repeats a channel"):
-        correlate.study_measures(BRATS, ["t1", "T1"])
+        audit.study_measures(BRATS, ["t1", "T1"])
 
 
 # --------------------------------------------------------------------------
@@ -343,10 +343,10 @@ def test_audit_study_end_to_end(tmp_path):
     for name in ("notes.csv", "mine/matches_x.csv"):
         (out / name).parent.mkdir(exist_ok=True)
         (out / name).write_text("x\n")
-    audit = correlate.audit_study(root, _cfg(headline_channel="flair"), progress=False)
-    assert audit.headline == "flair" and audit.names == ["flair", "t1", "all", "seg"]
+    study = audit.audit_study(root, _cfg(headline_channel="flair"), progress=False)
+    assert study.headline == "flair" and study.names == ["flair", "t1", "all", "seg"]
     assert (out / "notes.csv").is_file() and (out / "mine/matches_x.csv").is_file()
-    for m in audit.names:
+    for m in study.names:
         for name in ("baseline.csv", "thresholds.csv", "exceedances.csv", "leakage.csv", "control_matches.csv",
                      "matches_stylegan.csv", "topk_diffusion.csv", "most_matched_diffusion.csv"):
             assert (out / m / name).is_file(), f"{m}/{name}"
@@ -356,10 +356,10 @@ def test_audit_study_end_to_end(tmp_path):
     assert summary["channels"] == ["t1", "flair", "seg"] and summary["n_train_subjects"] == 6
     seg = summary["by_measure"]["seg"]
     assert seg["label_map"] and seg["kind"] == "label_map" and not seg["headline"]
-    assert summary["by_measure"]["all"]["description"] == correlate.JOINT_DESCRIPTION
+    assert summary["by_measure"]["all"]["description"] == audit.JOINT_DESCRIPTION
     assert summary["by_measure"]["flair"]["headline"] and summary["by_measure"]["t1"]["channels"] == ["t1"]
-    for m in audit.names:
-        info = correlate.measure_summary(summary, m)
+    for m in study.names:
+        info = audit.measure_summary(summary, m)
         assert set(info["thresholds"]) == {"fixed_0.90", "fixed_0.95", "fixed_0.99", "baseline_p95", "baseline_p99"}
         assert set(info["models"]) == {"stylegan", "diffusion"} and info["baseline"]["n"] == 10
         assert info["control"]["n_planted"] == 8 and "control" not in info["models"]
@@ -371,7 +371,7 @@ def test_audit_study_end_to_end(tmp_path):
         assert info["control"]["n_undefined"] == blank and (blank > 0) == (m == "seg")
     # one engine pass per image set, for every measure
     assert set(summary["runs"]) == {"baseline", "control", "stylegan", "diffusion"}
-    assert summary["runs"]["stylegan"]["measures"] == audit.names
+    assert summary["runs"]["stylegan"]["measures"] == study.names
     assert summary["pairs"] == 4 * summary["image_pairs"] == 4 * 30 * (10 + 8 + 9 + 9)
 
     # every measure equals scipy's pearsonr on its own pixels
@@ -408,17 +408,17 @@ def test_audit_study_end_to_end(tmp_path):
     np.testing.assert_array_equal(topk["train_index"], joint.topk_frame()["train_index"])
 
     # what the notebook displays
-    assert list(audit.thresholds_frame().index) == audit.names
-    overview = audit.overview()
+    assert list(study.thresholds_frame().index) == study.names
+    overview = study.overview()
     assert set(overview["kind"]) == {"model", "baseline", "control"} and overview["measure"].iloc[0] == "flair"
-    assert list(dict.fromkeys(audit.exceedance_frame().index.get_level_values(0))) == audit.names
-    assert not audit.leakage_frame().empty and not audit.control_frame().empty
-    assert audit.top_matches(2)["measure"].iloc[0] == "flair"
-    assert "flair (headline)" in audit.describe()
-    files = audit.files_frame()
+    assert list(dict.fromkeys(study.exceedance_frame().index.get_level_values(0))) == study.names
+    assert not study.leakage_frame().empty and not study.control_frame().empty
+    assert study.top_matches(2)["measure"].iloc[0] == "flair"
+    assert "flair (headline)" in study.describe()
+    files = study.files_frame()
     assert files["file"].iloc[0] == "summary.json" and files["file"].iloc[1].startswith("flair/")
     # and figures reads it, headline by default
-    assert figures.measures(root) == audit.names
+    assert figures.measures(root) == study.names
     assert figures.load_matches(root, "stylegan").equals(figures.load_matches(root, "stylegan", "flair"))
     text = figures.finding_text(summary)
     assert "correlation on channels flair: flair alone (the paper's measure" in text
@@ -435,20 +435,20 @@ def test_audit_study_end_to_end(tmp_path):
 
 def test_audit_study_without_samples_single_channel_and_rerun(tmp_path):
     root = fake_results(tmp_path / "cxr", models=(), channels=("gray",))
-    audit = correlate.audit_study(root, _cfg(joint=True), progress=False)
-    assert audit.names == ["gray"] and audit.models == []
+    study = audit.audit_study(root, _cfg(joint=True), progress=False)
+    assert study.names == ["gray"] and study.models == []
     summary = json.loads((root / "correlation/summary.json").read_text())
     assert summary["measures"] == ["gray"] and summary["by_measure"]["gray"]["models"] == {}
     assert summary["by_measure"]["gray"]["control"]["found_fraction"] == 1.0
     assert set(summary["runs"]) == {"baseline", "control"}
     # a re-run with fewer measures leaves no stale measure folders
     root2 = fake_results(tmp_path / "phantom", channels=("t1", "flair"))
-    correlate.audit_study(root2, _cfg(), progress=False)
+    audit.audit_study(root2, _cfg(), progress=False)
     assert sorted(p.name for p in (root2 / "correlation").iterdir() if p.is_dir()) == ["all", "flair", "t1"]
-    correlate.audit_study(root2, _cfg(channels=["t1"], joint=False), progress=False)
+    audit.audit_study(root2, _cfg(channels=["t1"], joint=False), progress=False)
     assert sorted(p.name for p in (root2 / "correlation").iterdir() if p.is_dir()) == ["t1"]
     with pytest.raises(ValueError, match="headline_channel 'seg'"):
-        correlate.audit_study(root2, _cfg(headline_channel="seg"), progress=False)
+        audit.audit_study(root2, _cfg(headline_channel="seg"), progress=False)
 
 
 @pytest.mark.parametrize("mode", ["each", "all", "each all"])
@@ -460,7 +460,7 @@ def test_audit_command_channels_each_and_all(tmp_path, mode, capsys):
     for name, arr in (("t", tra), ("s", syn), ("x", tst)):
         np.save(tmp_path / f"{name}.npy", arr)
     out = tmp_path / "o"
-    rc = correlate.main(["--synthetic", str(tmp_path / "s.npy"), "--training", str(tmp_path / "t.npy"),
+    rc = audit.main(["--synthetic", str(tmp_path / "s.npy"), "--training", str(tmp_path / "t.npy"),
                          "--test", str(tmp_path / "x.npy"), "--channels", *mode.split(), "--out", str(out), "--quiet",
                          "--backend", "numpy", "--control", "4"])
     assert rc == 0
@@ -479,14 +479,14 @@ def test_audit_command_channels_each_and_all(tmp_path, mode, capsys):
         assert table["constant"].tolist() == [m == "ch2" and i == 1 for i in range(5)]
         assert summary["by_measure"][m]["control"]["found_fraction"] == 1.0
         assert (out / m / "control_matches.csv").is_file() and not (out / m / "leakage.csv").exists()
-    rc = correlate.main(["--synthetic", str(tmp_path / "s.npy"), "--training", str(tmp_path / "t.npy"),
+    rc = audit.main(["--synthetic", str(tmp_path / "s.npy"), "--training", str(tmp_path / "t.npy"),
                          "--channels", "each", "--headline", "ch1", "--out", str(out), "--quiet"])
     assert rc == 0 and json.loads((out / "summary.json").read_text())["measures"][0] == "ch1"
     assert not (out / "all").exists() and not (out / "ch0" / "baseline.csv").exists()  # stale files removed
-    assert correlate.channels_arg(["0", "2"]) == ([0, 2], False, True)
-    assert correlate.channels_arg(["each", "t1"]) == (["t1"], True, False)
+    assert audit.channels_arg(["0", "2"]) == ([0, 2], False, True)
+    assert audit.channels_arg(["each", "t1"]) == (["t1"], True, False)
 
 
 def test_wilson_interval_is_not_empty_at_zero():
-    wlo, whi = correlate.wilson_interval(0, 50)
+    wlo, whi = audit.wilson_interval(0, 50)
     assert wlo == 0.0 and 0.05 < whi < 0.09
