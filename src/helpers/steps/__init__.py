@@ -69,6 +69,11 @@ class OpenStep:
         """The files of a run (default: the largest)."""
         return Run(self.runs[label] if label else self.largest)
 
+    @property
+    def results(self) -> Results:
+        """The results folder's files (its own, and those of the run it is without a sweep)."""
+        return Results(self.results_dir)
+
     def settings_markdown(self) -> str:
         from ..figures import settings_markdown
 
