@@ -159,3 +159,38 @@ def test_module_imports_no_torch_and_no_model(module):
             "if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, f"{module} imports {done.stdout.strip()} {done.stderr[-500:]}"
+
+
+
+def shadowed_submodules(package: Path, src: Path = SRC) -> list[str]:
+    """Names a package's ``__init__.py`` binds to something other than its
+    submodule of that name (``from .cli import audit`` beside ``audit.py``):
+    then ``helpers.x.name`` is not the module ``import helpers.x.name`` loads."""
+    submodules = {p.stem for p in package.glob("*.py") if p.stem != "__init__"} | \
+                 {p.name for p in package.iterdir() if (p / "__init__.py").is_file()}
+    out = []
+    for node in ast.parse((package / "__init__.py").read_text()).body:
+        if isinstance(node, ast.ImportFrom):
+            own = node.level == 1 and node.module is None   # from . import sub: the submodule itself
+            bound = [] if own else [a.asname or a.name for a in node.names]
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            bound = [node.name]
+        elif isinstance(node, ast.Assign):
+            bound = [t.id for t in node.targets if isinstance(t, ast.Name)]
+        else:
+            continue
+        out += [f"{package.relative_to(src).as_posix()}/__init__.py:{node.lineno} {name}"
+                for name in bound if name in submodules]
+    return out
+
+
+def test_no_package_hides_a_submodule_behind_a_name(tmp_path):
+    found = [hit for init in sorted((SRC / "helpers").rglob("__init__.py")) for hit in shadowed_submodules(init.parent)]
+    assert not found, "rename the submodule for what it holds:\n" + "\n".join(found)
+    # the checker itself: helpers.audit as it was (a function `audit` from .cli beside audit.py)
+    package = tmp_path / "helpers" / "audit"
+    package.mkdir(parents=True)
+    for name in ("audit.py", "cli.py"):
+        (package / name).write_text("")
+    (package / "__init__.py").write_text("from . import cli\nfrom .audit import run\nfrom .cli import audit, main\n")
+    assert shadowed_submodules(package, tmp_path) == ["helpers/audit/__init__.py:3 audit"]

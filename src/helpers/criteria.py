@@ -35,7 +35,7 @@ import pandas as pd
 from . import common, memorization, sweep
 from .audit.tables import BASELINE_NAME
 from .data import load_split
-from .layout import Run
+from .layout import Results, Run
 from .sampling import load_samples
 
 REAL = BASELINE_NAME        # held-out real images: the negative reference
@@ -281,7 +281,7 @@ def judge_every_run(results_dir: str | os.PathLike, models: Sequence[str]) -> di
     if sweep.sizes_table(results_dir) is not None:
         tables["capacity"] = capacity_table(criteria)
         for name, frame in tables.items():
-            common.write_csv(results_dir / "sweep" / f"{name}.csv", frame)
+            common.write_csv(Results(results_dir).sweep.table(name), frame)
     return tables
 
 

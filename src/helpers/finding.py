@@ -20,11 +20,14 @@ from pathlib import Path
 import pandas as pd
 
 from . import common, criteria, models, sweep, sweep_figures
-from .layout import Run
+from .layout import Results, Run
 from .report_checks import traced
 
-CRITERIA_TABLE = "sweep/criteria.csv"
-FIT_TABLE = "sweep/fit.csv"
+#: the tables the finding quotes, relative to the results folder (as its traces name them)
+CRITERIA_TABLE = Results("").sweep.criteria.as_posix()
+FIT_TABLE = Results("").sweep.fit.as_posix()
+META = Run("").data.meta.as_posix()
+SIZES = Run("").data.sizes.as_posix()
 COMPARED = ("diffusion", "stylegan")
 
 
@@ -71,15 +74,15 @@ def setup_markdown(results_dir: str | os.PathLike) -> str:
     source = str(meta.get("source", ""))
     kind = ("the embedded **synthetic phantom** (made by `helpers.phantom`, not patients)"
             if source.startswith("phantom") else f"`{html.escape(str(meta.get('dataset', '')))}`")
-    side = traced(meta["image_size"], "data/meta.json", key="image_size", fmt="d")
+    side = traced(meta["image_size"], META, key="image_size", fmt="d")
     parts = [f"**What ran.** Data: {kind}, slices of {side}×{side} pixels, channels "
              f"`{', '.join(map(str, meta.get('channels', [])))}`; held-out: "
-             f"{traced(meta['n_test'], 'data/meta.json', key='n_test', fmt='d')} images of "
-             f"{traced(meta['n_test_subjects'], 'data/meta.json', key='n_test_subjects', fmt='d')} "
+             f"{traced(meta['n_test'], META, key='n_test', fmt='d')} images of "
+             f"{traced(meta['n_test_subjects'], META, key='n_test_subjects', fmt='d')} "
              f"subject{'' if int(meta['n_test_subjects']) == 1 else 's'} never trained on."]
     if sizes is not None:
-        cells = [f"{traced(r.size, 'data/sizes.json', key=f'sizes.{i}.size', fmt='d')} "
-                 f"({traced(r.n_subjects, 'data/sizes.json', key=f'sizes.{i}.n_subjects', fmt='d')} subj.)"
+        cells = [f"{traced(r.size, SIZES, key=f'sizes.{i}.size', fmt='d')} "
+                 f"({traced(r.n_subjects, SIZES, key=f'sizes.{i}.n_subjects', fmt='d')} subj.)"
                  for i, r in enumerate(sizes.itertuples())]
         parts.append("Training-set sizes: " + ", ".join(cells) + " images.")
         first = results / sizes["folder"].iloc[0]
@@ -96,13 +99,11 @@ def setup_markdown(results_dir: str | os.PathLike) -> str:
 def sweep_markdown(results_dir: str | os.PathLike) -> str:
     """One bullet per size: each model's fit, then memorization by the two
     criteria, and the comparison where both models are fitted."""
-    results = Path(results_dir)
-    path = results / CRITERIA_TABLE
-    if not path.is_file():
+    files = Results(results_dir).sweep
+    if not files.criteria.is_file():
         return ""
-    table = criteria.in_vocabulary(pd.read_csv(path))
-    fit = pd.read_csv(results / FIT_TABLE, keep_default_na=False, na_values=[""]) \
-        if (results / FIT_TABLE).is_file() else None
+    table = criteria.in_vocabulary(pd.read_csv(files.criteria))
+    fit = pd.read_csv(files.fit, keep_default_na=False, na_values=[""]) if files.fit.is_file() else None
     headline = str(table["headline"].iloc[0])
     shown = [(criteria.correlation_criterion(headline, "baseline_p99"),
               f"{html.escape(headline)} above the held-out p99"), (criteria.L2_CRITERION, "ℓ2 ratio")]

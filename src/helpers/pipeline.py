@@ -33,11 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from . import common, config, lifetime, plan, report, runlock
-from .layout import Run
+from .layout import INDEX_FROM_NOTEBOOKS, RUNNER_FILES, RUNNER_FOLDERS, Results, Run
 
 KERNEL_NAME = "beware-study"
-SKIP_DIRS = {"notebooks", ".stamps"}
-SKIP_FILES = {"plan.txt", "index.html"}  # the runner's own, written around the steps, not by them
+SKIP_DIRS = set(RUNNER_FOLDERS)
+SKIP_FILES = set(RUNNER_FILES)  # the runner's own, written around the steps, not by them
+#: the checkout's step notebooks (a results folder's executed ones: helpers.layout.Results.notebooks)
+SOURCE_NOTEBOOKS = "notebooks"
 COMPARE_NOTEBOOK = "compare_datasets"
 
 
@@ -76,7 +78,7 @@ class Interrupted(PipelineError):
 
 def discover_steps(root: Path) -> tuple[list[Step], list[str]]:
     """The numbered notebooks present, and the contract steps that are not."""
-    found = {p.stem: Step(p.stem, p) for p in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
+    found = {p.stem: Step(p.stem, p) for p in sorted((root / SOURCE_NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"))}
     missing = [s for s in common.STEPS if s not in found]
     return list(found.values()), missing
 
@@ -225,7 +227,7 @@ def _failure_reason(err: BaseException) -> str:
 
 
 def execute_step(step: Step, params: dict, out_dir: Path, root: Path, kernel: str,
-                 index_href: str | None = "../index.html") -> float:
+                 index_href: str | None = INDEX_FROM_NOTEBOOKS) -> float:
     """Run one notebook; returns seconds. Raises PipelineError on failure,
     keeping the partial notebook as ``NN_name.failed.ipynb``."""
     import papermill
@@ -364,8 +366,8 @@ def _run(args: argparse.Namespace, locks: runlock.Locks) -> int:
         return 0
     name = args.name or args.dataset
     results = results_root / name
-    out_dir = results / "notebooks"
-    stamps = results / ".stamps"
+    out_dir = Results(results).notebooks
+    stamps = Results(results).stamps
     steps, missing = discover_steps(root)
     selected = _select(steps, args.start, args.only, args.stop)
     kernel = ensure_kernel()
@@ -455,7 +457,7 @@ def run_compare(root: Path, results_root: Path, overrides: Mapping | None = None
     if show_params:
         print("compare:\n" + "\n".join(f"  {k}: {v}" for k, v in config.as_dict(settings).items()))
         return 0
-    notebook = root / "notebooks" / f"{COMPARE_NOTEBOOK}.ipynb"
+    notebook = root / SOURCE_NOTEBOOKS / f"{COMPARE_NOTEBOOK}.ipynb"
     if not notebook.exists():
         raise PipelineError(f"{notebook} does not exist yet")
     out_dir = results_root / "compare"

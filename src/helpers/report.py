@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import common
 from .config import FINDING_THRESHOLD
-from .layout import Run
+from .layout import INDEX_FROM_NOTEBOOKS, Results, Run
 
 TEMPLATE_DIR = Path(__file__).with_name("report_template")
 #: the figures that answer the study's questions, shown full width on the landing page, with their captions
@@ -68,7 +68,7 @@ def _link_saved_figures(nb, html_dir: Path, root: Path) -> None:
 
 
 def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike,
-                index_href: str | None = "../index.html", root: str | os.PathLike | None = None) -> Path:
+                index_href: str | None = INDEX_FROM_NOTEBOOKS, root: str | os.PathLike | None = None) -> Path:
     """Render an executed notebook to a reviewer's HTML page (see module doc);
     ``index_href`` links back to the run's landing page (None: no link);
     relative paths in the notebook are relative to ``root`` (the checkout,
@@ -130,13 +130,14 @@ def write_index(results_dir: str | os.PathLike, title: str | None = None,
     reports, the figures (sweep figure shown), and the tables."""
     from . import finding
 
-    results = Path(results_dir)
+    files = Results(results_dir)
+    results = files.folder
     title = title or f"Study results: {results.name}"
-    notebooks = sorted((results / "notebooks").glob("*.html"))
-    figures_dir = results / "figures"
+    notebooks = sorted(files.notebooks.glob("*.html"))
+    figures_dir = files.figures
     pngs = sorted(figures_dir.glob("*.png")) if figures_dir.is_dir() else []
-    tables = sorted([*results.glob("sweep/*.csv"), *figures_dir.glob("*.csv")]) if figures_dir.is_dir() \
-        else sorted(results.glob("sweep/*.csv"))
+    tables = sorted([*files.sweep.folder.glob("*.csv"), *figures_dir.glob("*.csv")]) if figures_dir.is_dir() \
+        else sorted(files.sweep.folder.glob("*.csv"))
     times = _step_times(results)
     key = [p for p in pngs if p.stem in KEY_FIGURES]
     key.sort(key=lambda p: list(KEY_FIGURES).index(p.stem))
@@ -182,13 +183,13 @@ def write_index(results_dir: str | os.PathLike, title: str | None = None,
 </details>
 </main></body></html>
 """
-    return common.write_text(results / "index.html", page)
+    return common.write_text(files.index, page)
 
 
 def _step_times(results: Path) -> dict[str, str]:
     """' (123 s)' per step that has a stamp from the runner."""
     out = {}
-    for stamp in sorted((results / ".stamps").glob("*.json")):
+    for stamp in sorted(Results(results).stamps.glob("*.json")):
         seconds = common.read_json(stamp).get("seconds")
         if seconds is not None:
             out[stamp.stem] = f" ({seconds:.0f} s)"

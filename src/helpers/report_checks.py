@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .layout import Run
+from .layout import Results, Run
 
 #: a quoted number (thin spaces and commas group digits); "01", "n00004" are names, not quotes
 _NUMBER = re.compile(r"(?<![\w.])[-+]?(?!0\d)\d+(?:[,\s]\d{3}(?!\d))*(?:\.\d+)?(?![\w])")
@@ -295,21 +295,22 @@ def _read(path: Path) -> Any:
 def run_facts(results: Path) -> Facts:
     """The run's models, sizes, sample counts and settings, from its own files."""
     facts = Facts()
-    for params in sorted((results / "notebooks").glob("[0-9][0-9]_*.params.yaml")):
+    files = Results(results)
+    for params in sorted(files.notebooks.glob("[0-9][0-9]_*.params.yaml")):
         data = _read(params) or {}
         facts.settings[params.name.split(".")[0][3:]] = data.get("settings") or {}
     sample = facts.settings.get("sample") or {}
     if "models" in sample:
         facts.models = list(sample["models"])
         facts.samples = {m: int(sample[f"n_{m}"]) for m in facts.models if f"n_{m}" in sample}
-    sizes = _read(Run(results).data.sizes)
+    sizes = _read(files.data.sizes)
     if sizes and sizes.get("sizes"):
         facts.sizes = sorted({int(r["size"]) for r in sizes["sizes"]})
         facts.subjects = sorted({int(r["n_subjects"]) for r in sizes["sizes"] if "n_subjects" in r})
-    meta = _read(Run(results).data.meta) or {}
+    meta = _read(files.data.meta) or {}
     facts.n_train, facts.n_train_subjects = meta.get("n_train"), meta.get("n_train_subjects")
-    facts.has_results = (results / "sweep" / "criteria.csv").is_file() or \
-        Run(results).summary.is_file() or any(Run(p).summary.is_file() for p in results.glob("sizes/*"))
+    facts.has_results = files.sweep.criteria.is_file() or files.summary.is_file() or \
+        any(Run(p).summary.is_file() for p in files.size_runs.glob("*"))
     return facts
 
 
@@ -435,11 +436,12 @@ def _table_facts(page: Path, name: str, facts: Facts) -> list[Problem]:
 
 def pages(results: Path) -> list[Path]:
     """The pages a reader opens: landing page, step reports, Markdown tables, a comparison page."""
-    found = [results / "index.html"] if (results / "index.html").is_file() else []
-    found += sorted((results / "notebooks").glob("*.html"))
+    files = Results(results)
+    found = [files.index] if files.index.is_file() else []
+    found += sorted(files.notebooks.glob("*.html"))
     found += sorted(results.glob("*.html"))
-    for folder in ("figures", "sweep", "."):
-        found += sorted((results / folder).glob("*.md"))
+    for folder in (files.figures, files.sweep.folder, results):
+        found += sorted(folder.glob("*.md"))
     return list(dict.fromkeys(p for p in found if p.name != "README.md"))
 
 
@@ -455,8 +457,7 @@ def check_compare(results: Path) -> list[Problem]:
     problems = []
     for name, part in table.groupby("dataset", sort=False):
         run, _, size = str(name).partition("/")
-        folder = results.parent / run / ("sizes/" + size if size else "")
-        summary = Run(folder).summary
+        summary = (Results(results.parent / run).size_run(size) if size else Run(results.parent / run)).summary
         if not summary.is_file():
             problems.append(Problem(COMPARE_TABLE, "facts", f"row '{name}': no such run "
                                                             f"({_short(summary, results.parent)} does not exist)"))
@@ -478,13 +479,14 @@ def check_results(results: str | Path) -> list[Problem]:
     facts = run_facts(results)
     problems: list[Problem] = []
     cache: dict[Path, set[str]] = {}
-    if not (results / "index.html").is_file() and (results / "notebooks").is_dir():
-        problems.append(Problem("index.html", "links", "the run has no landing page"))
+    files = Results(results)
+    if not files.index.is_file() and files.notebooks.is_dir():
+        problems.append(Problem(files.index.name, "links", "the run has no landing page"))
     if (results / COMPARE_TABLE).is_file():
         problems += check_compare(results)
     for page in pages(results):
         problems += check_links(page, results, cache)
-        if page.name == "index.html":
+        if page.name == files.index.name:
             problems += check_numbers(page, results)
         if facts.models is not None or facts.sizes is not None:
             problems += check_facts(page, results, facts)

@@ -23,16 +23,13 @@ import pandas as pd
 
 from . import common, criteria, memorization, models, sweep
 from .data import load_split
+from .layout import Results, Run
 from .sampling import checkpoint_sample_files, load_samples, samples_path
 
 if TYPE_CHECKING:
     from .fit import FitRule
 
 UNDERFIT_CONTROL = "gaussian_control"   # helpers.fit.UNDERFIT_CONTROL (imported lazily: the fit measures need torch)
-FIT_DIR = "fit"
-FIT_FILE = "fit.csv"
-OVER_TRAINING_FILE = "over_training.csv"
-RULE_FILE = "fit_rule.json"
 OVER_TRAINING = ["size", "model", "role", "step", "images_seen", "n_scored", "fitted", "why", "sharpness", "nn_accuracy",
                  "texture_accuracy", "coverage", "copying", "memorized", "memorized_l2"]
 SHOWN = ["size", "model", "role", "n_scored", "fitted", "why", "sharpness", "sharpness_low", "sharpness_high",
@@ -71,7 +68,7 @@ def judge_run(run_dir: str | os.PathLike, model_names: Sequence[str], rule: FitR
                       roles={name: _role(name) for name in generated}, seed=seed, references=references)
     table.insert(0, "size", len(training))
     table = table.rename(columns={"n": "n_scored"})
-    common.write_csv(run_dir / FIT_DIR / FIT_FILE, table[SHOWN])
+    common.write_csv(Run(run_dir).fit.fit, table[SHOWN])
     return table[SHOWN]
 
 
@@ -129,7 +126,7 @@ def judge_over_training(run_dir: str | os.PathLike, model_names: Sequence[str], 
         rows.append({**row, "n_scored": row["n"], "size": len(run.train), "model": name, "step": step, "images_seen": seen,
                      "memorized": paper, "memorized_l2": l2})
     out = pd.DataFrame(rows)[OVER_TRAINING]
-    common.write_csv(run_dir / FIT_DIR / OVER_TRAINING_FILE, out)
+    common.write_csv(Run(run_dir).fit.over_training, out)
     return out
 
 
@@ -144,12 +141,12 @@ def judge_every_run(results_dir: str | os.PathLike, model_names: Sequence[str], 
                                  seed=settings.fit_seed) for run in runs], ignore_index=True)
     over = pd.concat([judge_over_training(run, model_names, rule, real_pool=pool, n_samples=settings.fit_samples,
                                           seed=settings.fit_seed) for run in runs], ignore_index=True)
+    files = Results(results_dir)
     if sweep.sizes_table(results_dir) is not None:
-        common.write_csv(results_dir / "sweep" / FIT_FILE, table)
-        common.write_csv(results_dir / "sweep" / OVER_TRAINING_FILE, over)
-    common.write_json(results_dir / FIT_DIR / RULE_FILE, {"sharpness_low": rule.sharpness_low,
-                                                          "sharpness_high": rule.sharpness_high,
-                                                          "nn_margin": rule.nn_margin})
+        common.write_csv(files.sweep.fit, table)
+        common.write_csv(files.sweep.over_training, over)
+    common.write_json(files.fit.rule, {"sharpness_low": rule.sharpness_low, "sharpness_high": rule.sharpness_high,
+                                       "nn_margin": rule.nn_margin})
     return table
 
 
@@ -157,7 +154,7 @@ def load_rule(results_dir: str | os.PathLike) -> FitRule:
     """The reading rule step 05 judged this results folder by."""
     from .fit import FitRule
 
-    path = Path(results_dir) / FIT_DIR / RULE_FILE
+    path = Results(results_dir).fit.rule
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; step 05 (notebooks/05_correlate.ipynb) writes it with the fit")
     return FitRule(**common.read_json(path))
@@ -165,8 +162,8 @@ def load_rule(results_dir: str | os.PathLike) -> FitRule:
 
 def load_over_training(results_dir: str | os.PathLike) -> pd.DataFrame | None:
     """Every run's audit over training (the sweep's file, or the one run's); None without one."""
-    folder = Path(results_dir)
-    for path in (folder / "sweep" / OVER_TRAINING_FILE, folder / FIT_DIR / OVER_TRAINING_FILE):
+    files = Results(results_dir)
+    for path in (files.sweep.over_training, files.fit.over_training):
         if path.is_file():
             table = pd.read_csv(path, keep_default_na=False, na_values=[""])
             return table if len(table) else None
@@ -175,8 +172,8 @@ def load_over_training(results_dir: str | os.PathLike) -> pd.DataFrame | None:
 
 def load_fit(run_or_results: str | os.PathLike) -> pd.DataFrame | None:
     """A run's fit table, or a sweep's (``sweep/fit.csv``); None before step 05 judged it."""
-    folder = Path(run_or_results)
-    for path in (folder / "sweep" / FIT_FILE, folder / FIT_DIR / FIT_FILE):
+    files = Results(run_or_results)
+    for path in (files.sweep.fit, files.fit.fit):
         if path.is_file():
             return pd.read_csv(path, keep_default_na=False, na_values=[""])
     return None

@@ -31,7 +31,7 @@ import pandas as pd
 
 from . import common
 from .data import load_split
-from .layout import Run
+from .layout import Results, Run
 
 SIZES_FILE = Run("").data.sizes.name
 
@@ -108,7 +108,7 @@ def write_size_folders(results_dir: str | os.PathLike, sizes: Iterable[int],
     rows = []
     for rule in rules:
         for n, indices in nested_subsets(table, sizes, rule).items():
-            folder = results_dir / "sizes" / size_label(n, rule)
+            folder = Results(results_dir).size_run(size_label(n, rule)).folder
             own = Run(folder).data
             own.folder.mkdir(parents=True, exist_ok=True)
             with common.atomic_path(own.train) as tmp:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from . import criteria as judged
 from . import models, run_fit
-from .layout import Run
+from .layout import Results, Run
 
 REAL_STYLE = ("real held-out images", "0.45", "D")
 
@@ -33,13 +33,12 @@ def _dashed(group: str) -> bool:
 
 def load_sweep(results_dir: str | os.PathLike) -> dict[str, pd.DataFrame] | None:
     """The sweep's tables, or None when this results folder has no sweep."""
-    folder = Path(results_dir) / "sweep"
-    if not (folder / "criteria.csv").is_file():
+    files = Results(results_dir).sweep
+    if not files.criteria.is_file():
         return None
-    tables = {name: judged.in_vocabulary(pd.read_csv(folder / f"{name}.csv"))
-              for name in ("criteria", "coverage", "capacity")}
-    if (folder / "fit.csv").is_file():   # helpers.run_fit: each model's fit at each size
-        tables["fit"] = pd.read_csv(folder / "fit.csv", keep_default_na=False, na_values=[""])
+    tables = {name: judged.in_vocabulary(pd.read_csv(files.table(name))) for name in ("criteria", "coverage", "capacity")}
+    if files.fit.is_file():   # helpers.run_fit: each model's fit at each size
+        tables["fit"] = pd.read_csv(files.fit, keep_default_na=False, na_values=[""])
     return tables
 
 
@@ -180,7 +179,7 @@ def collect_sweeps(results_root: str | os.PathLike) -> pd.DataFrame:
     """The criteria tables of every ``<results_root>/<name>/sweep/``, with a
     ``dataset`` column (for ``./runall.sh compare``)."""
     frames = []
-    for path in sorted(Path(results_root).glob("*/sweep/criteria.csv")):
+    for path in sorted(Path(results_root).glob(Results("*").sweep.criteria.as_posix())):
         frames.append(judged.in_vocabulary(pd.read_csv(path)).assign(dataset=path.parent.parent.name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

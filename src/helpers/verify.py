@@ -37,11 +37,14 @@ from typing import Any
 
 import numpy as np
 
+from .layout import RUNNER_FILES, RUNNER_FOLDERS
+from .runlock import LOCK_NAME
+
 #: files compared value by value, by suffix
 TABLE_SUFFIXES = {".csv", ".md", ".json", ".yaml", ".yml", ".txt", ".npy"}
 #: the runner's own files and folders (timings, logs, rendered pages), never results
-SKIP_DIRS = {"notebooks", ".stamps", "__pycache__", ".ipynb_checkpoints"}
-SKIP_NAMES = {"index.html", "plan.txt", ".study.lock"}
+SKIP_DIRS = {*RUNNER_FOLDERS, "__pycache__", ".ipynb_checkpoints"}
+SKIP_NAMES = {*RUNNER_FILES, LOCK_NAME}
 SKIP_SUFFIXES = {".log", ".lock", ".tmp"}
 #: keys and columns that hold wall-clock time or speed, not results (names, and name endings)
 VOLATILE = {"seconds", "time_s", "images_per_s", "time_utc", "finished", "started", "wall_s"}

@@ -31,13 +31,12 @@ Layout written under ``out`` (``results/<dataset>/correlation/`` in step 05)::
 (the command calls its synthetic set ``synthetic`` and writes leakage,
 adjacent slices and most-matched tables only where subjects are known).
 
-Modules: :mod:`.audit` (the audit path), :mod:`.tables`, :mod:`.control`,
+Modules: :mod:`.runner` (the audit path), :mod:`.tables`, :mod:`.control`,
 :mod:`.measures`, :mod:`.study_data` (reading a results folder),
 :mod:`.result` (:class:`StudyAudit`) and :mod:`.cli` (the command). Like the
 engine, this package imports neither torch nor CuPy.
 """
 
-from .audit import EnginePass, RunLog, audit_study, engine_passes, load_audit, run_audit, run_engine
 from .cli import COMMAND_DEFAULTS, SYNTHETIC_NAME, audit, channels_arg, command_settings, main
 from .control import CONTROL_KINDS, control_summary, control_table, make_control, scored_control
 from .measures import (
@@ -50,6 +49,7 @@ from .measures import (
                        study_measures,
 )
 from .result import StudyAudit
+from .runner import EnginePass, RunLog, audit_study, engine_passes, load_audit, run_audit, run_engine
 from .study_data import StudyData, available_models, load_samples, load_study_data
 from .tables import (
                        BASELINE_NAME,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from .. import correlation
 from ..config import CorrelateSettings, build
-from .audit import run_audit
 from .measures import measure_summary, study_measures
 from .result import StudyAudit
+from .runner import run_audit
 from .study_data import StudyData
 from .tables import reported_interval
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import common
 from ..config.schema import PrepareDataSettings
-from ..layout import DataFiles, Run
+from ..layout import Run
 from .base import DatasetNotFoundError
 from .brats import BRATS_CHANNELS, plan_brats
 from .cxr import CXR_CHANNELS, plan_cxr
@@ -142,7 +142,8 @@ def prepare_dataset(
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise DatasetNotFoundError(missing_data_message(dataset, source, raw_dir))
-    out_dir = Run(results_dir).data.folder
+    files = Run(results_dir).data
+    out_dir = files.folder
     if out_dir.resolve().is_relative_to(raw_dir.resolve()):
         raise ValueError(f"results folder {out_dir} lies inside the raw data folder {raw_dir}; "
                          "nothing may be written there")
@@ -170,14 +171,14 @@ def prepare_dataset(
     for role in ("train", "test"):  # sources relative to raw_dir: results carry no machine's paths
         table = pd.DataFrame(out.rows[role], columns=plan.columns)
         table["source"] = [os.path.relpath(path, raw_dir) for path in table["source"]]
-        written.append(common.write_csv(out_dir / f"{role}.csv", table))
-    written.append(common.write_csv(out_dir / "split.csv", split_table))
-    written.append(common.write_csv(out_dir / "skipped.csv", pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)))
+        written.append(common.write_csv(files.table(role), table))
+    written.append(common.write_csv(files.split, split_table))
+    written.append(common.write_csv(files.skipped, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)))
     if plan.writes_fractions:
-        written.append(common.write_csv(out_dir / "slice_fractions.csv", pd.DataFrame(
+        written.append(common.write_csv(files.slice_fractions, pd.DataFrame(
             out.fractions, columns=["subject", "slice", "brain_fraction", "kept", "role"])))
     else:
-        (out_dir / "slice_fractions.csv").unlink(missing_ok=True)  # stale from an earlier brain-MRI run
+        files.slice_fractions.unlink(missing_ok=True)  # stale from an earlier brain-MRI run
     subjects_with_images = {role: sorted({r["subject"] for r in out.rows[role]}) for role in out.rows}
     meta = {
         "dataset": dataset or source,
@@ -204,11 +205,10 @@ def prepare_dataset(
         "seed": int(seed),
         "on_bad_subject": on_bad_subject,
         "notes": plan.notes,
-        "files": [str(p.relative_to(out_dir.parent)) for p in
-                  [DataFiles(out_dir).train, DataFiles(out_dir).test, *written]] + ["data/meta.json"],
+        "files": [str(p.relative_to(out_dir.parent)) for p in [files.train, files.test, *written, files.meta]],
         "seconds": round(time.perf_counter() - started, 2),
         "n_workers": int(n_workers),
         **plan.meta,
     }
-    common.write_json(DataFiles(out_dir).meta, meta)
+    common.write_json(files.meta, meta)
     return meta

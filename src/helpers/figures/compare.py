@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..audit import JOINT, measure_summary
+from ..layout import Results
 from .results import load_summary
 from .style import BASELINE, COLOURS, CONTROL, MODELS, _pct, display_name, interval_columns
 
@@ -33,10 +34,12 @@ def collect_summaries(results_root, measure: str | None = None, all_measures: bo
     headline)."""
     rows = []
     root = Path(results_root)
-    paths = sorted(root.glob("*/correlation/summary.json")) + sorted(root.glob("*/sizes/*/correlation/summary.json"))
+    every = Results("*")   # every results folder under root, and every size run of each
+    paths = sorted(root.glob(every.summary.as_posix())) + sorted(root.glob(every.size_run("*").summary.as_posix()))
     for path in paths:
         folder = path.parent.parent
-        label = "/".join(folder.relative_to(root).parts).replace("/sizes/", "/")  # a sweep's run: dataset/n00016
+        parts = folder.relative_to(root).parts
+        label = parts[0] if len(parts) == 1 else f"{parts[0]}/{parts[-1]}"  # a sweep's run: dataset/n00016
         summary = load_summary(folder)
         names = (summary.get("measures") or [JOINT]) if all_measures else [measure]
         for name in names:

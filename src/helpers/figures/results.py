@@ -209,7 +209,7 @@ def model_status(results_dir, models: Sequence[str] = MODELS,
     try:
         folder = measure_folder(results_dir, measure)
     except ResultMissing:
-        folder = "correlation/<measure>"
+        folder = str(RELATIVE.audit("<measure>").folder)
     rows = []
     for model in models:
         for what, rel in model_files(model, folder).items():
@@ -257,7 +257,7 @@ def shown_channel(results_dir, channel: str | None = None, measure: str | None =
     names = [str(c) for c in load_meta(results_dir).get("channels", [])]
     if channel:
         return channel_index(names, channel)
-    if not (Path(results_dir) / "correlation/summary.json").is_file():
+    if not Run(results_dir).summary.is_file():
         return 0
     info = measure_info(results_dir, measure)
     chans = [str(c) for c in info.get("channels", [])]

@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import models
 from ..common import display_path
-from ..layout import Run
+from ..layout import Results, Run
 from .measure import (
     StepEstimate,
     estimate_correlation,
@@ -260,7 +260,7 @@ def check_before_run(resolved, results: Path, numbers: Sequence[str], force: boo
     estimate = make_plan(resolved, results)
     text = estimate.text()
     print(text, flush=True)
-    write_text(Path(results) / "plan.txt", text + "\n")
+    write_text(Results(results).plan, text + "\n")
     try:
         check_disk(estimate, [s.step for s in estimate.steps if s.step[:2] in numbers])
     except PlanError as err:

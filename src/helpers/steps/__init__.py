@@ -30,7 +30,7 @@ from typing import Any
 from .. import config, lifetime, models, runlock, sweep
 from ..common import display_path, read_json, save_params
 from ..config import as_dict
-from ..layout import Run
+from ..layout import Results, Run
 from ..parallel import check_processes, run_side_by_side
 
 STEP_JOBS = ("sample", "correlate")  # with every trainable model's section: the jobs torchrun runs
@@ -68,6 +68,11 @@ class OpenStep:
     def run(self, label: str | None = None) -> Run:
         """The files of a run (default: the largest)."""
         return Run(self.runs[label] if label else self.largest)
+
+    @property
+    def results(self) -> Results:
+        """The results folder's files (its own, and those of the run it is without a sweep)."""
+        return Results(self.results_dir)
 
     def settings_markdown(self) -> str:
         from ..figures import settings_markdown
@@ -198,7 +203,7 @@ def train_every_run(results_dir: str | os.PathLike, step: str, cfg) -> dict[str,
         model.check_processes(cfg, cfg.processes)
     else:
         check_processes(cfg.processes, cfg.batch_size, f"{step}.")
-    launch(step, results_dir, as_dict(cfg), cfg.processes, Path(results_dir) / "logs" / step)
+    launch(step, results_dir, as_dict(cfg), cfg.processes, Results(results_dir).logs(step))
     return {label: read_json(Run(run).training_summary(model.name)) for label, run in sweep.run_dirs(results_dir).items()}
 
 
@@ -209,7 +214,7 @@ def sample_every_run(results_dir: str | os.PathLike, cfg) -> dict[str, dict[str,
     models.check_names(cfg.models, "sample.models")
     if cfg.processes <= 1:
         return for_every_run(results_dir, sample_run, cfg)
-    launch("sample", results_dir, as_dict(cfg), cfg.processes, Path(results_dir) / "logs" / "sample")
+    launch("sample", results_dir, as_dict(cfg), cfg.processes, Results(results_dir).logs("sample"))
     return {label: {m: str(Run(run).samples(m)) for m in cfg.models if Run(run).samples(m).exists()}
             for label, run in sweep.run_dirs(results_dir).items()}
 
@@ -225,7 +230,7 @@ def audit_every_run(results_dir: str | os.PathLike, cfg) -> dict[str, Any]:
 
     runs = sweep.run_dirs(results_dir)
     if cfg.processes > 1:
-        launch("correlate", results_dir, as_dict(cfg), cfg.processes, Path(results_dir) / "logs" / "correlate")
+        launch("correlate", results_dir, as_dict(cfg), cfg.processes, Results(results_dir).logs("correlate"))
         return {label: audit.load_audit(run) for label, run in runs.items()}
     with runlock.for_runs(runs.values()):  # a notebook run by hand; under ./runall.sh the runner holds them
         return {label: audit.audit_study(run, cfg) for label, run in runs.items()}
