@@ -422,3 +422,25 @@ def test_a_checkpoint_s_generator_is_the_ema_generator_of_that_step(tmp_path):
     assert not all(torch.equal(final[k], first[k]) for k in final)
     with pytest.raises(FileNotFoundError, match=r"no StyleGAN checkpoint at step 3 \(kept: \[4, 8\]\)"):
         sg.checkpoint_generator(results, 3)
+
+
+@pytest.mark.parametrize("damage", ["older config", "torn config", "no config"])
+def test_a_finished_run_found_again_re_exports_a_stale_generator(tmp_path, damage):
+    """A kill between the exported generator's weights and its config leaves
+    weights of the last step beside the config of an earlier one (or none):
+    the run found finished again exports both anew (the kill test met this)."""
+    results = make_results(tmp_path)
+    cfg = tiny_config()
+    sg.train(results, cfg, seed=0, device="cpu", progress=False)
+    exported = results / "stylegan" / "generator.json"
+    final = json.loads(exported.read_text())
+    if damage == "older config":
+        exported.write_text(json.dumps({**final, "step": final["step"] // 2, "complete": False}))
+    elif damage == "torn config":
+        exported.write_text(exported.read_text()[:20])
+    else:
+        exported.unlink()
+    summary = sg.train(results, cfg, seed=0, device="cpu", progress=False)
+    assert summary["steps_run"] == 0
+    again = json.loads(exported.read_text())
+    assert again["step"] == final["step"] and again["complete"]

@@ -15,7 +15,7 @@ from ..common import write_json
 from ..config import TrainStyleGANSettings
 from ..parallel import average, barrier
 from ..training import LossLog, TrainingImages, count_parameters, require_finite, shortest_float
-from .sampling import GENERATOR_WEIGHTS, export_generator, generate_images, save_grid
+from .sampling import export_generator, export_is_current, generate_images, save_grid
 from .trainer import StyleGANTrainer
 
 LOG_COLUMNS = ("step", "images_seen", "kimg", "loss_G", "loss_D", "r1", "pl", "augment_p", "real_sign",
@@ -125,11 +125,12 @@ def train(results_dir: str | os.PathLike, config: TrainStyleGANSettings, seed: i
                 checkpoint()
             if out_of_time:
                 break
-    if trainer.step_count == start:  # nothing left to train, but sampling needs the exported generator
-        missing = not (out / GENERATOR_WEIGHTS).is_file()
+    if trainer.step_count == start:  # nothing left to train, but sampling needs the generator of this step
+        stale = not export_is_current(out, trainer.step_count)  # a kill between its two files leaves it stale
         barrier()  # every process has looked before process 0 may write it
-        if missing:
-            checkpoint()
+        if stale and main_process:
+            export_generator(trainer, out, complete=trainer.step_count >= total)
+        barrier()
 
     rows = pd.read_csv(log.path)
     last = rows.iloc[-1].to_dict() if len(rows) else {}

@@ -93,6 +93,20 @@ def export_generator(trainer: StyleGANTrainer, out_dir: Path, complete: bool) ->
     return out_dir / GENERATOR_WEIGHTS
 
 
+def export_is_current(out_dir: Path, step: int) -> bool:
+    """Whether ``out_dir`` holds the exported generator of training step
+    ``step``: its weights and a config that names that step (the two files
+    are written one after the other, so a kill between them leaves weights
+    of one step beside the config of an earlier one)."""
+    config_path = out_dir / GENERATOR_CONFIG
+    if not ((out_dir / GENERATOR_WEIGHTS).is_file() and config_path.is_file()):
+        return False
+    try:
+        return int(read_json(config_path).get("step", -1)) == int(step)
+    except ValueError:  # a torn config file
+        return False
+
+
 def load_generator(results_dir: str | os.PathLike, device: str | torch.device | None = None) -> Generator:
     """The trained EMA generator from ``results_dir/stylegan/`` (no pickle)."""
     from safetensors.torch import load_file
