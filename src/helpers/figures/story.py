@@ -12,12 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from ..sampling import load_samples
 from .results import load_images, load_matches, load_meta, load_thresholds, shown_channel
 from .style import COLOURS, display_name
+from .top_matches import _show
 
 #: the threshold the story marks: the paper's (held-out images' 99th percentile)
 STORY_THRESHOLD = "baseline_p99"
@@ -34,21 +34,12 @@ def most_copy_like(matches: pd.DataFrame) -> pd.Series | None:
 
 
 def _panel(ax, image, title: str | None = None, note: str | None = None, colour: str | None = None) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if image is None:
-        ax.set_facecolor("0.92")
-        ax.text(0.5, 0.5, note or "none", ha="center", va="center", fontsize=7, transform=ax.transAxes, wrap=True)
-    else:
-        ax.imshow(np.asarray(image), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        if note:
-            ax.set_xlabel(note, fontsize=7, labelpad=2)
+    """The best-match figure's image panel, framed in the model's colour."""
+    _show(ax, image, title, note)
     if colour:
         for spine in ax.spines.values():
             spine.set_edgecolor(colour)
             spine.set_linewidth(2.5)
-    if title:
-        ax.set_title(title, fontsize=8)
 
 
 def _fit_word(fit: pd.DataFrame | None, model: str, size: int | None) -> str:
