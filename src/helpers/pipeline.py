@@ -20,12 +20,14 @@ the files a killed attempt of a step wrote count as that step's outputs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -245,11 +247,12 @@ def execute_step(step: Step, params: dict, out_dir: Path, root: Path, kernel: st
     logger.addHandler(handler)
     start = time.perf_counter()
     try:
-        papermill.execute_notebook(
-            str(step.notebook), str(tmp), parameters=params, kernel_name=kernel, language="python",
-            cwd=str(root), progress_bar=sys.stderr.isatty(), log_output=True,
-            kernel_manager_class=_kernel_manager_class(),
-        )
+        with _signals_stop_the_step():
+            papermill.execute_notebook(
+                str(step.notebook), str(tmp), parameters=params, kernel_name=kernel, language="python",
+                cwd=str(root), progress_bar=sys.stderr.isatty(), log_output=True,
+                kernel_manager_class=_kernel_manager_class(),
+            )
     except KeyboardInterrupt as err:  # Ctrl-C, kill, a closed terminal: stop every process, keep what ran
         lifetime.stop_descendants()
         if tmp.exists():
@@ -287,6 +290,33 @@ def _select(steps: list[Step], start: str | None, only: str | None, stop: str | 
 
 def _interrupt(signum, frame):  # a `kill` or a closed terminal stops the run like Ctrl-C does
     raise KeyboardInterrupt
+
+
+def _stop_step_then_interrupt(signum, frame):
+    """During a step: stop the kernel and its workers *first*, then unwind.
+    Unwinding first would let nbclient ask the busy kernel to shut down
+    gracefully, and a kernel exits only after joining its side-by-side
+    workers: Ctrl-C would then wait for them to finish."""
+    lifetime.stop_descendants()
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _signals_stop_the_step():
+    """Ctrl-C, ``kill`` and a closed terminal stop the step's processes at
+    once (main thread only: Python delivers signals there)."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kinds = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {signum: signal.signal(signum, _stop_step_then_interrupt) for signum in kinds}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def _size_folders(results: Path) -> list[Path]:
