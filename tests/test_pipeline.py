@@ -10,6 +10,7 @@ import nbformat
 import pytest
 
 from helpers import common, config, pipeline, steps
+from helpers.layout import Results
 
 
 def write_notebook(path: Path, parameters: str) -> Path:
@@ -196,3 +197,14 @@ def test_kernel_sockets_live_in_a_private_folder_removed_with_the_kernel(tmp_pat
         client.stop_channels()
         run_sync(manager.shutdown_kernel)(now=True)
     assert not Path(manager.ipc_dir).exists()
+
+
+def test_a_folder_of_another_profile_is_not_overwritten_by_accident(tmp_path, capsys):
+    stamps = Results(tmp_path / "phantom").stamps
+    stamps.mkdir(parents=True)
+    common.write_json(stamps / "01_prepare_data.json", {"key": "k", "profile": "cpu", "outputs": {}})
+    assert pipeline.main(["phantom", "--profile", "smoke", "--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "profile 'cpu'" in err and "profile 'smoke'" in err
+    assert "--name phantom_smoke" in err and "--force" in err
+    assert not Results(tmp_path / "phantom").notebooks.exists()  # no step ran

@@ -47,6 +47,18 @@ def test_subsets_are_nested_whole_subjects_in_split_order():
         sweep.nested_subsets(table, [0, 3])
 
 
+def test_x_ray_sizes_take_one_image_per_patient_while_patients_last():
+    rows = [{"subject": f"P{rank}", "slice": -1, "split_rank": rank} for rank, n in enumerate((3, 1, 2)) for _ in range(n)]
+    table = pd.DataFrame(rows).assign(index=np.arange(6))
+    by_index = table.set_index("index")
+    for rule in sweep.RULES:
+        subsets = sweep.nested_subsets(table, [2, 3, 5], rule=rule)
+        assert sorted(by_index.loc[subsets[2], "subject"]) == ["P0", "P1"]
+        assert sorted(by_index.loc[subsets[3], "subject"]) == ["P0", "P1", "P2"]  # 3 images, 3 patients
+        assert sorted(by_index.loc[subsets[5], "subject"]) == ["P0", "P0", "P1", "P2", "P2"]
+    assert not sweep.is_planar(train_table()) and sweep.is_planar(table)
+
+
 def test_one_slice_per_subject_takes_every_subject_s_middle_first():
     table = train_table()
     subsets = sweep.nested_subsets(table, [3, 6], rule="one_per_subject")

@@ -341,6 +341,22 @@ def _lock(locks: runlock.Locks, results: Path) -> None:
                   f"e.g. {common.display_path(left[0])}")
 
 
+def _refuse_other_profile(results: Path, profile: str, stamps: Path) -> None:
+    """A folder holding another profile's results is not overwritten by
+    accident (e.g. ``--profile reference`` into the default run's folder):
+    the run stops before any step and says how to go on."""
+    for stamp_file in sorted(stamps.glob("*.json")):
+        try:
+            theirs = common.read_json(stamp_file).get("profile")
+        except (ValueError, AttributeError):
+            continue
+        if theirs and theirs != profile:
+            raise PipelineError(
+                f"{common.display_path(results)} holds a run of profile {theirs!r} "
+                f"({common.display_path(stamp_file)}); this is profile {profile!r}: give it its own folder "
+                f"(--name {results.name}_{profile}) or replace that run (--force)")
+
+
 def run(args: argparse.Namespace) -> int:
     import signal
 
@@ -406,6 +422,8 @@ def _run(args: argparse.Namespace, locks: runlock.Locks) -> int:
         return plan.print_plan(resolved, results)
 
     _lock(locks, results)
+    if not args.force:
+        _refuse_other_profile(results, profile, stamps)
     lifetime.become_runner()
     print(f"study: dataset={args.dataset} profile={profile} results={results}")
     if missing:

@@ -12,7 +12,8 @@ itself.
 
 A subset is made of **whole subjects, as the paper's training sets are**:
 subjects are taken in the split's order with all their slices, and the last
-one contributes a contiguous slab of slices around its middle slice. Each
+one contributes a contiguous slab of slices around its middle slice. X-ray
+sets are made of patients: one image per patient while patients last. Each
 size therefore contains every smaller one, and held-out subjects stay
 disjoint from all of them.
 
@@ -59,7 +60,12 @@ def image_order(train_table: pd.DataFrame, rule: str = "whole_subjects") -> np.n
     in the split's order, each subject's slices from its middle slice
     outwards. ``one_per_subject`` (to test the 2D-from-3D effect at the same
     number of slices): the middle slice of every subject first, then the
-    next slice of every subject, and so on."""
+    next slice of every subject, and so on.
+
+    Images that are no slices of a volume (x-rays: slice -1) are separate
+    pictures, and a patient is the unit of a training set: under either rule
+    each size takes one image per patient while patients last (then every
+    patient's second image, ...), so a size of n images is n patients."""
     if rule not in RULES:
         raise ValueError(f"subset rule must be one of {', '.join(RULES)}, got {rule!r}")
     rank_column = "split_rank" if "split_rank" in train_table else None
@@ -69,12 +75,17 @@ def image_order(train_table: pd.DataFrame, rule: str = "whole_subjects") -> np.n
         rows = train_table[train_table["subject"] == subject].sort_values("slice", kind="stable")
         indices = rows["index"].to_numpy() if "index" in rows else rows.index.to_numpy()
         per_subject.append([int(indices[p]) for p in centre_out(indices)])
-    if rule == "whole_subjects":
+    if rule == "whole_subjects" and not is_planar(train_table):
         order = [i for block in per_subject for i in block]
     else:
         depth = max(map(len, per_subject))
         order = [block[d] for d in range(depth) for block in per_subject if d < len(block)]
     return np.asarray(order, dtype=np.int64)
+
+
+def is_planar(train_table: pd.DataFrame) -> bool:
+    """Whether the images are 2D pictures (x-rays: slice -1), not slices."""
+    return "slice" in train_table and len(train_table) > 0 and bool((train_table["slice"] < 0).all())
 
 
 def nested_subsets(train_table: pd.DataFrame, sizes: Iterable[int], rule: str = "whole_subjects") -> dict[int, np.ndarray]:
