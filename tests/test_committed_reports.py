@@ -16,7 +16,7 @@ import pytest
 from helpers import common, report_checks
 
 RESULTS = common.repo_root() / "results"
-REGENERATED = ["phantom"]
+REGENERATED = ["phantom", "phantom_reference"]
 
 
 @pytest.mark.parametrize("name", REGENERATED)
