@@ -530,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dataset", nargs="?", default="phantom",
                         help="phantom (default, embedded), phantom_cxr, brats20, brats21, cxr; or 'compare'")
     parser.add_argument("--data", help="folder holding the raw dataset (real datasets)")
-    parser.add_argument("--profile", help="smoke | cpu | gpu | paper (default: gpu with CUDA, else cpu)")
+    parser.add_argument("--profile", help="smoke | cpu | reference | gpu | paper (default: gpu with CUDA, else cpu)")
     parser.add_argument("--from", dest="start", metavar="NN", help="start at step NN")
     parser.add_argument("--only", metavar="NN", help="run only step NN")
     parser.add_argument("--to", dest="stop", metavar="NN", help="stop after step NN")
