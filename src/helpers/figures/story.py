@@ -17,7 +17,7 @@ import pandas as pd
 from ..sampling import load_samples
 from .results import load_images, load_matches, load_meta, load_thresholds, shown_channel
 from .style import COLOURS, display_name
-from .top_matches import _show
+from .top_matches import image_panel
 
 #: the threshold the story marks: the paper's (held-out images' 99th percentile)
 STORY_THRESHOLD = "baseline_p99"
@@ -35,7 +35,7 @@ def most_copy_like(matches: pd.DataFrame) -> pd.Series | None:
 
 def _panel(ax, image, title: str | None = None, note: str | None = None, colour: str | None = None) -> None:
     """The best-match figure's image panel, framed in the model's colour."""
-    _show(ax, image, title, note)
+    image_panel(ax, image, title, note)
     if colour:
         for spine in ax.spines.values():
             spine.set_edgecolor(colour)

@@ -24,7 +24,7 @@ from .results import (
 from .style import display_name
 
 
-def _show(ax, image, title: str | None = None, note: str | None = None) -> None:
+def image_panel(ax, image, title: str | None = None, note: str | None = None) -> None:
     """An image panel with ``note`` under it (or a grey panel saying ``note``)."""
     ax.set_xticks([])
     ax.set_yticks([])
@@ -106,16 +106,16 @@ def plot_top_matches(results_dir, model: str, n_top: int = 4, n_typical: int = 2
     fig, axes = plt.subplots(n_rows, 5, figsize=(9.5, 1.95 * n_rows), squeeze=False)
     if rows.empty:
         for ax in axes[0]:
-            _show(ax, None, note="no non-constant samples")
+            image_panel(ax, None, note="no non-constant samples")
     for r, row in rows.iterrows():
         ax = axes[r]
         syn_i, tr_i = int(row["synthetic_index"]), int(row["train_index"])
         t_img, s_img = train[tr_i, ch], samples[syn_i, ch]
         subject, z = ("phantom " if phantom else "") + str(row["subject"]), int(row["slice"])
         first = r == 0
-        _show(ax[0], t_img, "training image" if first else None, note=f"train #{tr_i}")
+        image_panel(ax[0], t_img, "training image" if first else None, note=f"train #{tr_i}")
         seed = f", seed {int(row['seed'])}" if "seed" in row and pd.notna(row.get("seed")) else ""
-        _show(ax[1], s_img, "synthetic image" if first else None, note=f"synthetic #{syn_i}{seed}")
+        image_panel(ax[1], s_img, "synthetic image" if first else None, note=f"synthetic #{syn_i}{seed}")
         intensity_histogram(ax[2], t_img, s_img, float(row["correlation"]), bins=bins)
         if first:
             ax[2].set_title("pixel intensities", fontsize=7)
@@ -125,7 +125,7 @@ def plot_top_matches(results_dir, model: str, n_top: int = 4, n_typical: int = 2
                 rr = row.get(key)
                 note = (f"z={int(index['slice'].iloc[j])}" + (f", r={rr:.3f}" if rr is not None and pd.notna(rr) else "")
                         if j >= 0 else f"no {'lower' if dz < 0 else 'higher'} slice of\n{subject} in training set")
-                _show(ax[col], train[j, ch] if j >= 0 else None, head if first else None, note=note)
+                image_panel(ax[col], train[j, ch] if j >= 0 else None, head if first else None, note=note)
         else:
             others = (topk[(topk["synthetic_index"] == syn_i) & (topk["rank"] > 1)].sort_values("rank")
                       if topk is not None else pd.DataFrame(columns=["rank", "train_index", "correlation"]))
@@ -133,11 +133,11 @@ def plot_top_matches(results_dir, model: str, n_top: int = 4, n_typical: int = 2
                 hit = others[others["rank"] == k]
                 if hit.empty:
                     note = "no top-k file" if topk is None else f"no rank-{k} match"
-                    _show(ax[col], None, f"{k}{'nd' if k == 2 else 'rd'}-best match" if first else None, note=note)
+                    image_panel(ax[col], None, f"{k}{'nd' if k == 2 else 'rd'}-best match" if first else None, note=note)
                 else:
                     j = int(hit["train_index"].iloc[0])
                     who = ("phantom " if phantom else "") + str(index["subject"].iloc[j])
-                    _show(ax[col], train[j, ch], f"{k}{'nd' if k == 2 else 'rd'}-best match" if first else None,
+                    image_panel(ax[col], train[j, ch], f"{k}{'nd' if k == 2 else 'rd'}-best match" if first else None,
                           note=f"{who}, train #{j}, r={float(hit['correlation'].iloc[0]):.3f}")
         kind = f"rank {int(row['rank'])}" if row["kind"] == "top" else f"typical\n(rank {int(row['rank'])})"
         where = f"z={z}" if z >= 0 else "x-ray"
