@@ -44,6 +44,17 @@ def test_fitted_points_are_filled_and_unfitted_hollow():
     assert any("hollow" in label for label in labels)
 
 
+def test_two_subset_rules_at_one_size_are_two_trajectories():
+    table = _table().assign(rule="whole_subjects")
+    models = table[table.role == "model"]
+    both = pd.concat([table, models.assign(rule="one_per_subject", sharpness=models["sharpness"] * 1.5)], ignore_index=True)
+    fig = memorization_against_fit(both, sharpness_band=(0.8, 1.25))
+    lines = [line for line in fig.axes[0].get_lines() if len(line.get_xdata()) > 1]
+    assert len(lines) == 4                                         # 2 models × 2 rules, none merged
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert {"4 training images (whole_subjects)", "4 training images (one_per_subject)"} <= set(labels)
+
+
 def test_missing_columns_are_named():
     with pytest.raises(ValueError, match=r"missing columns \['fitted'\]"):
         memorization_against_fit(_table().drop(columns=["fitted"]), sharpness_band=(0.8, 1.25))

@@ -47,6 +47,22 @@ def test_default_neighbour_window_from_the_geometry():
         mem.default_neighbour_slices(0)
 
 
+def test_distinct_pictures_count_slices_less_than_a_pixel_apart_once():
+    """The effective size of a training set by the neighbour-slice rule (±7 slices alike at 32²)."""
+    window = mem.default_neighbour_slices(32)
+    consecutive = pd.DataFrame({"subject": "S0", "slice": range(70, 86)})
+    assert mem.distinct_pictures(consecutive, window) == 2              # 70 and 78
+    spread = pd.DataFrame({"subject": [f"S{i}" for i in range(16)], "slice": 77})
+    assert mem.distinct_pictures(spread, window) == 16
+    every_8th = pd.DataFrame({"subject": "S0", "slice": [56, 64, 72, 80]})
+    assert mem.distinct_pictures(every_8th, window) == 4                # 8 apart: different pictures
+    assert mem.distinct_pictures(every_8th.assign(slice=[56, 63, 70, 77]), window) == 2
+    xrays = pd.DataFrame({"subject": ["P0", "P0", "P1"], "slice": -1})
+    assert mem.distinct_pictures(xrays, window) == 3                    # no slice number: one picture each
+    with pytest.raises(ValueError, match="columns 'subject' and 'slice'"):
+        mem.distinct_pictures(pd.DataFrame({"subject": ["S0"]}), window)
+
+
 def test_exact_copy_is_memorized_by_every_criterion(volume_set):
     train, index = volume_set
     table = mem.nearest_l2(train[[7]], train, index, neighbour_slices=1)

@@ -69,3 +69,25 @@ def test_a_run_s_fit_table_has_the_references_and_the_verdicts(tmp_path):
     checks = run_fit.measure_checks(written)
     assert bool(checks.loc[0, "sharpness"]) and list(checks["size"]) == [24]
     assert "sharpness ratio between 0.8 and 1.25" in run_fit.rule_markdown(settings)
+
+
+def test_fit_tables_name_the_subset_rule_so_two_runs_of_one_size_stay_apart(tmp_path):
+    """The 2D-from-3D arm trains two runs of 16 slices; each verdict is read for its own rule."""
+    make_run(tmp_path)
+    meta = common.read_json(tmp_path / "data" / "meta.json")
+    common.write_json(tmp_path / "data" / "meta.json", {**meta, "sweep_rule": "one_per_subject"})
+    (tmp_path / "samples").mkdir()
+    np.save(samples_path(tmp_path, "diffusion"), _population(40, 5))
+    table = run_fit.judge_run(tmp_path, ["diffusion"], run_fit.rule_from(config.CorrelateSettings()),
+                              real_pool=_population(24, 0), n_samples=32)
+    assert set(table["rule"]) == {"one_per_subject"}
+    other = table.assign(rule="whole_subjects", fitted=False, why="blurred (sharpness below the band)")
+    both = pd.concat([table, other], ignore_index=True)
+    assert run_fit.fitted(both, "diffusion", 24, "one_per_subject") is True
+    assert run_fit.fitted(both, "diffusion", 24, "whole_subjects") is False
+    assert run_fit.fitted(both.drop(columns="rule").iloc[:len(table)], "diffusion", 24) is True   # older tables: one rule
+    text = run_fit.fit_summary_markdown(both)
+    assert "- 24 (one_per_subject) training images: diffusion fitted" in text
+    assert "- 24 (whole_subjects) training images: diffusion **not fitted**" in text
+    assert len(run_fit.measure_checks(both)) == 2
+

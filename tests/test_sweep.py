@@ -104,5 +104,7 @@ def test_size_folders_hold_the_subset_and_the_shared_held_out_set(tmp_path):
         assert meta["n_train"] == len(train) and meta["channels"] == ["a", "b"]
     both = sweep.prepare(results, [3], ["whole_subjects", "one_per_subject"])
     assert both["label"].tolist() == ["n00003", "n00003_one_per_subject"] and both["n_subjects"].tolist() == [1, 3]
+    # effective size: a subject's 3 middle slices within ±7 of each other are one picture at 8² (32 mm pixels)
+    assert both["n_distinct"].tolist() == [1, 3]
     # without a sweep the one run is the results folder again
     assert sweep.prepare(results, None) is None and sweep.run_dirs(results) == {"all": results}

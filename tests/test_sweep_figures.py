@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 from helpers import common, memorization, sweep_figures
 from helpers import criteria as judged  # noqa: E402
@@ -60,3 +61,26 @@ def test_comparison_with_two_subset_rules_at_one_size_names_each_rule():
     assert "16 training images (whole_subjects): diffusion 97 %" in words
     assert "16 training images (one_per_subject): diffusion 97 %" in words
     assert "4 training images (whole_subjects)" in words
+
+
+def test_fit_verdicts_are_read_per_subset_rule_where_two_rules_share_a_size():
+    """StyleGAN fitted on the one-slice-per-subject set of 16 but not on the
+    16 slices of whole subjects: each comparison and table row reads its own."""
+    table = criteria()
+    both = pd.concat([table, table[table["size"] == 16].assign(rule="one_per_subject")], ignore_index=True)
+    fit = pd.DataFrame([{"size": s, "rule": r, "model": m, "fitted": not (m == "stylegan" and r == "whole_subjects"),
+                         "why": "blurred" if (m == "stylegan" and r == "whole_subjects") else "fitted"}
+                        for s in (4, 16, 64, 256) for r in ("whole_subjects", "one_per_subject")
+                        for m in ("stylegan", "diffusion")])
+    words = sweep_figures.comparison_text(both, fit=fit).splitlines()
+    whole = next(w for w in words if "16 training images (whole_subjects)" in w)
+    spread = next(w for w in words if "16 training images (one_per_subject)" in w)
+    assert "no comparison of fitted models: StyleGAN not fitted (blurred)" in whole
+    assert "no comparison" not in spread and "diffusion memorizes more" in spread
+    rows = sweep_figures.sweep_table(both[both["rule"] == "one_per_subject"], fit=fit)
+    assert not rows[L2].str.contains("not fitted").any()
+    rows = sweep_figures.sweep_table(both[both["rule"] == "whole_subjects"], fit=fit)
+    assert rows.loc[rows["group"] == "stylegan", L2].str.endswith("not fitted").all()
+    with pytest.raises(ValueError, match="one subset rule per sweep figure"):
+        sweep_figures.sweep_table(both, fit=fit)
+

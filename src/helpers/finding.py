@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import common, criteria, models, sweep, sweep_figures
+from . import common, criteria, models, run_fit, sweep, sweep_figures
 from .layout import Results, Run
 from .report_checks import traced
 
@@ -42,15 +42,31 @@ def _count(row: pd.Series) -> str:
             f"{cell('wilson_low', '.0f', 100)}–{cell('wilson_high', '.0f', 100)})")
 
 
-def _fit_words(fit: pd.DataFrame | None, model: str, size: int) -> tuple[bool | None, str]:
-    """(fitted, words) of ``model`` at ``size`` by the reading rule, its numbers traced."""
+RULE_WORDS = {"whole_subjects": "whole subjects", "one_per_subject": "one slice per subject"}
+
+
+def _subset_words(sizes: pd.DataFrame | None, size: int, rule: str) -> str:
+    """'whole subjects, 2 distinct pictures': how a subset was drawn and its
+    effective size (``data/sizes.json``'s ``n_distinct``, traced)."""
+    words = RULE_WORDS.get(rule, rule)
+    if sizes is None or "n_distinct" not in sizes:
+        return words
+    at = sizes.index[(sizes["size"] == size) & (sizes["rule"] == rule)]
+    if len(at) == 0 or pd.isna(sizes.loc[at[0], "n_distinct"]):
+        return words
+    i = int(at[0])
+    return f"{words}, {traced(int(sizes.loc[i, 'n_distinct']), SIZES, key=f'sizes.{i}.n_distinct', fmt='d')} distinct pictures"
+
+
+def _fit_words(fit: pd.DataFrame | None, model: str, size: int, rule: str = sweep.RULES[0]) -> tuple[bool | None, str]:
+    """(fitted, words) of ``model`` at ``size`` (and subset ``rule``) by the reading rule, its numbers traced."""
     if fit is None:
         return None, "fit not judged"
-    rows = fit[(fit["model"] == model) & (fit["size"] == size)]
+    rows = run_fit.rows_of(fit, model, size, rule)
     if rows.empty:
         return None, "fit not judged"
     row = rows.iloc[0]
-    key = {"size": int(size), "model": model}
+    key = {"size": int(size), "model": model, **({"rule": rule} if "rule" in fit else {})}
     sharp = traced(row["sharpness"], FIT_TABLE, "sharpness", key, fmt=".2f")
     nn = traced(row["nn_accuracy"], FIT_TABLE, "nn_accuracy", key, fmt=".2f")
     if bool(row["fitted"]):
@@ -81,9 +97,13 @@ def setup_markdown(results_dir: str | os.PathLike) -> str:
              f"{traced(meta['n_test_subjects'], META, key='n_test_subjects', fmt='d')} "
              f"subject{'' if int(meta['n_test_subjects']) == 1 else 's'} never trained on."]
     if sizes is not None:
+        several_rules = sizes["rule"].nunique() > 1 if "rule" in sizes else False
         cells = [f"{traced(r.size, SIZES, key=f'sizes.{i}.size', fmt='d')} "
-                 f"({traced(r.n_subjects, SIZES, key=f'sizes.{i}.n_subjects', fmt='d')} subj.)"
-                 for i, r in enumerate(sizes.itertuples())]
+                 f"({traced(r.n_subjects, SIZES, key=f'sizes.{i}.n_subjects', fmt='d')} subj."
+                 + (f", {html.escape(RULE_WORDS.get(r.rule, r.rule))}" if several_rules else "")
+                 + (f", {traced(int(r.n_distinct), SIZES, key=f'sizes.{i}.n_distinct', fmt='d')} distinct pictures"
+                    if "n_distinct" in sizes and not pd.isna(r.n_distinct) and int(r.n_distinct) != int(r.size) else "")
+                 + ")" for i, r in enumerate(sizes.itertuples())]
         parts.append("Training-set sizes: " + ", ".join(cells) + " images.")
         first = results / sizes["folder"].iloc[0]
         for model in models.trainable():
@@ -103,18 +123,22 @@ def sweep_markdown(results_dir: str | os.PathLike) -> str:
     if not files.criteria.is_file():
         return ""
     table = criteria.in_vocabulary(pd.read_csv(files.criteria))
+    sizes = sweep.sizes_table(results_dir)
     fit = pd.read_csv(files.fit, keep_default_na=False, na_values=[""]) if files.fit.is_file() else None
     headline = str(table["headline"].iloc[0])
     shown = [(criteria.correlation_criterion(headline, "baseline_p99"),
               f"{html.escape(headline)} above the held-out p99"), (criteria.L2_CRITERION, "ℓ2 ratio")]
     lines = []
-    for size, part in table.groupby("size", sort=True):
+    several_rules = table["rule"].nunique() > 1
+    for (rule, size), part in table.groupby(["rule", "size"], sort=False):
         by = {(r.group, r.criterion): r for _, r in part.iterrows()}
         first = part[part["criterion"] == shown[0][0]].iloc[0]   # any row of this size names it
         label = traced(int(size), CRITERIA_TABLE, "size", {"size": int(size), "group": str(first["group"]),
                                                            "criterion": str(first["criterion"]),
-                                                           "rule": str(first["rule"])}, fmt="d")
-        fitted = {m: _fit_words(fit, m, int(size)) for m in COMPARED if (m, shown[0][0]) in by}
+                                                           "rule": str(rule)}, fmt="d")
+        if several_rules:
+            label += f" ({_subset_words(sizes, int(size), str(rule))})"
+        fitted = {m: _fit_words(fit, m, int(size), str(rule)) for m in COMPARED if (m, shown[0][0]) in by}
         text = [f"**{label} training images.** " + "; ".join(
             f"{html.escape(models.display_name(m))} {words}" for m, (_, words) in fitted.items()) + "."]
         for name, words in shown:
@@ -150,6 +174,10 @@ def glossary_markdown() -> str:
                          "99 % of real unseen images"),
         ("ℓ2 ratio", "Gu et al.'s criterion: the distance to the nearest training image is below a third of the "
                      "distance to the second nearest"),
+        ("distinct pictures", "slices of one subject less than one pixel width apart along z show the same picture "
+                              "at this resolution (the rule Gu et al.'s criterion uses to skip near-duplicates); "
+                              "a training set's distinct pictures are the most of its slices no two of which are "
+                              "that close — its effective size"),
         ("k/n (a %, b–c)", "k of n samples memorized, with the Wilson 95 % interval"),
         ("optimal denoiser", "a model that can only return training images: where a perfect copier lands"),
         ("Gaussian control", "each pixel's mean and spread of the training images, drawn independently: a "

@@ -30,9 +30,9 @@ if TYPE_CHECKING:
     from .fit import FitRule
 
 UNDERFIT_CONTROL = "gaussian_control"   # helpers.fit.UNDERFIT_CONTROL (imported lazily: the fit measures need torch)
-OVER_TRAINING = ["size", "model", "role", "step", "images_seen", "n_scored", "fitted", "why", "sharpness", "nn_accuracy",
+OVER_TRAINING = ["size", "rule", "model", "role", "step", "images_seen", "n_scored", "fitted", "why", "sharpness", "nn_accuracy",
                  "texture_accuracy", "coverage", "copying", "memorized", "memorized_l2"]
-SHOWN = ["size", "model", "role", "n_scored", "fitted", "why", "sharpness", "sharpness_low", "sharpness_high",
+SHOWN = ["size", "rule", "model", "role", "n_scored", "fitted", "why", "sharpness", "sharpness_low", "sharpness_high",
          "nn_accuracy", "nn_low", "nn_high", "texture_accuracy", "precision", "recall", "density", "coverage",
          "copying"]
 
@@ -42,6 +42,20 @@ def rule_from(settings) -> FitRule:
     from .fit import FitRule
 
     return FitRule(settings.fit_sharpness_low, settings.fit_sharpness_high, settings.fit_nn_margin)
+
+
+def rows_of(table: pd.DataFrame, model: str, size: int, rule: str = sweep.RULES[0]) -> pd.DataFrame:
+    """The rows of ``model`` at ``size`` and subset ``rule`` (two rules can
+    share a size; tables written before the ``rule`` column hold one rule)."""
+    mask = (table["model"] == model) & (table["size"] == size)
+    if "rule" in table:
+        mask &= table["rule"] == rule
+    return table[mask]
+
+
+def run_keys(table: pd.DataFrame) -> list[str]:
+    """The columns that name a run in a fit table: rule (where present) and size."""
+    return ["rule", "size"] if "rule" in table else ["size"]
 
 
 def _role(name: str) -> str:
@@ -67,6 +81,7 @@ def judge_run(run_dir: str | os.PathLike, model_names: Sequence[str], rule: FitR
                       real=np.concatenate([real_pool, held_out]), rule=rule,
                       roles={name: _role(name) for name in generated}, seed=seed, references=references)
     table.insert(0, "size", len(training))
+    table.insert(1, "rule", common.read_json(Run(run_dir).data.meta).get("sweep_rule", sweep.RULES[0]))
     table = table.rename(columns={"n": "n_scored"})
     common.write_csv(Run(run_dir).fit.fit, table[SHOWN])
     return table[SHOWN]
@@ -123,7 +138,8 @@ def judge_over_training(run_dir: str | os.PathLike, model_names: Sequence[str], 
         name, step, seen = where.get(row["model"], (row["model"], None, None))
         images = sets.get(row["model"])
         paper, l2 = _memorized(run, images) if images is not None else (float("nan"), float("nan"))
-        rows.append({**row, "n_scored": row["n"], "size": len(run.train), "model": name, "step": step, "images_seen": seen,
+        rows.append({**row, "n_scored": row["n"], "size": len(run.train), "rule": run.rule, "model": name, "step": step,
+                     "images_seen": seen,
                      "memorized": paper, "memorized_l2": l2})
     out = pd.DataFrame(rows)[OVER_TRAINING]
     common.write_csv(Run(run_dir).fit.over_training, out)
@@ -185,17 +201,17 @@ def measure_checks(table: pd.DataFrame) -> pd.DataFrame:
     from .fit import measure_check
 
     rows = []
-    for size, part in table.groupby("size", sort=True):
+    for key, part in table.groupby(run_keys(table), sort=True):
         if UNDERFIT_CONTROL in set(part["model"]):
-            rows.append({"size": size, **measure_check(part)})
+            rows.append({**dict(zip(run_keys(table), key)), **measure_check(part)})
     return pd.DataFrame(rows)
 
 
-def fitted(table: pd.DataFrame | None, model: str, size: int) -> bool | None:
+def fitted(table: pd.DataFrame | None, model: str, size: int, rule: str = sweep.RULES[0]) -> bool | None:
     """Whether ``model`` counts as fitted at ``size`` (None: not judged)."""
     if table is None:
         return None
-    row = table[(table["model"] == model) & (table["size"] == size)]
+    row = rows_of(table, model, size, rule)
     return None if row.empty else bool(row["fitted"].iloc[0])
 
 
@@ -216,14 +232,16 @@ def fit_summary_markdown(table: pd.DataFrame | None) -> str:
     if table is None or table.empty:
         return "No fit judged in this run."
     lines = []
-    for size, part in table.groupby("size", sort=True):
+    several_rules = "rule" in table and table["rule"].nunique() > 1
+    label = lambda row: f"{row['size']}" + (f" ({row['rule']})" if several_rules else "")  # noqa: E731
+    for _, part in table.groupby(run_keys(table), sort=True):
         cells = [f"{models.display_name(r.model)} " + ("fitted" if r.fitted else f"**not fitted** ({r.why})")
                  for r in part.itertuples() if r.role == "model"]
-        lines.append(f"- {size} training images: " + ("; ".join(cells) if cells else "no model sampled"))
+        lines.append(f"- {label(part.iloc[0])} training images: " + ("; ".join(cells) if cells else "no model sampled"))
     checks = measure_checks(table)
-    failing = [m for m in checks.columns if m != "size" and not checks[m].astype(bool).all()]
+    failing = [m for m in checks.columns if m not in ("rule", "size") and not checks[m].astype(bool).all()]
     if failing:
-        sizes = {m: ", ".join(str(s) for s in checks.loc[~checks[m].astype(bool), "size"]) for m in failing}
+        sizes = {m: ", ".join(label(r) for _, r in checks.loc[~checks[m].astype(bool)].iterrows()) for m in failing}
         lines.append("- Measures that call the Gaussian control fitted (not fit for purpose there): "
                      + "; ".join(f"{m} at {sizes[m]} images" for m in failing))
     return "**Fit by the reading rule**\n\n" + "\n".join(lines)

@@ -33,6 +33,7 @@ import pandas as pd
 from . import common
 from .data import load_split
 from .layout import Results, Run
+from .memorization import default_neighbour_slices, distinct_pictures
 
 SIZES_FILE = Run("").data.sizes.name
 
@@ -116,6 +117,7 @@ def write_size_folders(results_dir: str | os.PathLike, sizes: Iterable[int],
     train, table = load_split(results_dir, "train")
     data = Run(results_dir).data
     meta = common.read_json(data.meta)
+    alike = default_neighbour_slices(int(meta["image_size"]))
     rows = []
     for rule in rules:
         for n, indices in nested_subsets(table, sizes, rule).items():
@@ -133,7 +135,7 @@ def write_size_folders(results_dir: str | os.PathLike, sizes: Iterable[int],
             common.write_json(own.meta, {**meta, "n_train": int(n), "n_train_subjects": subjects,
                                          "sweep_size": int(n), "sweep_rule": rule})
             rows.append({"size": int(n), "rule": rule, "label": size_label(n, rule), "n_subjects": subjects,
-                         "folder": str(folder.relative_to(results_dir))})
+                         "n_distinct": distinct_pictures(subset, alike), "folder": str(folder.relative_to(results_dir))})
     runs = pd.DataFrame(rows)
     common.write_json(data.sizes, {"sizes": rows})
     return runs
@@ -161,7 +163,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def sizes_table(results_dir: str | os.PathLike) -> pd.DataFrame | None:
-    """The sweep's sizes (size, label, n_subjects, folder), or None without a sweep."""
+    """The sweep's sizes (size, rule, label, n_subjects, n_distinct: different
+    pictures by the neighbour-slice rule, folder), or None without a sweep."""
     path = Run(results_dir).data.sizes
     if not path.is_file():
         return None

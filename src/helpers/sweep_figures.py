@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import criteria as judged
-from . import models, run_fit
+from . import models, run_fit, sweep
 from .layout import Results, Run
 
 REAL_STYLE = ("real held-out images", "0.45", "D")
@@ -50,9 +50,17 @@ def headline_criteria(criteria: pd.DataFrame) -> list[str]:
             judged.correlation_criterion(headline, "baseline_p99"), judged.L2_CRITERION]
 
 
-def _fitted_at(fit: pd.DataFrame | None, group: str, sizes) -> np.ndarray:
+def _fitted_at(fit: pd.DataFrame | None, group: str, sizes, rule: str = sweep.RULES[0]) -> np.ndarray:
     """Per size: whether ``group`` counts as fitted there (True where fit was not judged)."""
-    return np.array([run_fit.fitted(fit, group, int(s)) is not False for s in sizes], dtype=bool)
+    return np.array([run_fit.fitted(fit, group, int(s), rule) is not False for s in sizes], dtype=bool)
+
+
+def _rule_of(rows: pd.DataFrame) -> str:
+    """The one subset rule of a criteria table's rows (the sweep figure shows one rule)."""
+    rules = rows["rule"].unique() if "rule" in rows else [sweep.RULES[0]]
+    if len(rules) > 1:
+        raise ValueError(f"one subset rule per sweep figure or table, got {sorted(rules)}")
+    return str(rules[0]) if len(rules) else sweep.RULES[0]
 
 
 def plot_sweep(criteria: pd.DataFrame, shown: Sequence[str] | None = None, dodge: float = 0.06,
@@ -80,7 +88,7 @@ def plot_sweep(criteria: pd.DataFrame, shown: Sequence[str] | None = None, dodge
             err = np.vstack([y - part["wilson_low"].to_numpy(float), part["wilson_high"].to_numpy(float) - y])
             ax.errorbar(x, 100 * y, yerr=100 * err, color=colour, marker=None, capsize=3, lw=1.2,
                         ls="--" if _dashed(group) else "-", label=label)
-            fitted = _fitted_at(fit, group, part["size"].to_numpy())
+            fitted = _fitted_at(fit, group, part["size"].to_numpy(), _rule_of(part))
             ax.scatter(x, 100 * y, marker=marker, s=30, zorder=3, edgecolors=colour,
                        facecolors=[colour if f else "white" for f in fitted])
         ax.axhline(100 * judged.CAPACITY_FRACTION, color="k", lw=0.6, ls=":")
@@ -103,10 +111,9 @@ def sweep_table(criteria: pd.DataFrame, shown: Sequence[str] | None = None,
     marked 'not fitted' where ``fit`` says the model is not."""
     shown = list(shown or headline_criteria(criteria))
     rows = criteria[criteria["criterion"].isin(shown)].copy()
-    unfitted = set() if fit is None else {(m, s) for m, s, f in fit[["model", "size", "fitted"]].itertuples(index=False)
-                                          if not f}
+    rule = _rule_of(rows)
     rows["cell"] = [(f"{k}/{n} ({100 * f:.0f} %, {100 * lo:.0f}–{100 * hi:.0f})" if n else "–")
-                    + (" — not fitted" if (g, s) in unfitted else "")
+                    + (" — not fitted" if run_fit.fitted(fit, g, int(s), rule) is False else "")
                     for k, n, f, lo, hi, g, s in rows[["n_above", "n_images", "fraction", "wilson_low", "wilson_high",
                                                         "group", "size"]].itertuples(index=False)]
     table = rows.pivot_table(index=["size", "n_subjects", "group"], columns="criterion", values="cell",
@@ -126,13 +133,13 @@ def capacity_text(capacity: pd.DataFrame, criteria: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _unfitted_note(fit: pd.DataFrame | None, size) -> str:
+def _unfitted_note(fit: pd.DataFrame | None, size, rule: str | None = None) -> str:
     """'StyleGAN not fitted (why)' for the models of the comparison not fitted at ``size``; '' if both are."""
     if fit is None:
         return ""
     notes = []
     for model in ("diffusion", "stylegan"):
-        row = fit[(fit["model"] == model) & (fit["size"] == size)]
+        row = run_fit.rows_of(fit, model, int(size), rule or sweep.RULES[0])
         if not row.empty and not bool(row["fitted"].iloc[0]):
             notes.append(f"{models.display_name(model)} not fitted ({row['why'].iloc[0]})")
     return "; ".join(notes)
@@ -165,7 +172,7 @@ def comparison_text(criteria: pd.DataFrame, criterion: str | None = None, fit: p
             continue
         d, s = by.loc["diffusion"], by.loc["stylegan"]
         verdict = interval_verdict(d, s)
-        unfitted = _unfitted_note(fit, size)
+        unfitted = _unfitted_note(fit, size, rule)
         if unfitted:
             verdict = f"no comparison of fitted models: {unfitted}"
         label = f"{size} training images" + (f" ({rule})" if several_rules else "")
@@ -234,8 +241,12 @@ def run_design_text(results_dir: str | os.PathLike) -> str:
             path = Run(results_dir / row.folder).training_summary(model.name)
             if path.is_file():
                 seen.setdefault(model.display, set()).add(int(common.read_json(path).get("images_seen", 0)))
-    parts = [f"**This run**: sizes {', '.join(f'{r.size} ({r.n_subjects} subj.)' for r in sizes.itertuples())} "
-             f"({', '.join(sorted(set(sizes['rule'])))})"]
+    several = sizes["rule"].nunique() > 1
+    distinct = lambda r: (f", {int(r.n_distinct)} distinct pictures"  # noqa: E731
+                          if "n_distinct" in sizes and not pd.isna(r.n_distinct) and int(r.n_distinct) != r.size else "")
+    cells = [f"{r.size} ({r.n_subjects} subj.{distinct(r)}" + (f", {r.rule})" if several else ")")
+             for r in sizes.itertuples()]
+    parts = [f"**This run**: sizes {', '.join(cells)}" + ("" if several else f" ({sizes['rule'].iloc[0]})")]
     if stride is not None and str(params.get("source", "")).endswith("brats"):   # slices of volumes only
         parts.append("every slice kept" if int(stride) == 1 else f"every {int(stride)}th axial slice")
     parts += [f"{name}: {', '.join(f'{n:,}' for n in sorted(values))} images seen per size"

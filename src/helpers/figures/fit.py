@@ -34,8 +34,8 @@ def _check(table: pd.DataFrame) -> pd.DataFrame:
 
 def memorization_against_fit(table: pd.DataFrame, *, sharpness_band: tuple[float, float], held_out_nn: float | None = None,
                              memorized_label: str = "memorized (%)"):
-    """The figure (matplotlib) from a tidy table: one row per model, size and
-    audited checkpoint (``images_seen``; NaN for references), with
+    """The figure (matplotlib) from a tidy table: one row per model, size
+    (and subset ``rule``, where a run has several) and audited checkpoint (``images_seen``; NaN for references), with
     ``memorized`` as a fraction. ``held_out_nn``: the held-out images' 1-NN
     accuracy plus the rule's margin, drawn as the fit limit of panel two."""
     import matplotlib.pyplot as plt
@@ -44,15 +44,19 @@ def memorization_against_fit(table: pd.DataFrame, *, sharpness_band: tuple[float
     table = _check(table).copy()
     table["memorized_pct"] = 100 * table["memorized"].astype(float)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True, layout="constrained")
-    sizes = sorted(table.loc[table.role == "model", "n_train"].unique())
-    marker_of = {n: SIZE_MARKERS[i % len(SIZE_MARKERS)] for i, n in enumerate(sizes)}
+    several_rules = "rule" in table and table.loc[table.role == "model", "rule"].nunique() > 1
+    table["run"] = (table["n_train"].astype(str) + " training images"
+                    + ((" (" + table["rule"].astype(str) + ")") if several_rules else ""))
+    models_rows = table[table.role == "model"].sort_values("n_train", kind="stable")
+    runs = list(dict.fromkeys(models_rows["run"]))
+    marker_of = {run: SIZE_MARKERS[i % len(SIZE_MARKERS)] for i, run in enumerate(runs)}
     for ax, column in zip(axes, ("sharpness", "nn_accuracy")):
-        for (model, n_train), rows in table[table.role == "model"].groupby(["model", "n_train"], sort=True):
+        for (model, run), rows in models_rows.groupby(["model", "run"], sort=True):
             rows = rows.sort_values("images_seen") if "images_seen" in rows else rows
             colour = COLOURS.get(model, "tab:red")
             ax.plot(rows[column], rows["memorized_pct"], "-", color=colour, alpha=0.5, lw=1)
             for fitted, part in rows.groupby("fitted"):
-                ax.scatter(part[column], part["memorized_pct"], marker=marker_of[n_train], s=36,
+                ax.scatter(part[column], part["memorized_pct"], marker=marker_of[run], s=36,
                            facecolors=colour if fitted else "none", edgecolors=colour, zorder=3)
         for _, row in table[table.role != "model"].iterrows():
             colour, marker = REFERENCE_STYLE.get(row.model, ("0.5", "P"))
@@ -75,8 +79,7 @@ def memorization_against_fit(table: pd.DataFrame, *, sharpness_band: tuple[float
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=COLOURS.get(m, "tab:red"), marker="o", ls="-", label=display_name(m))
                for m in sorted(table.loc[table.role == "model", "model"].unique())]
-    handles += [plt.Line2D([], [], color="0.3", marker=marker_of[n], ls="", mfc="none", label=f"{n} training images")
-                for n in sizes]
+    handles += [plt.Line2D([], [], color="0.3", marker=marker_of[run], ls="", mfc="none", label=run) for run in runs]
     handles += [plt.Line2D([], [], color=REFERENCE_STYLE.get(m, ("0.5", "P"))[0], marker=REFERENCE_STYLE.get(m, ("0.5", "P"))[1],
                            ls="", label=display_name(m).replace("_", " "))
                 for m in table.loc[table.role != "model", "model"].unique()]

@@ -42,10 +42,10 @@ def _panel(ax, image, title: str | None = None, note: str | None = None, colour:
             spine.set_linewidth(2.5)
 
 
-def _fit_word(fit: pd.DataFrame | None, model: str, size: int | None) -> str:
+def _fit_word(fit: pd.DataFrame | None, model: str, size: int | None, rule: str = "whole_subjects") -> str:
     if fit is None or size is None:
         return "fit not judged"
-    rows = fit[(fit["model"] == model) & (fit["size"] == size)]
+    rows = fit[(fit["model"] == model) & (fit["size"] == size) & ((fit["rule"] == rule) if "rule" in fit else True)]
     if rows.empty:
         return "fit not judged"
     return "fitted" if bool(rows["fitted"].iloc[0]) else "NOT fitted"
@@ -75,7 +75,9 @@ def plot_story(runs: Mapping[str, str | os.PathLike], models: Sequence[str] = ("
         size = len(train)
         first = r == 0
         _panel(axes[r, 0], train[0, ch], "a training slice" if first else None, note=f"1 of {len(train)}")
-        axes[r, 0].set_ylabel(f"{len(train)} training\nslices\n(p99 {threshold:.3f})", fontsize=8)
+        rule = str(meta.get("sweep_rule", "whole_subjects"))
+        per_subject = "\none per subject" if rule == "one_per_subject" else ""
+        axes[r, 0].set_ylabel(f"{len(train)} training\nslices{per_subject}\n(p99 {threshold:.3f})", fontsize=8)
         for m, model in enumerate(models):
             sample_ax, match_ax = axes[r, 1 + 2 * m], axes[r, 2 + 2 * m]
             name = display_name(model)
@@ -96,7 +98,7 @@ def plot_story(runs: Mapping[str, str | os.PathLike], models: Sequence[str] = ("
             n_above = int((matches.loc[judged, "correlation"] > threshold).sum())
             samples = load_samples(run, model)[0]
             _panel(sample_ax, samples[int(row["synthetic_index"]), ch], f"{name}: most copy-like" if first else None,
-                   note=f"{_fit_word(fit, model, size)}; {n_above}/{int(judged.sum())} above p99",
+                   note=f"{_fit_word(fit, model, size, rule)}; {n_above}/{int(judged.sum())} above p99",
                    colour=COLOURS.get(model))
             _panel(match_ax, train[int(row["train_index"]), ch], "its nearest training slice" if first else None,
                    note=f"r = {corr:.3f} ({above} p99)")

@@ -47,11 +47,11 @@ from .criteria import (
                        l2_ratio_flags,
                        wilson_interval,
 )
-from .nearest import FIELD_OF_VIEW_MM, SLICE_SPACING_MM, default_neighbour_slices, nearest_l2
+from .nearest import FIELD_OF_VIEW_MM, SLICE_SPACING_MM, default_neighbour_slices, distinct_pictures, nearest_l2
 
 __all__ = [
     "BASELINE_PERCENTILES", "CRITERION_THRESHOLDS", "Capacity", "FIELD_OF_VIEW_MM", "FIXED_THRESHOLDS", "GU_RATIO",
     "SLICE_SPACING_MM", "TABLE_COLUMNS", "correlation_thresholds", "count_flags", "coverage",
-    "coverage_table", "criteria_table", "default_neighbour_slices", "exceedance_flags", "l2_ratio_flags",
+    "coverage_table", "criteria_table", "default_neighbour_slices", "distinct_pictures", "exceedance_flags", "l2_ratio_flags",
     "memorization_capacity", "nearest_l2", "wilson_interval",
 ]

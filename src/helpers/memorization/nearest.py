@@ -41,6 +41,29 @@ def default_neighbour_slices(image_size: int, field_of_view_mm: float = FIELD_OF
     return max(1, int(math.ceil(pixel_mm / float(slice_spacing_mm) - 1e-9)) - 1)
 
 
+def distinct_pictures(table: pd.DataFrame, neighbour_slices: int) -> int:
+    """How many different pictures a training set holds at this resolution
+    (its *effective size*): per subject, the most slices that are pairwise
+    more than ``neighbour_slices`` apart — the rule above that calls nearer
+    slices the same picture — counted greedily along z (which finds the
+    most for points on a line); an image without a slice number (an x-ray,
+    slice -1) is one picture. 16 consecutive slices of one subject at 32²
+    (±7 slices alike) are 2 pictures; one slice of each of 16 subjects, 16."""
+    if "subject" not in table or "slice" not in table:
+        raise ValueError(f"training table needs the columns 'subject' and 'slice', has {list(table.columns)}")
+    if neighbour_slices < 0:
+        raise ValueError(f"neighbour_slices must be ≥ 0, got {neighbour_slices}")
+    slices = pd.to_numeric(table["slice"], errors="coerce")
+    on_z = (slices >= 0).to_numpy()
+    count = int((~on_z).sum())
+    for _, values in slices[on_z].groupby(table.loc[on_z, "subject"].astype(str)):
+        last = None
+        for value in np.sort(values.to_numpy(dtype=float)):
+            if last is None or value - last > neighbour_slices:
+                count, last = count + 1, value
+    return count
+
+
 def _flat(images) -> np.ndarray:
     a = np.asarray(images)  # a memmap stays a view: nothing is read yet
     if a.ndim < 2:
