@@ -36,6 +36,8 @@ def _untraced(text: str, why: str = "definition") -> str:
 
 
 def _count(row: pd.Series) -> str:
+    if int(row["n_images"]) == 0:   # e.g. ℓ2 on a set of one distinct picture: no second-nearest to compare with
+        return "none could be judged"
     key = {k: (row[k].item() if hasattr(row[k], "item") else row[k]) for k in ("rule", "size", "group", "criterion")}
     cell = lambda column, fmt="d", scale=1.0: traced(row[column], CRITERIA_TABLE, column, key, fmt=fmt, scale=scale)  # noqa: E731
     return (f"{cell('n_above')}/{cell('n_images')} ({cell('fraction', '.0f', 100)} %, "
@@ -55,7 +57,13 @@ def _subset_words(sizes: pd.DataFrame | None, size: int, rule: str) -> str:
     if len(at) == 0 or pd.isna(sizes.loc[at[0], "n_distinct"]):
         return words
     i = int(at[0])
-    return f"{words}, {traced(int(sizes.loc[i, 'n_distinct']), SIZES, key=f'sizes.{i}.n_distinct', fmt='d')} distinct pictures"
+    return f"{words}, {_distinct(sizes, i)}"
+
+
+def _distinct(sizes: pd.DataFrame, i: int) -> str:
+    """'2 distinct pictures' of row ``i`` of the sizes table, the number traced."""
+    n = int(sizes.loc[i, "n_distinct"])
+    return f"{traced(n, SIZES, key=f'sizes.{i}.n_distinct', fmt='d')} distinct picture{'' if n == 1 else 's'}"
 
 
 def _fit_words(fit: pd.DataFrame | None, model: str, size: int, rule: str = sweep.RULES[0]) -> tuple[bool | None, str]:
@@ -101,7 +109,7 @@ def setup_markdown(results_dir: str | os.PathLike) -> str:
         cells = [f"{traced(r.size, SIZES, key=f'sizes.{i}.size', fmt='d')} "
                  f"({traced(r.n_subjects, SIZES, key=f'sizes.{i}.n_subjects', fmt='d')} subj."
                  + (f", {html.escape(RULE_WORDS.get(r.rule, r.rule))}" if several_rules else "")
-                 + (f", {traced(int(r.n_distinct), SIZES, key=f'sizes.{i}.n_distinct', fmt='d')} distinct pictures"
+                 + (f", {_distinct(sizes, i)}"
                     if "n_distinct" in sizes and not pd.isna(r.n_distinct) and int(r.n_distinct) != int(r.size) else "")
                  + ")" for i, r in enumerate(sizes.itertuples())]
         parts.append("Training-set sizes: " + ", ".join(cells) + " images.")
@@ -146,11 +154,14 @@ def sweep_markdown(results_dir: str | os.PathLike) -> str:
             if len(cells) < 2:
                 continue
             verdict = sweep_figures.interval_verdict(by[("diffusion", name)], by[("stylegan", name)])
+            if min(int(by[(m, name)]["n_images"]) for m in COMPARED) == 0:
+                verdict = "no comparison (a model with no image judged)"
             unfitted = [models.display_name(m) for m, (ok, _) in fitted.items() if ok is False]
             if unfitted:
                 verdict = "no comparison of fitted models (" + " and ".join(unfitted) + " not fitted)"
             text.append(f"Memorized by {words}: " + ", ".join(cells) + f": {verdict}.")
         lines.append("- " + " ".join(text))
+    lines += _subset_comparisons(table, sizes, fit, *shown[0])
     refs = []
     largest = table[table["size"] == table["size"].max()]
     for group, words in ((criteria.REAL, "real held-out images"), ("optimal_denoiser", "the optimal denoiser (copies)"),
@@ -161,6 +172,63 @@ def sweep_markdown(results_dir: str | os.PathLike) -> str:
     if refs:
         lines.append("- References at the largest size, by the ℓ2 ratio: " + "; ".join(refs) + ".")
     return "\n".join(lines)
+
+
+def _run_cell(row: pd.Series, sizes: pd.DataFrame, fit: pd.DataFrame | None, model: str) -> tuple[bool | None, str]:
+    """(fitted, 'one slice per subject, 16 slices (16 distinct pictures): k/n (…)') of one run of ``model``."""
+    i = int(sizes.index[(sizes["size"] == row["size"]) & (sizes["rule"] == row["rule"])][0])
+    ok, _ = _fit_words(fit, model, int(row["size"]), str(row["rule"]))
+    return ok, (f"{html.escape(RULE_WORDS.get(str(row['rule']), str(row['rule'])))}, {int(row['size'])} slices "
+                f"({_distinct(sizes, i)}): {_count(row)}" + (" — <strong>not fitted</strong>" if ok is False else ""))
+
+
+def _subset_comparisons(table: pd.DataFrame, sizes: pd.DataFrame | None, fit: pd.DataFrame | None,
+                        criterion: str, words: str) -> list[str]:
+    """The 2D-from-3D question with two subset rules: per trained model, the
+    runs of equal slice count and the runs of equal *distinct pictures*
+    compared (Wilson intervals; fitted runs only), and which of the two the
+    difference follows — computed, never typed."""
+    if sizes is None or "n_distinct" not in sizes or sizes["rule"].nunique() < 2:
+        return []
+    out = []
+    for model in COMPARED:
+        rows = table[(table["group"] == model) & (table["criterion"] == criterion)]
+        runs = sizes.merge(rows, on=["rule", "size"], suffixes=("_run", ""))
+        verdicts, cells, unfitted = {}, [], False
+        for key, kind in (("size", "slices"), ("n_distinct", "distinct pictures")):
+            for value, same in runs.groupby(key, sort=True):
+                same = same.sort_values("rule", key=lambda c: c.map({r: i for i, r in enumerate(sweep.RULES)}))
+                if same["rule"].nunique() < 2:
+                    continue
+                (ok_a, a), (ok_b, b) = (_run_cell(r, sizes, fit, model) for _, r in same.iloc[:2].iterrows())
+                first, second = same.iloc[0], same.iloc[1]
+                if min(int(first["n_images"]), int(second["n_images"])) == 0:
+                    verdict = "no comparison (a run with no image judged)"
+                else:
+                    verdict = sweep_figures.interval_verdict(first, second)
+                    verdicts.setdefault(key, []).append("memorizes more" in verdict)
+                    verdict = {"diffusion memorizes more": f"more copied from {RULE_WORDS[str(first['rule'])]}",
+                               "StyleGAN memorizes more": f"more copied from {RULE_WORDS[str(second['rule'])]}"
+                               }.get(verdict, verdict)
+                    if ok_a is False or ok_b is False:
+                        unfitted = True
+                        verdict += " (between runs not both fitted: the budget's numbers, not fitted models')"
+                cells.append(f"at {int(value)} {kind}: {a} vs {b}: {verdict}")
+        if not cells:
+            continue
+        drives = ""
+        if "size" in verdicts and "n_distinct" in verdicts:
+            by_slices, by_pictures = any(verdicts["size"]), any(verdicts["n_distinct"])
+            drives = {(True, False): "the difference follows the distinct pictures, not the slice count.",
+                      (False, True): "the difference follows the slice count, not the distinct pictures.",
+                      (True, True): "both comparisons differ.",
+                      (False, False): "neither comparison shows a difference the intervals can show."}[
+                          (by_slices, by_pictures)]
+            drives = " " + ("Between runs not all fitted, " if unfitted else "") + drives
+            drives = drives[:2].upper() + drives[2:]
+        out.append(f"- **Slices or distinct pictures? {html.escape(models.display_name(model))}**, memorized by {words}: "
+                   + "; ".join(cells) + "." + drives)
+    return out
 
 
 def glossary_markdown() -> str:

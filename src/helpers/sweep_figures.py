@@ -242,7 +242,7 @@ def run_design_text(results_dir: str | os.PathLike) -> str:
             if path.is_file():
                 seen.setdefault(model.display, set()).add(int(common.read_json(path).get("images_seen", 0)))
     several = sizes["rule"].nunique() > 1
-    distinct = lambda r: (f", {int(r.n_distinct)} distinct pictures"  # noqa: E731
+    distinct = lambda r: (f", {int(r.n_distinct)} distinct picture{'' if int(r.n_distinct) == 1 else 's'}"  # noqa: E731
                           if "n_distinct" in sizes and not pd.isna(r.n_distinct) and int(r.n_distinct) != r.size else "")
     cells = [f"{r.size} ({r.n_subjects} subj.{distinct(r)}" + (f", {r.rule})" if several else ")")
              for r in sizes.itertuples()]
