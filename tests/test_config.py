@@ -42,6 +42,27 @@ def test_layers_override_in_order_and_say_where_each_value_came_from(tmp_path):
     assert "image_size:" in text and "# configs/profiles/small.yaml" in text
 
 
+def test_a_profile_based_on_another_inherits_its_settings_and_the_dataset_s_section_for_it(tmp_path):
+    write_config(tmp_path, {"prepare_data": {"slice_stride": 2},
+                            "profiles": {"small": {"prepare_data": {"n_test_subjects": 7}}}},
+                 {"prepare_data": {"image_size": 32}, "train_diffusion": {"max_steps": 900, "batch_size": 16}})
+    (tmp_path / "configs" / "profiles" / "long.yaml").write_text(
+        yaml.safe_dump({"based_on": "small", "train_diffusion": {"max_steps": 4000}}))
+    resolved = config.resolve("toy", "long", root=tmp_path)
+    assert (resolved["prepare_data"].image_size, resolved["prepare_data"].n_test_subjects) == (32, 7)
+    assert (resolved["train_diffusion"].max_steps, resolved["train_diffusion"].batch_size) == (4000, 16)
+    where = resolved.sources
+    assert where["train_diffusion"]["max_steps"] == "configs/profiles/long.yaml"
+    assert where["train_diffusion"]["batch_size"] == "configs/profiles/small.yaml"
+    assert where["prepare_data"]["n_test_subjects"] == "configs/toy.yaml profiles.small"
+    (tmp_path / "configs" / "profiles" / "small.yaml").write_text(yaml.safe_dump({"based_on": "long"}))
+    with pytest.raises(config.ConfigError, match=r"small.yaml: based_on: long makes a cycle \(long → small → long\)"):
+        config.resolve("toy", "long", root=tmp_path)
+    (tmp_path / "configs" / "profiles" / "long.yaml").write_text(yaml.safe_dump({"based_on": "gpuu"}))
+    with pytest.raises(config.ConfigError, match=r"gpuu.yaml \(based_on in configs/profiles/long.yaml\)"):
+        config.resolve("toy", "long", root=tmp_path)
+
+
 def test_unknown_dataset_and_profile_name_the_choices(tmp_path):
     write_config(tmp_path, {}, {})
     with pytest.raises(config.ConfigError, match="known datasets: toy"):

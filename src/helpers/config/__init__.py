@@ -9,6 +9,7 @@ in ``configs/`` only override them, in this order (later wins):
 2. ``configs/<dataset>.yaml``,
 3. ``configs/profiles/<profile>.yaml``,
 4. the dataset file's own ``profiles: {<profile>: ...}`` section,
+   (a profile ``based_on`` another gets that one's 3 and 4 first),
 5. ``./runall.sh --data DIR`` (``prepare_data.raw_dir``) and ``--set SECTION.KEY=VALUE``.
 
 A key that no schema knows, in any layer, is an error that names the key,

@@ -85,15 +85,12 @@ def _check_layer(layer: Layer, sections: Sequence[str]) -> None:
 
 
 def config_layers(dataset: str, profile: str, root: Path | None = None) -> list[Layer]:
-    """The dataset file, the profile and the dataset's own profile section."""
+    """The dataset file, then the profile's layers (:func:`profile_layers`)."""
     root = root or repo_root()
     dataset_file = root / "configs" / f"{dataset}.yaml"
-    profile_file = root / "configs" / "profiles" / f"{profile}.yaml"
     if not dataset_file.is_file():
         known = sorted(p.stem for p in (root / "configs").glob("*.yaml"))
         raise ConfigError(f"No configuration {dataset_file} (known datasets: {', '.join(known)})")
-    if not profile_file.is_file():
-        raise ConfigError(f"No profile {profile_file} (known profiles: {', '.join(available_profiles(root))})")
     base = read_yaml(dataset_file)
     own = base.pop("profiles", None) or {}
     if not isinstance(own, Mapping) or not all(isinstance(v, Mapping) or v is None for v in own.values()):
@@ -102,9 +99,37 @@ def config_layers(dataset: str, profile: str, root: Path | None = None) -> list[
     if unknown:
         raise ConfigError(f"{dataset_file}: profiles.{unknown[0]} is not a profile "
                           f"(profiles: {', '.join(available_profiles(root))})")
-    rel = lambda p: str(p.relative_to(root))  # noqa: E731 - short label
-    return [Layer(rel(dataset_file), base), Layer(rel(profile_file), read_yaml(profile_file)),
-            Layer(f"{rel(dataset_file)} profiles.{profile}", dict(own.get(profile) or {}))]
+    return [Layer(_relative(dataset_file, root), base), *profile_layers(profile, root, dataset_file, own)]
+
+
+def _relative(path: Path, root: Path) -> str:
+    return str(path.relative_to(root))
+
+
+def profile_layers(profile: str, root: Path, dataset_file: Path, own: Mapping,
+                   derived: tuple[str, ...] = ()) -> list[Layer]:
+    """A profile's layers, later wins: the layers of the profile it is
+    ``based_on`` (if it names one), the profile file, and the dataset file's
+    section for it (``profiles.<profile>``). So a profile that differs from
+    another in a few settings says only those, and inherits the dataset's
+    section for its base too (the reference profile is the cpu profile,
+    trained longer)."""
+    profile_file = root / "configs" / "profiles" / f"{profile}.yaml"
+    said_by = f" (based_on in configs/profiles/{derived[-1]}.yaml)" if derived else ""
+    if not profile_file.is_file():
+        raise ConfigError(f"No profile {profile_file}{said_by} (known profiles: {', '.join(available_profiles(root))})")
+    values = read_yaml(profile_file)
+    base = values.pop("based_on", None)
+    layers: list[Layer] = []
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{_relative(profile_file, root)}: based_on must name one profile, got {base!r}")
+        if base in (*derived, profile):
+            chain = " → ".join((*derived, profile, base))
+            raise ConfigError(f"{_relative(profile_file, root)}: based_on: {base} makes a cycle ({chain})")
+        layers = profile_layers(base, root, dataset_file, own, (*derived, profile))
+    return [*layers, Layer(_relative(profile_file, root), values),
+            Layer(f"{_relative(dataset_file, root)} profiles.{profile}", dict(own.get(profile) or {}))]
 
 
 def available_profiles(root: Path | None = None) -> list[str]:
