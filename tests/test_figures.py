@@ -562,3 +562,15 @@ def test_a_step_removes_what_it_wrote_last_time_and_not_this_time(tmp_path):
     removed = remove_stale_outputs(folder, [folder / "a.csv"])
     assert removed == [folder / "old.csv"] and not (folder / "old.csv").exists()
     assert (folder / "a.csv").exists() and (folder / "user_notes.txt").exists() and (tmp_path / "outside.csv").exists()
+
+
+def test_reports_fold_long_tables_and_link_the_figures_they_do_not_show(tmp_path):
+    fig = plt.figure()
+    paths = figures.save_measure_figure(fig, tmp_path / "figures", "max_correlation", "t1", pdf=False, show=False)
+    assert [p.name for p in paths] == ["max_correlation_t1.png"] and paths[0].is_file()
+    assert not plt.fignum_exists(fig.number)                      # closed, not shown
+    line = figures.links_markdown(paths, tmp_path / "notebooks", "The other measures")
+    assert line == "The other measures: [max_correlation_t1](../figures/max_correlation_t1.png)."
+    assert figures.links_markdown([], tmp_path) == ""
+    text = figures.folded("**t1 — diffusion** (open to read)", "| a |\n|---|\n| 1 |")
+    assert text.startswith("<details><summary><b>t1 — diffusion</b> (open to read)</summary>\n\n| a |")

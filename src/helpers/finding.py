@@ -178,7 +178,8 @@ def _run_cell(row: pd.Series, sizes: pd.DataFrame, fit: pd.DataFrame | None, mod
     """(fitted, 'one slice per subject, 16 slices (16 distinct pictures): k/n (…)') of one run of ``model``."""
     i = int(sizes.index[(sizes["size"] == row["size"]) & (sizes["rule"] == row["rule"])][0])
     ok, _ = _fit_words(fit, model, int(row["size"]), str(row["rule"]))
-    return ok, (f"{html.escape(RULE_WORDS.get(str(row['rule']), str(row['rule'])))}, {int(row['size'])} slices "
+    return ok, (f"{html.escape(RULE_WORDS.get(str(row['rule']), str(row['rule'])))}, "
+                f"{traced(int(row['size']), SIZES, key=f'sizes.{i}.size', fmt='d')} slices "
                 f"({_distinct(sizes, i)}): {_count(row)}" + (" — <strong>not fitted</strong>" if ok is False else ""))
 
 
@@ -213,7 +214,8 @@ def _subset_comparisons(table: pd.DataFrame, sizes: pd.DataFrame | None, fit: pd
                     if ok_a is False or ok_b is False:
                         unfitted = True
                         verdict += " (between runs not both fitted: the budget's numbers, not fitted models')"
-                cells.append(f"at {int(value)} {kind}: {a} vs {b}: {verdict}")
+                i = int(sizes.index[(sizes["size"] == first["size"]) & (sizes["rule"] == first["rule"])][0])
+                cells.append(f"at {traced(int(value), SIZES, key=f'sizes.{i}.{key}', fmt='d')} {kind}: {a} vs {b}: {verdict}")
         if not cells:
             continue
         drives = ""

@@ -16,7 +16,7 @@ from . import criteria as judged
 from . import models, run_fit, sweep
 from .layout import Results, Run
 
-REAL_STYLE = ("real held-out images", "0.45", "D")
+REAL_STYLE = ("real held-out images (flagged, never trained on)", "0.45", "D")
 
 
 def groups() -> dict[str, tuple[str, str, str]]:
@@ -97,7 +97,7 @@ def plot_sweep(criteria: pd.DataFrame, shown: Sequence[str] | None = None, dodge
         ax.set_xticks(sizes, [f"{s}\n({int(rows[rows['size'] == s]['n_subjects'].iloc[0])} subj.)" for s in sizes])
         ax.minorticks_off()
         ax.set(title=criterion, xlabel="training images (subjects)", ylim=(-5, 105))
-    axes[0][0].set_ylabel("% of images memorized")
+    axes[0][0].set_ylabel("% of images flagged by the criterion\n(a generator's: memorized)")
     axes[0][-1].legend(fontsize=7, loc="center right")
     fig.suptitle("Memorization against training-set size (same budget at every size; dotted: 90 %"
                  + ("; hollow: not fitted" if fit is not None else "") + ")")
@@ -214,7 +214,7 @@ def plot_compare_sweeps(frame: pd.DataFrame, criterion: str = judged.L2_CRITERIO
         ax.set_xscale("log")
         ax.axhline(100 * judged.CAPACITY_FRACTION, color="k", lw=0.6, ls=":")
         ax.set(title=f"{dataset}: {shown}", xlabel="training images", ylim=(-5, 105))
-    axes[0][0].set_ylabel("% of images memorized")
+    axes[0][0].set_ylabel("% of images flagged by the criterion\n(a generator's: memorized)")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     return fig

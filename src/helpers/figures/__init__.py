@@ -30,6 +30,8 @@ from .fit import memorization_against_fit
 from .images import montage, plot_sample_grids
 from .method import plot_method, plot_method_of
 from .output import (
+                     folded,
+                     links_markdown,
                      markdown_table,
                      measure_names,
                      outputs_markdown,
@@ -100,9 +102,9 @@ __all__ = [
     "memorization_against_fit", "most_copy_like", "plot_method", "plot_method_of", "plot_story", "plot_story_of",
     "BASELINE", "COLOURS", "CONTROL", "DISPLAY_NAMES", "MODELS", "THRESHOLD_NAMES", "ResultMissing",
     "available", "channel_index", "collect_summaries", "compare_table", "compare_text", "display_name",
-    "finding_text", "headline", "intensity_histogram", "interval_columns", "load_baseline", "load_control",
+    "finding_text", "folded", "headline", "intensity_histogram", "interval_columns", "load_baseline", "load_control",
     "load_exceedances", "load_images", "load_index", "load_leakage", "load_loss_log", "load_matches", "load_meta",
-    "load_most_matched", "load_summary", "load_thresholds", "load_topk", "markdown_table",
+    "links_markdown", "load_most_matched", "load_summary", "load_thresholds", "load_topk", "markdown_table",
     "max_correlations", "measure_files", "measure_folder", "measure_info", "measure_label", "measure_names", "measures",
     "measures_table", "memorization_table", "memorization_tables", "missing_text", "model_files", "model_status",
     "montage", "most_copied_table", "one_measure", "outputs_markdown", "params_markdown", "remove_stale_outputs", "plot_compare",

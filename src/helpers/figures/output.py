@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -69,26 +70,50 @@ def save_measure_table(frame: pd.DataFrame, out_dir, name: str, measure: str,
     return [p for stem in measure_names(name, measure, headline_measure) for p in save_table(frame, out_dir, stem)]
 
 
-def save_measure_figure(fig, out_dir, name: str, measure: str, pdf: bool = True) -> list[Path]:
+def save_measure_figure(fig, out_dir, name: str, measure: str, pdf: bool = True, show: bool = True) -> list[Path]:
     """:func:`save_figure` as ``<name>_<measure>`` (unlike tables, figures are
     not written a second time under the headline's plain name)."""
-    return save_figure(fig, out_dir, f"{name}_{measure}", pdf)
+    return save_figure(fig, out_dir, f"{name}_{measure}", pdf, show)
 
 
-def save_figure(fig, out_dir: str | os.PathLike, name: str, pdf: bool = True) -> list[Path]:
+def save_figure(fig, out_dir: str | os.PathLike, name: str, pdf: bool = True, show: bool = True) -> list[Path]:
     """Save ``fig`` as ``<name>.png`` (and ``.pdf``) under ``out_dir``,
     atomically (a half-written figure never replaces a good one). In a
-    notebook the saved PNG is what is shown, tagged with its file so that
-    the HTML report links the file instead of storing the figure a second
-    time, and ``fig`` is closed."""
+    notebook the saved PNG is what is shown (unless ``show`` is False: a
+    report leads with the figures that answer its question and links the
+    rest, :func:`links_markdown`), tagged with its file so that the HTML
+    report links the file instead of storing the figure a second time, and
+    ``fig`` is closed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png"] + ([out_dir / f"{name}.pdf"] if pdf else [])
     for path in paths:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix[1:])
-    _show_saved(fig, paths[0])
+    if show:
+        _show_saved(fig, paths[0])
+    else:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return paths
+
+
+def folded(title: str, markdown: str) -> str:
+    """``markdown`` (a long table) folded under ``title``: open to read.
+    The title's Markdown bold becomes HTML (a summary is not read as Markdown)."""
+    title = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", title)
+    return f"<details><summary>{title}</summary>\n\n{markdown}\n\n</details>"
+
+
+def links_markdown(paths: Iterable[str | os.PathLike], start: str | os.PathLike, label: str = "Also written") -> str:
+    """A line of links to ``paths`` (their PNGs), relative to ``start`` (the
+    folder of the HTML report that shows the line)."""
+    pngs = [Path(p) for p in paths if Path(p).suffix == ".png"]
+    if not pngs:
+        return ""
+    links = [f"[{p.stem}]({Path(os.path.relpath(p, start)).as_posix()})" for p in pngs]
+    return f"{label}: " + ", ".join(links) + "."
 
 
 def _show_saved(fig, png: Path) -> None:
