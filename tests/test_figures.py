@@ -433,6 +433,22 @@ def test_compare_datasets(tmp_path):
     assert figures.save_figure(fig, tmp_path / "compare", "bars", pdf=False)[0].is_file()
     text = figures.compare_text(frame, "baseline_p99")
     assert re.search(r"\*\*cxr\*\* \(xray\): StyleGAN \d+/24", text)
+    brats = next(line for line in text.splitlines() if line.startswith("- **brats20**"))
+    assert "; diffusion vs StyleGAN: " in brats and "not fitted" not in brats     # the pair is named; no fit judged
+    compact = figures.compact_table(frame, ["baseline_p99"])
+    assert list(compact.columns) == ["dataset", "kind", "model", "measure", "baseline_p99", "fit"]
+    assert set(compact["fit"]) == {""}
+    # step 05's fit: StyleGAN not fitted, so no comparison of fitted models, and the tables say so
+    (tmp_path / "brats20" / "fit").mkdir(exist_ok=True)
+    pd.DataFrame({"size": 10, "model": ["stylegan", "diffusion"], "fitted": [False, True]}).to_csv(
+        tmp_path / "brats20" / "fit" / "fit.csv", index=False)
+    frame = figures.collect_summaries(tmp_path)
+    brats = next(line for line in figures.compare_text(frame, "baseline_p99").splitlines() if "**brats20**" in line)
+    assert brats.endswith("diffusion vs StyleGAN: no comparison of fitted models (StyleGAN not fitted).")
+    compact = figures.compact_table(frame, ["baseline_p99"]).set_index(["dataset", "model"])
+    assert compact.loc[("brats20", "StyleGAN"), "fit"] == "not fitted"
+    assert compact.loc[("brats20", "diffusion"), "fit"] == "fitted"
+    assert compact.loc[("cxr", "StyleGAN"), "fit"] == ""
 
 
 def test_headline_and_other_measures(tmp_path):

@@ -187,7 +187,10 @@ def collect_sweeps(results_root: str | os.PathLike) -> pd.DataFrame:
     ``dataset`` column (for ``./runall.sh compare``)."""
     frames = []
     for path in sorted(Path(results_root).glob(Results("*").sweep.criteria.as_posix())):
-        frames.append(judged.in_vocabulary(pd.read_csv(path)).assign(dataset=path.parent.parent.name))
+        table = judged.in_vocabulary(pd.read_csv(path)).assign(dataset=path.parent.parent.name)
+        fit = run_fit.load_fit(path.parent.parent)
+        table["fitted"] = [run_fit.fitted(fit, g, int(s), r) for g, s, r in zip(table["group"], table["size"], table["rule"])]
+        frames.append(table)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -197,8 +200,12 @@ def plot_compare_sweeps(frame: pd.DataFrame, criterion: str = judged.L2_CRITERIO
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(frame["dataset"]))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.8 * len(datasets), 4.0), sharey=True, squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
+    n_cols = min(3, len(datasets))
+    n_rows = -(-len(datasets) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.6 * n_cols, 3.7 * n_rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(datasets):]:
+        ax.set_visible(False)
+    for ax, dataset in zip(axes.flat, datasets):
         part = frame[(frame["dataset"] == dataset) & (frame["rule"] == "whole_subjects")]
         shown = criterion if criterion in set(part["criterion"]) else \
             judged.correlation_criterion(str(part["headline"].iloc[0]), criterion)
@@ -209,13 +216,28 @@ def plot_compare_sweeps(frame: pd.DataFrame, criterion: str = judged.L2_CRITERIO
             label, colour, marker = styles[group]
             y = g["fraction"].to_numpy(float)
             err = np.vstack([y - g["wilson_low"].to_numpy(float), g["wilson_high"].to_numpy(float) - y])
-            ax.errorbar(g["size"].to_numpy(float) * 10 ** (0.05 * (j - 1.5)), 100 * y, yerr=100 * err,
-                        color=colour, marker=marker, ms=5, capsize=3, lw=1.2, label=label)
+            x = g["size"].to_numpy(float) * 10 ** (0.05 * (j - 1.5))
+            ax.errorbar(x, 100 * y, yerr=100 * err, color=colour, marker=None, capsize=3, lw=1.2, label=label)
+            unfitted = [f is not None and not pd.isna(f) and not bool(f) for f in g.get("fitted", [None] * len(g))]
+            ax.scatter(x, 100 * y, marker=marker, s=26, zorder=3, edgecolors=colour,
+                       facecolors=[("white" if u else colour) for u in unfitted])
+        sizes = sorted(rows["size"].unique())
         ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(s) for s in sizes])   # the sweep's own sizes, not powers of ten
+        ax.minorticks_off()
+        if len(sizes) == 1:
+            ax.set_xlim(sizes[0] / 2, sizes[0] * 2)
         ax.axhline(100 * judged.CAPACITY_FRACTION, color="k", lw=0.6, ls=":")
         ax.set(title=f"{dataset}: {shown}", xlabel="training images", ylim=(-5, 105))
-    axes[0][0].set_ylabel("% of images flagged by the criterion\n(a generator's: memorized)")
-    axes[0][-1].legend(fontsize=7)
+        ax.title.set_fontsize(9)
+    for row in axes:
+        row[0].set_ylabel("% of images flagged by the criterion\n(a generator's: memorized)")
+    legend = {}
+    for ax in axes.flat[:len(datasets)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)     # every group of every panel, once
+    axes.flat[len(datasets) - 1].legend(legend.values(), legend.keys(), fontsize=7)
+    fig.suptitle("Memorization against training-set size, per dataset (hollow: not fitted; dotted: 90 %)", fontsize=10)
     fig.tight_layout()
     return fig
 

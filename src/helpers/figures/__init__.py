@@ -23,7 +23,7 @@ the size sweep's figures are :mod:`helpers.sweep_figures`. Every name is re-expo
 ``from helpers import figures; figures.<name>`` reaches all of them.
 """
 
-from .compare import collect_summaries, compare_table, compare_text, one_measure, plot_compare
+from .compare import collect_summaries, compact_table, compare_table, compare_text, one_measure, plot_compare
 from .curves import plot_loss_log, plot_training_curves
 from .distributions import max_correlations, plot_max_correlation, plot_max_correlation_by_measure
 from .fit import memorization_against_fit
@@ -101,7 +101,7 @@ from .top_matches import intensity_histogram, plot_top_matches, select_matches
 __all__ = [
     "memorization_against_fit", "most_copy_like", "plot_method", "plot_method_of", "plot_story", "plot_story_of",
     "BASELINE", "COLOURS", "CONTROL", "DISPLAY_NAMES", "MODELS", "THRESHOLD_NAMES", "ResultMissing",
-    "available", "channel_index", "collect_summaries", "compare_table", "compare_text", "display_name",
+    "available", "channel_index", "collect_summaries", "compact_table", "compare_table", "compare_text", "display_name",
     "finding_text", "folded", "headline", "intensity_histogram", "interval_columns", "load_baseline", "load_control",
     "load_exceedances", "load_images", "load_index", "load_leakage", "load_loss_log", "load_matches", "load_meta",
     "links_markdown", "load_most_matched", "load_summary", "load_thresholds", "load_topk", "markdown_table",

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..audit import JOINT, measure_summary
-from ..layout import Results
+from ..layout import Results, Run
 from .results import load_summary
 from .style import BASELINE, COLOURS, CONTROL, MODELS, _pct, display_name, interval_columns
 
@@ -21,7 +21,7 @@ def _kind(model: str) -> str:
 
 
 _COMPARE_COLUMNS = ["dataset", "measure", "headline", "model", "kind", "threshold_name", "threshold", "n", "n_above",
-                    "fraction", "wilson_low", "wilson_high", "subjects_leaked", "p99", "max"]
+                    "fraction", "wilson_low", "wilson_high", "subjects_leaked", "p99", "max", "fitted"]
 
 
 def collect_summaries(results_root, measure: str | None = None, all_measures: bool = False) -> pd.DataFrame:
@@ -45,8 +45,24 @@ def collect_summaries(results_root, measure: str | None = None, all_measures: bo
         for name in names:
             view = _summary_view(folder, name)
             if view is not None:
-                rows += [{**row, "dataset": label} for row in _summary_rows(folder, view)]
+                fitted = _fit_verdicts(folder)
+                rows += [{**row, "dataset": label, "fitted": fitted.get(row["model"])}
+                         for row in _summary_rows(folder, view)]
     return pd.DataFrame(rows, columns=_COMPARE_COLUMNS)
+
+
+def not_fitted(value) -> bool:
+    """Whether a ``fitted`` cell says the reading rule judged the model not fitted (blank/None: not judged)."""
+    return value is not None and not (isinstance(value, float) and np.isnan(value)) and not bool(value)
+
+
+def _fit_verdicts(folder: Path) -> dict[str, bool]:
+    """``{model: fitted}`` of one run by step 05's reading rule (``fit/fit.csv``); empty before the fit."""
+    path = Run(folder).fit.fit
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    return {str(m): bool(f) for m, f in zip(table["model"], table["fitted"])}
 
 
 def _summary_view(folder: Path, measure: str | None) -> dict | None:
@@ -109,35 +125,76 @@ def compare_table(frame: pd.DataFrame, threshold_names: Sequence[str], measure: 
                             kind="stable").reset_index(drop=True)
 
 
+def compact_table(frame: pd.DataFrame, threshold_names: Sequence[str], measure: str | None = None) -> pd.DataFrame:
+    """The table a reader scans: one row per run and group, per threshold
+    'k/n (lo–hi %)', and whether the generator learnt its data ("not
+    fitted" where step 05's reading rule says it did not; blank where the
+    run predates the fit). The full numbers are in :func:`compare_table`."""
+    frame = one_measure(frame, measure)
+    keys = ["dataset", "kind", "model"]
+    base = frame.drop_duplicates(keys)[keys + (["measure"] if "measure" in frame else [])].reset_index(drop=True)
+    fitted = frame.drop_duplicates(keys).set_index(keys)["fitted"] if "fitted" in frame else None
+    for name in threshold_names:
+        part = frame[frame["threshold_name"] == name].set_index(keys)
+        lo, hi = interval_columns(part)
+        cells = [f"{int(k)}/{int(n)} ({100 * a:.0f}–{100 * b:.0f} %)" if pd.notna(n) and n else "–"
+                 for k, n, a, b in zip(part["n_above"], part["n"], lo, hi)]
+        base = base.merge(pd.DataFrame({name: cells}, index=part.index).reset_index(), on=keys, how="left")
+    if fitted is not None:
+        judged = lambda v: v is not None and not (isinstance(v, float) and np.isnan(v))  # noqa: E731
+        verdicts = [fitted.get(tuple(k)) for k in base[keys].itertuples(index=False)]
+        base["fit"] = [("not fitted" if not_fitted(v) else "fitted") if kind == "generator" and judged(v) else ""
+                       for v, kind in zip(verdicts, base["kind"])]
+    order = {"generator": 0, "baseline": 1, "control": 2}
+    models = {m: i for i, m in enumerate(MODELS)}
+    base = base.sort_values(["dataset", "kind", "model"], kind="stable",
+                            key=lambda c: c.map(order) if c.name == "kind" else c.map(models) if c.name == "model" else c)
+    return base.assign(model=base["model"].map(display_name)).reset_index(drop=True)
+
+
 def plot_compare(frame: pd.DataFrame, threshold_name: str = "baseline_p99", measure: str | None = None):
-    """Grouped bars: % synthetic images above ``threshold_name`` per
-    dataset (x; its measure, by default the headline, under its name) and
-    model (colour), 95 % CI as error bars; the held-out real baseline in
-    grey for reference. The positive control is left out (it is not a
-    generator; it is in the table)."""
+    """% of images above ``threshold_name``, one line per run (its
+    measure and threshold under its name), one marker per model (colour),
+    the 95 % interval as a bar; the held-out real images in grey for
+    reference; a hollow marker where the reading rule says the generator did
+    not learn its data. Horizontal, so that many runs stay readable. The
+    positive control is left out (it is not a generator; it is in the table)."""
     frame = one_measure(frame, measure)
     data = frame[(frame["threshold_name"] == threshold_name) & (frame["kind"] != "control")]
     datasets = list(dict.fromkeys(data["dataset"]))
     groups = [m for m in (*MODELS, BASELINE) if m in set(data["model"])]
     groups += sorted(set(data["model"]) - set(groups))
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(datasets) + 2), 3.6))
-    width = 0.8 / max(len(groups), 1)
+    fig, ax = plt.subplots(figsize=(9.5, 0.42 * len(datasets) + 1.6))
+    step = 0.8 / max(len(groups), 1)
     for g, model in enumerate(groups):
         part = data[data["model"] == model].set_index("dataset").reindex(datasets)
-        y = 100 * part["fraction"].to_numpy(float)
+        x = 100 * part["fraction"].to_numpy(float)
         lo, hi = interval_columns(part)
-        err = np.vstack([y - 100 * lo, 100 * hi - y])
-        x = np.arange(len(datasets)) + (g - (len(groups) - 1) / 2) * width
-        ax.bar(x, y, width, yerr=np.nan_to_num(err), capsize=3, label=display_name(model),
-               color=COLOURS.get(model), hatch="//" if model == BASELINE else None, edgecolor="white")
+        y = np.arange(len(datasets)) + (g - (len(groups) - 1) / 2) * step
+        colour = COLOURS.get(model)
+        ax.errorbar(x, y, xerr=np.nan_to_num(np.vstack([x - 100 * lo, 100 * hi - x])), fmt="none", ecolor=colour,
+                    elinewidth=1, capsize=2)
+        fitted = part["fitted"] if "fitted" in part else pd.Series(None, index=part.index)
+        hollow = np.array([not_fitted(f) for f in fitted], dtype=bool)
+        ax.scatter(x[~hollow], y[~hollow], color=colour, s=22, zorder=3, label=display_name(model),
+                   marker="D" if model == BASELINE else "o")
+        if hollow.any():
+            ax.scatter(x[hollow], y[hollow], facecolors="white", edgecolors=colour, s=22, zorder=3)
     first = data.drop_duplicates("dataset").set_index("dataset")
     values = first["threshold"].reindex(datasets)
     used = first["measure"].reindex(datasets) if "measure" in first else pd.Series("", index=datasets)
-    ax.set_xticks(np.arange(len(datasets)), [f"{d}\n{used[d]}" + (f" (r > {v:.3f})" if pd.notna(v) else "")
-                                             for d, v in values.items()])
-    ax.set_ylabel(f"% images above {threshold_name}")
-    ax.set_title(f"images above {threshold_name} (95 % CI)", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_yticks(np.arange(len(datasets)), [f"{d} ({used[d]}" + (f", r > {v:.3f})" if pd.notna(v) else ")")
+                                             for d, v in values.items()], fontsize=8)
+    folders = [d.split("/")[0] for d in datasets]
+    for i in range(1, len(folders)):
+        if folders[i] != folders[i - 1]:   # a line between results folders
+            ax.axhline(i - 0.5, color="0.7", lw=0.8)
+    ax.invert_yaxis()
+    ax.set_xlim(-3, 103)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel(f"% of images above {threshold_name} (95 % interval; hollow: generator not fitted)")
+    ax.set_title(f"Images above {threshold_name}, per run", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -154,15 +211,32 @@ def compare_text(frame: pd.DataFrame, threshold_name: str = "baseline_p99", meas
         gens = group[group["kind"] == "generator"].sort_values("fraction", ascending=False)
         lo, hi = interval_columns(gens)
         parts = [f"{display_name(r.model)} {r.n_above}/{r.n} ({_pct(r.fraction)}, CI {_pct(lo[i])}–{_pct(hi[i])})"
+                 + (" — not fitted" if not_fitted(getattr(r, "fitted", None)) else "")
                  for i, r in enumerate(gens.itertuples())]
         base = group[group["kind"] == "baseline"]
         if len(base):
             parts.append(f"real held-out {_pct(base['fraction'].iloc[0])}")
-        verdict = ""
-        if len(gens) >= 2:
-            verdict = (f"; {display_name(gens.iloc[0].model)} higher, intervals do not overlap" if lo[0] > hi[1]
-                       else "; intervals overlap")
+        verdict = _pair_verdict(gens)
         used = f" ({group['measure'].iloc[0]})" if "measure" in group else ""
         lines.append(f"- **{dataset}**{used}: " + (", ".join(parts) or "no generator results") + verdict + ".")
     return f"Images above {threshold_name}:\n\n" + "\n".join(lines)
+
+
+def _pair_verdict(gens: pd.DataFrame) -> str:
+    """The diffusion model against StyleGAN, named (never whichever pair is on
+    top): a difference only where their Wilson intervals do not overlap, and
+    no comparison where either did not learn its data."""
+    by = gens.set_index("model")
+    if not {"diffusion", "stylegan"} <= set(by.index):
+        return ""
+    unfitted = [display_name(m) for m in ("diffusion", "stylegan") if not_fitted(by.loc[m].get("fitted"))]
+    if unfitted:
+        return f"; diffusion vs StyleGAN: no comparison of fitted models ({' and '.join(unfitted)} not fitted)"
+    (dl,), (dh,) = interval_columns(by.loc[["diffusion"]])
+    (gl,), (gh,) = interval_columns(by.loc[["stylegan"]])
+    if dl > gh:
+        return "; diffusion vs StyleGAN: diffusion higher, intervals do not overlap"
+    if gl > dh:
+        return "; diffusion vs StyleGAN: StyleGAN higher, intervals do not overlap"
+    return "; diffusion vs StyleGAN: intervals overlap"
 
