@@ -436,7 +436,7 @@ def test_compare_datasets(tmp_path):
     brats = next(line for line in text.splitlines() if line.startswith("- **brats20**"))
     assert "; diffusion vs StyleGAN: " in brats and "not fitted" not in brats     # the pair is named; no fit judged
     compact = figures.compact_table(frame, ["baseline_p99"])
-    assert list(compact.columns) == ["dataset", "kind", "model", "measure", "baseline_p99", "fit"]
+    assert list(compact.columns) == ["run (measure)", "model", "baseline_p99", "fit"]
     assert set(compact["fit"]) == {""}
     # step 05's fit: StyleGAN not fitted, so no comparison of fitted models, and the tables say so
     (tmp_path / "brats20" / "fit").mkdir(exist_ok=True)
@@ -445,10 +445,10 @@ def test_compare_datasets(tmp_path):
     frame = figures.collect_summaries(tmp_path)
     brats = next(line for line in figures.compare_text(frame, "baseline_p99").splitlines() if "**brats20**" in line)
     assert brats.endswith("diffusion vs StyleGAN: no comparison of fitted models (StyleGAN not fitted).")
-    compact = figures.compact_table(frame, ["baseline_p99"]).set_index(["dataset", "model"])
-    assert compact.loc[("brats20", "StyleGAN"), "fit"] == "not fitted"
-    assert compact.loc[("brats20", "diffusion"), "fit"] == "fitted"
-    assert compact.loc[("cxr", "StyleGAN"), "fit"] == ""
+    compact = figures.compact_table(frame, ["baseline_p99"]).set_index(["run (measure)", "model"])
+    assert compact.loc[("brats20 (t1)", "StyleGAN"), "fit"] == "not fitted"
+    assert compact.loc[("brats20 (t1)", "diffusion"), "fit"] == "fitted"
+    assert compact.loc[("cxr (xray)", "StyleGAN"), "fit"] == ""
 
 
 def test_headline_and_other_measures(tmp_path):

@@ -137,7 +137,7 @@ def compact_table(frame: pd.DataFrame, threshold_names: Sequence[str], measure: 
     for name in threshold_names:
         part = frame[frame["threshold_name"] == name].set_index(keys)
         lo, hi = interval_columns(part)
-        cells = [f"{int(k)}/{int(n)} ({100 * a:.0f}–{100 * b:.0f} %)" if pd.notna(n) and n else "–"
+        cells = [f"{int(k)}/{int(n)}\u00a0({100 * a:.0f}–{100 * b:.0f}\u00a0%)" if pd.notna(n) and n else "–"
                  for k, n, a, b in zip(part["n_above"], part["n"], lo, hi)]
         base = base.merge(pd.DataFrame({name: cells}, index=part.index).reset_index(), on=keys, how="left")
     if fitted is not None:
@@ -149,7 +149,11 @@ def compact_table(frame: pd.DataFrame, threshold_names: Sequence[str], measure: 
     models = {m: i for i, m in enumerate(MODELS)}
     base = base.sort_values(["dataset", "kind", "model"], kind="stable",
                             key=lambda c: c.map(order) if c.name == "kind" else c.map(models) if c.name == "model" else c)
-    return base.assign(model=base["model"].map(display_name)).reset_index(drop=True)
+    short = {BASELINE: "real held-out", CONTROL: "planted copies"}
+    base = base.assign(model=[short.get(m, display_name(m)) for m in base["model"]])
+    if "measure" in base:   # one column less: the run's measure beside its name
+        base = base.assign(dataset=base["dataset"] + " (" + base["measure"].astype(str) + ")").drop(columns="measure")
+    return base.drop(columns="kind").rename(columns={"dataset": "run (measure)"}).reset_index(drop=True)
 
 
 def plot_compare(frame: pd.DataFrame, threshold_name: str = "baseline_p99", measure: str | None = None):
