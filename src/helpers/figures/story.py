@@ -14,6 +14,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..layout import Run
 from ..sampling import load_samples
 from .results import load_images, load_matches, load_meta, load_thresholds, shown_channel
 from .style import COLOURS, display_name
@@ -64,7 +65,7 @@ def plot_story(runs: Mapping[str, str | os.PathLike], models: Sequence[str] = ("
     n_cols = 1 + 2 * len(models)
     fig, axes = plt.subplots(len(labels), n_cols, figsize=(1.45 * n_cols + 0.6, 1.7 * len(labels) + 0.5),
                              squeeze=False)
-    ch_name = ""
+    ch_name, word = "", "slice"
     for r, label in enumerate(labels):
         run = Path(runs[label])
         ch = shown_channel(run, channel)
@@ -74,10 +75,13 @@ def plot_story(runs: Mapping[str, str | os.PathLike], models: Sequence[str] = ("
         threshold = load_thresholds(run).get(STORY_THRESHOLD, math.nan)
         size = len(train)
         first = r == 0
-        _panel(axes[r, 0], train[0, ch], "a training slice" if first else None, note=f"1 of {len(train)}")
+        if first:   # x-rays are images, not slices of a volume
+            slices = pd.read_csv(Run(run).data.train_table)["slice"] if Run(run).data.train_table.is_file() else None
+            word = "image" if slices is not None and len(slices) and bool((slices < 0).all()) else "slice"
+        _panel(axes[r, 0], train[0, ch], f"a training {word}" if first else None, note=f"1 of {len(train)}")
         rule = str(meta.get("sweep_rule", "whole_subjects"))
         per_subject = "\none per subject" if rule == "one_per_subject" else ""
-        axes[r, 0].set_ylabel(f"{len(train)} training\nslices{per_subject}\n(p99 {threshold:.3f})", fontsize=8)
+        axes[r, 0].set_ylabel(f"{len(train)} training\n{word}s{per_subject}\n(p99 {threshold:.3f})", fontsize=8)
         for m, model in enumerate(models):
             sample_ax, match_ax = axes[r, 1 + 2 * m], axes[r, 2 + 2 * m]
             name = display_name(model)
@@ -85,12 +89,12 @@ def plot_story(runs: Mapping[str, str | os.PathLike], models: Sequence[str] = ("
                 matches = load_matches(run, model)
             except FileNotFoundError:
                 _panel(sample_ax, None, f"{name} sample" if first else None, note="no samples audited")
-                _panel(match_ax, None, "its nearest training slice" if first else None, note="")
+                _panel(match_ax, None, f"its nearest training {word}" if first else None, note="")
                 continue
             row = most_copy_like(matches)
             if row is None:
                 _panel(sample_ax, None, f"{name} sample" if first else None, note="every sample constant")
-                _panel(match_ax, None, "its nearest training slice" if first else None, note="")
+                _panel(match_ax, None, f"its nearest training {word}" if first else None, note="")
                 continue
             corr = float(row["correlation"])
             above = "above" if corr > threshold else "below"
@@ -100,11 +104,11 @@ def plot_story(runs: Mapping[str, str | os.PathLike], models: Sequence[str] = ("
             _panel(sample_ax, samples[int(row["synthetic_index"]), ch], f"{name}: most copy-like" if first else None,
                    note=f"{_fit_word(fit, model, size, rule)}; {n_above}/{int(judged.sum())} above p99",
                    colour=COLOURS.get(model))
-            _panel(match_ax, train[int(row["train_index"]), ch], "its nearest training slice" if first else None,
+            _panel(match_ax, train[int(row["train_index"]), ch], f"its nearest training {word}" if first else None,
                    note=f"r = {corr:.3f} ({above} p99)")
     fig.suptitle(f"What each generator's most copy-like sample looks like at each training-set size "
                  f"(channel '{ch_name}'; r: Pearson correlation on the headline measure; p99: the 99th percentile "
-                 f"of real held-out slices' best r — above it counts as memorized)", fontsize=8, wrap=True)
+                 f"of real held-out {word}s' best r — above it counts as memorized)", fontsize=8, wrap=True)
     fig.tight_layout()
     return fig
 
