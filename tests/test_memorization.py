@@ -197,6 +197,19 @@ def test_wilson_interval_edges():
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     assert mem.wilson_interval(7, 20) == pytest.approx((centre - half, centre + half), abs=1e-9)
     assert all(math.isnan(v) for v in mem.wilson_interval(0, 0))
+    with pytest.raises(ValueError, match="0 ≤ k ≤ n"):
+        mem.wilson_interval(5, 4)
+
+
+def test_wilson_interval_is_bit_for_bit_scipy_s():
+    """Written out for speed (no scipy.stats import), so it must equal scipy's exactly."""
+    from scipy.stats import binomtest
+
+    for confidence in (0.95, 0.9):
+        for n in (*range(1, 70), 361, 2828, 100001):
+            for k in sorted({0, 1, n // 3, n // 2, n - 1, n} & set(range(n + 1))):
+                ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+                assert mem.wilson_interval(k, n, confidence) == (float(ci.low), float(ci.high)), (k, n, confidence)
 
 
 def test_coverage_counts():

@@ -82,18 +82,30 @@ def count_flags(values) -> tuple[int, int]:
 
 
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of k/n (``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``);
-    (NaN, NaN) for n = 0. Unlike a percentile bootstrap it is not [0, 0] at
-    0/n: 0 of 64 gives 0–5.7 %, not a certainty 64 samples cannot give."""
-    from scipy.stats import binomtest
+    """Wilson score interval of k/n; (NaN, NaN) for n = 0. Unlike a
+    percentile bootstrap it is not [0, 0] at 0/n: 0 of 64 gives 0–5.7 %, not
+    a certainty 64 samples cannot give.
+
+    Newcombe's (1998) form, the one ``scipy.stats.binomtest(k, n).proportion_ci(
+    method="wilson")`` evaluates, in the same order of operations, so the
+    values are bit for bit scipy's (tested against it); written out because
+    importing ``scipy.stats`` costs the audit command ~0.9 s, ``scipy.special``
+    (for the normal quantile) a quarter of that."""
+    from scipy.special import ndtri
 
     k, n = int(k), int(n)
     if n == 0:
         return math.nan, math.nan
     if not 0 <= k <= n:
         raise ValueError(f"need 0 ≤ k ≤ n, got k={k}, n={n}")
-    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    p = k / n
+    z = ndtri(0.5 + 0.5 * confidence)
+    denom = 2 * (n + z**2)
+    center = (2 * n * p + z**2) / denom
+    delta = z / denom * math.sqrt(4 * n * p * (1 - p) + z**2)
+    return (0.0 if k == 0 else float(center - delta)), (1.0 if k == n else float(center + delta))
 
 
 def criteria_table(flags: Mapping[str, Mapping[str, Any]], size: int, n_subjects: int | None = None,
