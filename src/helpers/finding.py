@@ -99,7 +99,8 @@ def setup_markdown(results_dir: str | os.PathLike) -> str:
     kind = ("the embedded **synthetic phantom** (made by `helpers.phantom`, not patients)"
             if source.startswith("phantom") else f"`{html.escape(str(meta.get('dataset', '')))}`")
     side = traced(meta["image_size"], META, key="image_size", fmt="d")
-    pictures = "images" if sweep.is_planar(pd.read_csv(Run(results).data.train_table)) else "slices"
+    table = Run(results).data.train_table
+    pictures = "images" if table.is_file() and sweep.is_planar(pd.read_csv(table)) else "slices"
     parts = [f"**What ran.** Data: {kind}, {pictures} of {side}×{side} pixels, channels "
              f"`{', '.join(map(str, meta.get('channels', [])))}`; held-out: "
              f"{traced(meta['n_test'], META, key='n_test', fmt='d')} images of "
