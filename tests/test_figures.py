@@ -406,6 +406,14 @@ def test_finding_text_verdict_follows_intervals():
     assert "overlap: this run does not separate" in overlapping
     with pytest.raises(ValueError, match="fixed_0.5"):
         figures.finding_text(_tiny_summary((1, 0, 0.1), (1, 0, 0.1)), "fixed_0.5")
+    # the controls are references: the sentence compares the two trained generators, never a control with one
+    summary = _tiny_summary((2, 0.0, 0.05), (30, 0.21, 0.39))
+    models = summary["by_measure"]["all"]["models"]
+    models["optimal_denoiser"] = {**models["diffusion"], "exceedances": {"baseline_p99": {
+        "n_above": 100, "fraction": 1.0, "wilson_low": 0.96, "wilson_high": 1.0}}}
+    text = figures.finding_text(summary)
+    assert "diffusion exceeds more often than StyleGAN (30.0 % vs 2.0 %)" in text
+    assert "optimal denoiser exceeds more often" not in text
 
 
 # --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from .. import models as registry
 from ..audit import measure_summary, reported_interval
 from .style import BASELINE, CONTROL, MODELS, _pct, display_name, measure_label, threshold_label
 
@@ -58,8 +59,10 @@ def finding_text(summary: Mapping, threshold_name: str = "baseline_p99", n_train
             of = f" of {n_train_subjects}" if n_train_subjects else ""
             sentence += f"; {int(leaked)}{of} training subjects have at least one image matched above it"
         parts.append(sentence + ".")
-    if len(rates) >= 2:
-        (m1, e1), (m2, e2) = sorted(rates.items(), key=lambda kv: kv[1]["fraction"], reverse=True)[:2]
+    # the comparison is between the trained generators (the controls are references, not the question)
+    trained = {m: e for m, e in rates.items() if not (m in registry.REGISTRY and registry.REGISTRY[m].control)}
+    if len(trained) >= 2:
+        (m1, e1), (m2, e2) = sorted(trained.items(), key=lambda kv: kv[1]["fraction"], reverse=True)[:2]
         if reported_interval(e1)[0] > reported_interval(e2)[1]:
             parts.append(f"{display_name(m1)} exceeds more often than {display_name(m2)} "
                          f"({_pct(e1['fraction'])} vs {_pct(e2['fraction'])}) and the 95 % intervals do not overlap.")
