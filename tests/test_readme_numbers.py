@@ -1,0 +1,47 @@
+"""The README's table of the reference result says what the committed
+tables say: per size, each model's fit verdict, sharpness and 1-NN accuracy
+(``sweep/fit.csv``) and its memorized counts by the paper's criterion and by
+the ℓ2 ratio (``sweep/criteria.csv``). Reads files only."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+from helpers import common
+
+ROOT = common.repo_root()
+RESULTS = ROOT / "results" / "phantom_reference"
+HEADER = "| size | StyleGAN fit (sharpness, 1-NN vs limit) | StyleGAN memorized (p99 / ℓ2) | diffusion fit |"
+
+
+def _readme_rows() -> dict[int, list[str]]:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(HEADER))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[int(cells[0])] = cells[1:]
+    return rows
+
+
+def test_the_readme_reference_table_matches_the_committed_tables():
+    rows = _readme_rows()
+    fit = pd.read_csv(RESULTS / "sweep" / "fit.csv", keep_default_na=False, na_values=[""])
+    criteria = pd.read_csv(RESULTS / "sweep" / "criteria.csv")
+    assert sorted(rows) == sorted(fit["size"].unique())
+    for size, cells in rows.items():
+        for model, (fit_cell, memorized_cell) in (("stylegan", cells[0:2]), ("diffusion", cells[2:4])):
+            row = fit[(fit["size"] == size) & (fit["model"] == model)].iloc[0]
+            words = re.sub(r"\*", "", fit_cell)
+            assert words.startswith("fitted" if row["fitted"] else "not fitted"), (size, model, fit_cell)
+            assert f"{row['sharpness']:.2f}" in words and f"{row['nn_accuracy']:.2f}" in words, (size, model, fit_cell)
+            counts = []
+            for name in ("t1ce: r > baseline_p99", "l2: d1 < d2/3"):
+                c = criteria[(criteria["size"] == size) & (criteria["group"] == model) & (criteria["criterion"] == name)]
+                counts.append(f"{int(c['n_above'].iloc[0])}/{int(c['n_images'].iloc[0])}")
+            found = re.findall(r"\d+/\d+", memorized_cell)
+            assert found == counts, (size, model, memorized_cell, counts)
