@@ -44,6 +44,12 @@ def rule_from(settings) -> FitRule:
     return FitRule(settings.fit_sharpness_low, settings.fit_sharpness_high, settings.fit_nn_margin)
 
 
+def not_fitted(value) -> bool:
+    """Whether a ``fitted`` cell says the reading rule judged the model not
+    fitted (blank, None or NaN: not judged, so not 'not fitted')."""
+    return value is not None and not pd.isna(value) and not bool(value)
+
+
 def rows_of(table: pd.DataFrame, model: str, size: int, rule: str = sweep.RULES[0]) -> pd.DataFrame:
     """The rows of ``model`` at ``size`` and subset ``rule`` (two rules can
     share a size; tables written before the ``rule`` column hold one rule)."""

@@ -218,7 +218,7 @@ def plot_compare_sweeps(frame: pd.DataFrame, criterion: str = judged.L2_CRITERIO
             err = np.vstack([y - g["wilson_low"].to_numpy(float), g["wilson_high"].to_numpy(float) - y])
             x = g["size"].to_numpy(float) * 10 ** (0.05 * (j - 1.5))
             ax.errorbar(x, 100 * y, yerr=100 * err, color=colour, marker=None, capsize=3, lw=1.2, label=label)
-            unfitted = [f is not None and not pd.isna(f) and not bool(f) for f in g.get("fitted", [None] * len(g))]
+            unfitted = [run_fit.not_fitted(f) for f in g.get("fitted", [None] * len(g))]
             ax.scatter(x, 100 * y, marker=marker, s=26, zorder=3, edgecolors=colour,
                        facecolors=[("white" if u else colour) for u in unfitted])
         sizes = sorted(rows["size"].unique())

@@ -12,6 +12,7 @@ import pandas as pd
 
 from ..audit import JOINT, measure_summary
 from ..layout import Results, Run
+from ..run_fit import not_fitted
 from .results import load_summary
 from .style import BASELINE, COLOURS, CONTROL, MODELS, _pct, display_name, interval_columns
 
@@ -49,11 +50,6 @@ def collect_summaries(results_root, measure: str | None = None, all_measures: bo
                 rows += [{**row, "dataset": label, "fitted": fitted.get(row["model"])}
                          for row in _summary_rows(folder, view)]
     return pd.DataFrame(rows, columns=_COMPARE_COLUMNS)
-
-
-def not_fitted(value) -> bool:
-    """Whether a ``fitted`` cell says the reading rule judged the model not fitted (blank/None: not judged)."""
-    return value is not None and not (isinstance(value, float) and np.isnan(value)) and not bool(value)
 
 
 def _fit_verdicts(folder: Path) -> dict[str, bool]:
@@ -141,9 +137,9 @@ def compact_table(frame: pd.DataFrame, threshold_names: Sequence[str], measure: 
                  for k, n, a, b in zip(part["n_above"], part["n"], lo, hi)]
         base = base.merge(pd.DataFrame({name: cells}, index=part.index).reset_index(), on=keys, how="left")
     if fitted is not None:
-        judged = lambda v: v is not None and not (isinstance(v, float) and np.isnan(v))  # noqa: E731
         verdicts = [fitted.get(tuple(k)) for k in base[keys].itertuples(index=False)]
-        base["fit"] = [("not fitted" if not_fitted(v) else "fitted") if kind == "generator" and judged(v) else ""
+        base["fit"] = [("not fitted" if not_fitted(v) else "fitted") if kind == "generator" and v is not None
+                       and not pd.isna(v) else ""
                        for v, kind in zip(verdicts, base["kind"])]
     order = {"generator": 0, "baseline": 1, "control": 2}
     models = {m: i for i, m in enumerate(MODELS)}

@@ -43,13 +43,11 @@ def _panel(ax, image, title: str | None = None, note: str | None = None, colour:
             spine.set_linewidth(2.5)
 
 
-def _fit_word(fit: pd.DataFrame | None, model: str, size: int | None, rule: str = "whole_subjects") -> str:
-    if fit is None or size is None:
-        return "fit not judged"
-    rows = fit[(fit["model"] == model) & (fit["size"] == size) & ((fit["rule"] == rule) if "rule" in fit else True)]
-    if rows.empty:
-        return "fit not judged"
-    return "fitted" if bool(rows["fitted"].iloc[0]) else "NOT fitted"
+def _fit_word(fit: pd.DataFrame | None, model: str, size: int | None, rule: str) -> str:
+    from .. import run_fit
+
+    verdict = None if size is None else run_fit.fitted(fit, model, size, rule)
+    return {None: "fit not judged", True: "fitted", False: "NOT fitted"}[verdict]
 
 
 def plot_story(runs: Mapping[str, str | os.PathLike], models: Sequence[str] = ("stylegan", "diffusion"), *,
@@ -76,8 +74,10 @@ def plot_story(runs: Mapping[str, str | os.PathLike], models: Sequence[str] = ("
         size = len(train)
         first = r == 0
         if first:   # x-rays are images, not slices of a volume
-            slices = pd.read_csv(Run(run).data.train_table)["slice"] if Run(run).data.train_table.is_file() else None
-            word = "image" if slices is not None and len(slices) and bool((slices < 0).all()) else "slice"
+            from .. import sweep
+
+            table = Run(run).data.train_table
+            word = "image" if table.is_file() and sweep.is_planar(pd.read_csv(table)) else "slice"
         _panel(axes[r, 0], train[0, ch], f"a training {word}" if first else None, note=f"1 of {len(train)}")
         rule = str(meta.get("sweep_rule", "whole_subjects"))
         per_subject = "\none per subject" if rule == "one_per_subject" else ""
