@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_stylegan.py --profile cpu --threads 2
     .venv/bin/python benchmarks/bench_stylegan.py --profile paper --device cuda
+    .venv/bin/python benchmarks/bench_stylegan.py --profile reference --threads 1 \
+        --set mixed_precision=false          # float32 against the profile's bf16
 
 Builds the trainer of ``configs/profiles/<profile>.yaml`` (train_stylegan
 section merged onto configs/phantom.yaml) on random uint8 images of the
@@ -21,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from helpers import common
 from helpers import stylegan as sg
 from helpers.config import resolve
-
-SIZES = {"smoke": 32, "cpu": 64, "gpu": 256, "paper": 256}
 
 
 def main() -> None:
@@ -39,12 +40,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--augment-p", type=float, default=None, help="fix ADA's p (default: the profile's start)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override train_stylegan settings, e.g. mixed_precision=false")
     args = parser.parse_args()
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = resolve("phantom", args.profile)["train_stylegan"]
-    size = args.size or SIZES.get(args.profile, 64)
+    overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
+    settings = resolve("phantom", args.profile, {"train_stylegan": overrides})
+    config = settings["train_stylegan"]
+    size = args.size or settings["prepare_data"].image_size  # the profile's images
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         data_dir.mkdir()
@@ -67,7 +72,7 @@ def main() -> None:
     result = {
         "profile": args.profile, "image": [args.channels, size, size], "batch_size": config.batch_size,
         "device": str(trainer.device), "threads": torch.get_num_threads(),
-        "augment_p": trainer.augment.p, "steps": args.steps,
+        "augment_p": trainer.augment.p, "mixed_precision": config.mixed_precision, "steps": args.steps,
         "wall_s_per_step": round(wall / args.steps, 4), "cpu_s_per_step": round(cpu / args.steps, 4),
         "images_per_s": round(args.steps * config.batch_size / wall, 2),
         "G_params": sg.count_parameters(trainer.G), "D_params": sg.count_parameters(trainer.D),

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from helpers import checkpoints, config, diffusion
+from helpers.training import bf16_is_fast
 
 TINY = dict(
     block_out_channels=[8, 16],
@@ -293,6 +294,27 @@ def test_zero_init_starts_every_residual_branch_at_identity():
     assert seen == {"resnet": 8, "attention": 4}
     assert torch.count_nonzero(diffusion.build_unet(settings(zero_init=False), 2, 16)(
         torch.randn(1, 2, 16, 16), torch.tensor([3])).sample) > 0
+
+
+def test_cpu_precision_is_float32_unless_bf16_is_asked_for():
+    from helpers.diffusion.trainer import resolve_speed_options
+
+    assert resolve_speed_options(settings(), "cpu")["mixed_precision"] == "no"
+    with pytest.raises(ValueError, match="fp16.*CUDA"):
+        resolve_speed_options(settings(mixed_precision="fp16"), "cpu")
+    asked = resolve_speed_options(settings(mixed_precision="bf16"), "cpu")["mixed_precision"]
+    assert asked == ("bf16" if bf16_is_fast("cpu") else "no")  # float32 where bf16 would be slower
+
+
+@pytest.mark.skipif(not bf16_is_fast("cpu"), reason="this CPU has no bf16 units")
+def test_cpu_bf16_training_steps_lower_the_loss(tmp_path):
+    results = make_results(tmp_path)
+    summary = diffusion.train(results, settings(max_steps=40, learning_rate=3e-3, mixed_precision="bf16"),
+                              progress=False, device="cpu")
+    assert summary["options"]["mixed_precision"] == "bf16"
+    log = diffusion.read_loss_log(results)
+    assert np.isfinite(log["loss"]).all()
+    assert log["loss"].tail(5).mean() < 0.7 * log["loss"].head(5).mean()
 
 
 @pytest.mark.gpu

@@ -17,6 +17,7 @@ from helpers import stylegan as sg
 from helpers.stylegan.augment import TRANSFORMS, AdaptiveAugment, parse_transforms
 from helpers.stylegan.layers import _fir_kernel
 from helpers.stylegan.trainer import ema_beta, real_batch, update_ema
+from helpers.training import bf16_is_fast
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -107,6 +108,63 @@ def test_modulated_conv_with_demodulation_keeps_unit_variance():
     assert float((std_per_channel - 1).abs().max()) < 0.1
     undemod = sg.modulated_conv2d(x, weight, styles, f, demodulate=False)[:, :, 1:-1, 1:-1]
     assert float(undemod.std()) > 5  # without demodulation the scale leaks through
+
+
+def test_demodulation_is_the_norm_of_each_image_s_modulated_weight():
+    """The [B, I]·[I, O] form equals NVlabs' per-image weights w_oik·s_i."""
+    torch.manual_seed(3)
+    weight, styles = torch.randn(24, 16, 3, 3), torch.rand(5, 16) * 3 + 0.1
+    per_image = weight.unsqueeze(0) * styles[:, None, :, None, None]
+    expected = (per_image.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+    torch.testing.assert_close(sg.layers.demodulation(weight, styles), expected, rtol=1e-6, atol=0)
+
+
+needs_fast_bf16 = pytest.mark.skipif(not bf16_is_fast("cpu"), reason="this CPU has no AMX or AVX-512 BF16")
+
+
+@needs_fast_bf16
+def test_cpu_downsampling_of_bf16_filters_in_float32():
+    """oneDNN's strided depthwise bf16 convolution is slow on a CPU: the
+    filter runs in float32 and the result is rounded once to bf16."""
+    x = torch.randn(2, 3, 8, 8).bfloat16()
+    y = sg.layers.downsample2d(x, _fir_kernel())
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 3, 4, 4)
+    assert torch.equal(y, sg.layers.downsample2d(x.float(), _fir_kernel()).bfloat16())
+
+
+@needs_fast_bf16
+def test_mixed_precision_on_a_cpu_with_bf16_units(tmp_path):
+    """The top resolutions compute in bf16 on such a CPU; training steps stay
+    finite and the bf16 generator draws the float32 generator's images
+    (same weights) up to bf16 rounding."""
+    data = sg.TrainingImages(make_results(tmp_path, size=32), seed=0)
+    trainer = sg.StyleGANTrainer(tiny_config(mixed_precision=True, num_fp16_res=2), data.shape, device="cpu")
+    assert trainer.G.blocks[-1].use_bf16 and not trainer.G.blocks[0].use_bf16
+    for _ in range(3):
+        stats = trainer.step(data)
+    assert all(torch.isfinite(v) for v in stats.values())
+    fp32 = sg.Generator(**{**trainer.G_ema.kwargs, "num_fp16_res": 0}).eval()
+    fp32.load_state_dict(trainer.G_ema.state_dict())
+    z = torch.randn(4, trainer.cfg.z_dim)
+    a, b = trainer.G_ema(z, noise_mode="const"), fp32(z, noise_mode="const")
+    assert a.dtype == torch.float32
+    assert float((a - b).abs().max()) < 0.05 * float(b.std())
+    assert not torch.equal(a, b)  # bf16 did run
+
+
+def test_channels_last_changes_the_layout_not_the_numbers(tmp_path):
+    torch.manual_seed(4)
+    G, D = sg.Generator(32, 2, **TINY).eval(), sg.Discriminator(32, 2, channel_base=128, channel_max=16, mbstd_group=2)
+    z = torch.randn(4, 16)
+    img = G(z, noise_mode="const")
+    logits = D(img)
+    sg.networks.use_channels_last(G), sg.networks.use_channels_last(D)
+    torch.testing.assert_close(G(z, noise_mode="const"), img, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(D(img), logits, rtol=1e-5, atol=1e-5)
+    data = sg.TrainingImages(make_results(tmp_path, size=32), seed=0)
+    trainer = sg.StyleGANTrainer(tiny_config(channels_last=True), data.shape, device="cpu")
+    assert trainer.D.blocks[0].channels_last and not trainer.G_ema.blocks[0].channels_last
+    assert all(torch.isfinite(v) for v in trainer.step(data).values())
 
 
 def test_fir_resampling_matches_its_definition():

@@ -98,7 +98,7 @@ def plot_sweep(criteria: pd.DataFrame, shown: Sequence[str] | None = None, dodge
         ax.minorticks_off()
         ax.set(title=criterion, xlabel="training images (subjects)", ylim=(-5, 105))
     axes[0][0].set_ylabel("% of images flagged by the criterion\n(a generator's: memorized)")
-    axes[0][-1].legend(fontsize=7, loc="center right")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)  # off the lines
     fig.suptitle("Memorization against training-set size (same budget at every size; dotted: 90 %"
                  + ("; hollow: not fitted" if fit is not None else "") + ")")
     fig.tight_layout()

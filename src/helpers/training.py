@@ -34,6 +34,20 @@ def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def bf16_is_fast(device: torch.device | str) -> bool:
+    """Whether bfloat16 convolutions beat float32 ones on ``device``: on a
+    GPU with bf16, and on a CPU whose cores have AMX or AVX-512 BF16
+    (measured 3–5× float32 for StyleGAN's 32² convolutions, forward and
+    backward, on one core; benchmarks/bench_stylegan.py). Elsewhere oneDNN
+    emulates bf16 and is slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    return False
+
+
 def step_seed(seed: int, step: int, *more: int) -> int:
     """A 63-bit seed for the random draws of training step ``step`` (and of
     whatever ``more`` names, e.g. the process rank): a resumed run draws

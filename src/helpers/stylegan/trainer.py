@@ -19,7 +19,7 @@ from ..config import TrainStyleGANSettings
 from ..parallel import average, average_gradients, check_processes, rank_world
 from ..training import TrainingImages, step_seed
 from .augment import AdaptiveAugment
-from .networks import Discriminator, Generator
+from .networks import Discriminator, Generator, use_channels_last
 
 
 def _requires_grad(module: nn.Module, flag: bool) -> None:
@@ -163,6 +163,9 @@ class StyleGANTrainer:
                            c.channel_base, c.channel_max, fp16, c.conv_clamp).to(self.device)
         self.D = Discriminator(res, channels, c.channel_base, c.channel_max, c.mbstd_group, fp16,
                                c.conv_clamp).to(self.device)
+        if c.channels_last:
+            use_channels_last(self.G)
+            use_channels_last(self.D)
         self.G_ema = Generator(**self.G.kwargs).to(self.device).eval()
         self.G_ema.load_state_dict(self.G.state_dict())
         _requires_grad(self.G_ema, False)
