@@ -211,7 +211,7 @@ class TrainStyleGANSettings(StepSettings):
     mixed_precision: bool = False             # bf16 in the top num_fp16_res resolutions, where bf16 is
                                               # fast (GPU; CPU with AMX/AVX-512 BF16), else float32
     num_fp16_res: NonNegative = 4
-    channels_last: bool = False               # NHWC activations in training (CPU: 1.26× fp32, 1.36× bf16
+    channels_last: bool = False               # NHWC activations in training (CPU: 1.25× fp32, 1.28× bf16
                                               # per step); a memory layout, so a run may resume without it
     conv_clamp: PositiveFloat | None = None
     # optimization

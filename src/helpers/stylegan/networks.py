@@ -159,7 +159,7 @@ class SynthesisBlock(nn.Module):
 def use_channels_last(network: nn.Module, flag: bool = True) -> nn.Module:
     """Run ``network``'s (G's or D's) blocks on channels-last (NHWC)
     activations: oneDNN's convolutions are faster on them (measured per
-    StyleGAN step on one CPU core at 32²: 1.26× in float32, 1.36× in bf16;
+    StyleGAN step on one CPU core at 32²: 1.25× in float32, 1.28× in bf16;
     benchmarks/bench_stylegan.py). The same numbers up to rounding; not
     part of the architecture, so exported generators load without it."""
     for block in network.blocks:
