@@ -17,6 +17,7 @@ runs made before this module existed are reproduced exactly.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -34,18 +35,22 @@ def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+@functools.cache
+def _bf16_units(device_type: str) -> bool:
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    return False
+
+
 def bf16_is_fast(device: torch.device | str) -> bool:
     """Whether bfloat16 convolutions beat float32 ones on ``device``: on a
     GPU with bf16, and on a CPU whose cores have AMX or AVX-512 BF16
     (measured 3–5× float32 for StyleGAN's 32² convolutions, forward and
     backward, on one core; benchmarks/bench_stylegan.py). Elsewhere oneDNN
     emulates bf16 and is slower than float32."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    return False
+    return _bf16_units(torch.device(device).type)  # asked once per block call: the answer is cached
 
 
 def step_seed(seed: int, step: int, *more: int) -> int:
