@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the study: ./runall.sh [DATASET] [--data DIR] [--profile smoke|cpu|reference|gpu|paper]
+# Run the study: ./runall.sh [DATASET] [--data DIR] [--profile smoke|cpu|reference|reference_noaug|gpu|paper]
 #                            [--from NN] [--only NN] [--to NN] [--force] [--results DIR]
 #        ./runall.sh compare        # cross-dataset comparison of what exists
 #        ./runall.sh lab            # open the notebooks in JupyterLab (installed on first use)

@@ -115,3 +115,22 @@ def test_a_third_model_is_one_entry_through_the_registry_driven_paths(tmp_path, 
     table, _ = criteria.run_criteria(run, ["mean_image"])
     l2 = table[(table.group == "mean_image") & (table.criterion == criteria.L2_CRITERION)].iloc[0]
     assert l2.n_images == 3 and l2.n_above == 0  # the mean is near no training image in particular
+
+
+def test_a_training_step_runs_only_for_a_sampled_model():
+    assert models.not_sampled("train_diffusion", ["stylegan", "optimal_denoiser"]).name == "diffusion"
+    assert models.not_sampled("train_diffusion", ["stylegan", "diffusion"]) is None
+    assert models.not_sampled("sample", ["stylegan"]) is None  # not a training step
+
+
+def test_the_arm_without_augmentation_is_the_reference_without_augmentation():
+    """Profile reference_noaug: the reference's settings everywhere but StyleGAN's augmentation,
+    and no diffusion model (its step is not run; the optimal denoiser keeps the schedule)."""
+    ref, noaug = config.resolve("phantom", "reference"), config.resolve("phantom", "reference_noaug")
+    assert (noaug["train_stylegan"].augment_p, noaug["train_stylegan"].ada_target) == (0.0, None)
+    for section in config.SCHEMAS.keys() - {"compare"}:
+        a, b = config.as_dict(ref[section]), config.as_dict(noaug[section])
+        differ = {k for k in a if a[k] != b[k]}
+        assert differ <= {"ada_target", "augment_p", "models"}, (section, differ)
+    assert noaug["sample"].models == ["stylegan", "optimal_denoiser", "gaussian_control"]
+    assert models.not_sampled("train_diffusion", noaug["sample"].models) is not None

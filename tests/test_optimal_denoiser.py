@@ -196,3 +196,21 @@ def test_rejects_what_it_cannot_use(training):
         od.OptimalDenoiser(training.astype(np.float32), scheduler())
     with pytest.raises(ValueError, match="H = W"):
         od.OptimalDenoiser(training[:, :, :, :4], scheduler())
+
+
+def test_a_run_without_a_diffusion_model_samples_with_the_kept_schedule(tmp_path, training):
+    """A StyleGAN-only arm (profile reference_noaug): step 04 keeps the
+    train_diffusion settings beside the samples, and the optimal denoiser
+    samples with them; a trained model's own scheduler wins over them."""
+    write_study(tmp_path, training)
+    assert not od.has_trained_schedule(tmp_path)
+    settings = config.build("train_diffusion", {"num_train_timesteps": 20, "prediction_type": "v_prediction"})
+    kept = od.write_schedule(tmp_path, settings)
+    assert kept == od.schedule_file(tmp_path) and kept.is_file()
+    assert od._schedule(od.noise_scheduler(tmp_path)) == od._schedule(scheduler("v_prediction", 20))
+    out = od.sample(tmp_path, 3, first_seed=2, batch_size=3, device="cpu", progress=False, num_threads=1)
+    direct = od.make_generate(training, scheduler("v_prediction", 20), device="cpu", num_threads=1)([2, 3, 4])
+    assert np.array_equal(np.load(out), direct)
+    scheduler("epsilon", 30).save_pretrained(diffusion.pipeline_dir(tmp_path) / "scheduler")
+    assert od.has_trained_schedule(tmp_path)
+    assert od._schedule(od.noise_scheduler(tmp_path)) == od._schedule(scheduler("epsilon", 30))

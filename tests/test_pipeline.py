@@ -208,3 +208,12 @@ def test_a_folder_of_another_profile_is_not_overwritten_by_accident(tmp_path, ca
     assert "profile 'cpu'" in err and "profile 'smoke'" in err
     assert "--name phantom_smoke" in err and "--force" in err
     assert not Results(tmp_path / "phantom").notebooks.exists()  # no step ran
+
+
+def test_a_model_left_out_of_the_models_is_not_trained(tmp_path, capsys):
+    """A profile that samples no diffusion model (reference_noaug) does not train one."""
+    args = ["phantom", "--profile", "smoke", "--results", str(tmp_path), "--only", "03",
+            "--set", "common.models=[stylegan,optimal_denoiser]"]
+    assert pipeline.main(args) == 0
+    assert "[03] 03_train_diffusion: not run (diffusion is not in sample.models)" in capsys.readouterr().out
+    assert not (Results(tmp_path / "phantom").notebooks / "03_train_diffusion.ipynb").exists()

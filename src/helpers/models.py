@@ -105,6 +105,9 @@ class Model:
     checkpoints_planned: Callable[[Any], int] | None = None   # kept checkpoints its settings section will leave
     checkpoint_images_seen: Callable[[Any, int], int] | None = None
     sample_checkpoint: Callable[..., Any] | None = None
+    # prepare_sampling(run, settings_of): before step 04 samples, with ``settings_of(section)`` the
+    # resolved settings of another step (the optimal denoiser keeps the diffusion model's schedule)
+    prepare_sampling: Callable[[Path, Callable[[str], Any]], Any] | None = None
 
     def samples_wanted(self, settings) -> int:
         """How many images step 04 samples from this model."""
@@ -160,6 +163,17 @@ def names(*, controls: bool = True) -> list[str]:
 
 def trainable() -> list[Model]:
     return [m for m in REGISTRY.values() if m.train is not None]
+
+
+def not_sampled(section: str, sampled: Sequence[str]) -> Model | None:
+    """The model trained in settings section ``section`` when ``sampled``
+    (step 04's ``models``) leaves it out: nothing would use its training, so
+    its step is not run (a profile with one model arm, e.g. StyleGAN without
+    augmentation). None for any other section."""
+    for model in trainable():
+        if model.section == section and model.name not in sampled:
+            return model
+    return None
 
 
 def by_section(section: str) -> Model:
@@ -287,6 +301,14 @@ def _sample_optimal_denoiser(run, settings, *, progress: bool = True, parallel: 
                                    progress=progress, num_threads=1 if parallel else 0)
 
 
+def _prepare_optimal_denoiser(run, settings_of) -> None:
+    """Keep the ``train_diffusion`` schedule where no diffusion model is trained (a StyleGAN-only arm)."""
+    from . import optimal_denoiser
+
+    if not optimal_denoiser.has_trained_schedule(run):
+        optimal_denoiser.write_schedule(run, settings_of("train_diffusion"))
+
+
 def _sample_gaussian_control(run, settings, *, progress: bool = True, parallel: bool = False) -> Path:
     from .fit import controls
 
@@ -331,8 +353,9 @@ def _time_train_stylegan(p: TrainingProbe) -> TrainingEstimate:
              f"({t_plain:.2f} s, with regularization {t_reg:.2f} s)" + (f", ×{scale:g} for batch {per}" if scale != 1 else "")
              + _side_by_side(cfg))
     params = 4 * g + 3 * d  # G, G_ema and G's two Adam moments; D and its two
-    disk = len(p.runs) * 4 * (cfg.keep_checkpoints * params + g)
-    what = f"{cfg.keep_checkpoints} checkpoints + generator per run (G {g / 1e6:.1f} M, D {d / 1e6:.1f} M parameters)"
+    kept = _stylegan_checkpoints_planned(cfg)  # keep_checkpoints 0 keeps every one
+    disk = len(p.runs) * 4 * (kept * params + g)
+    what = f"{kept} checkpoints + generator per run (G {g / 1e6:.1f} M, D {d / 1e6:.1f} M parameters)"
     return TrainingEstimate(seconds, basis, disk, what)
 
 
@@ -355,9 +378,9 @@ def _time_train_diffusion(p: TrainingProbe) -> TrainingEstimate:
     seconds = t_step * scale * settings.max_steps * len(p.runs) / settings.parallel_runs
     basis = (f"{settings.max_steps:,} steps × {len(p.runs)} run(s); a step of batch {b} measured ({t_step:.2f} s)"
              + (f", ×{scale:g} for batch {per}" if scale != 1 else "") + _side_by_side(settings))
-    disk = len(p.runs) * 4 * n * (4 * settings.keep_checkpoints + 1)  # model, EMA, two Adam moments; the pipeline
-    return TrainingEstimate(seconds, basis, disk,
-                            f"{settings.keep_checkpoints} checkpoints + pipeline per run ({n / 1e6:.1f} M parameters)")
+    kept = _diffusion_checkpoints_planned(settings)  # keep_checkpoints 0 keeps every one
+    disk = len(p.runs) * 4 * n * (4 * kept + 1)  # model, EMA, two Adam moments; the pipeline
+    return TrainingEstimate(seconds, basis, disk, f"{kept} checkpoints + pipeline per run ({n / 1e6:.1f} M parameters)")
 
 
 # --------------------------------------------------------------------------
@@ -433,7 +456,7 @@ register(Model("diffusion", "diffusion", "tab:orange", _sample_diffusion, _train
                sample_checkpoint=_sample_diffusion_checkpoint))
 register(Model("optimal_denoiser", "optimal denoiser", "tab:red", _sample_optimal_denoiser, marker="^",
                legend="optimal denoiser (memorizes by construction)", control=True,
-               time_sampling=_time_optimal_denoiser))
+               time_sampling=_time_optimal_denoiser, prepare_sampling=_prepare_optimal_denoiser))
 register(Model("gaussian_control", "Gaussian control", "tab:purple", _sample_gaussian_control, marker="X",
                legend="Gaussian control (learns only each pixel's mean and spread)", control=True,
                time_sampling=_time_gaussian_control))

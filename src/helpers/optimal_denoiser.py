@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from . import config, diffusion
-from .common import read_json, write_json
+from .common import read_json, write_json, write_yaml
 from .layout import Run
 from .sampling import finished_samples, sample_to_npy, samples_path
 
@@ -194,22 +194,51 @@ def _same_schedule(a: Mapping, b: Mapping) -> bool:
     return True
 
 
+def schedule_file(results_dir: str | os.PathLike) -> Path:
+    """Where a run without a trained diffusion model keeps the
+    ``train_diffusion`` settings its optimal denoiser samples with
+    (:func:`write_schedule`; ``samples/optimal_denoiser_schedule.yaml``)."""
+    return samples_path(results_dir, MODEL_NAME).with_name(f"{MODEL_NAME}_schedule.yaml")
+
+
+def has_trained_schedule(results_dir: str | os.PathLike) -> bool:
+    """Whether this run holds a trained diffusion model's scheduler."""
+    return (diffusion.pipeline_dir(results_dir) / "scheduler" / "scheduler_config.json").is_file()
+
+
+def write_schedule(results_dir: str | os.PathLike, settings) -> Path:
+    """Keep ``settings`` (the resolved ``train_diffusion`` settings) as this
+    run's optimal-denoiser schedule, for a run without a trained diffusion
+    model (a profile that samples no diffusion model, e.g. a StyleGAN-only
+    arm); a trained model's own scheduler wins over it (:func:`noise_scheduler`)."""
+    if not isinstance(settings, config.TrainDiffusionSettings):
+        settings = config.build("train_diffusion", dict(settings))
+    path = schedule_file(results_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_yaml(path, config.as_dict(settings))
+    return path
+
+
 def noise_scheduler(results_dir: str | os.PathLike, settings=None):
     """The ``DDPMScheduler`` to sample with: built from ``settings`` (the
     ``train_diffusion`` settings, a schema instance or mapping) when given,
-    else the trained pipeline's own (``results_dir/diffusion/pipeline/scheduler``).
-    Given both, they must describe the same schedule."""
+    else the trained pipeline's own (``results_dir/diffusion/pipeline/scheduler``),
+    else the settings kept by :func:`write_schedule`. Given both a trained
+    pipeline and settings, they must describe the same schedule."""
     from diffusers import DDPMScheduler
 
     trained_dir = diffusion.pipeline_dir(results_dir) / "scheduler"
     trained = None
-    if (trained_dir / "scheduler_config.json").is_file():
+    if has_trained_schedule(results_dir):
         trained = DDPMScheduler.from_pretrained(str(trained_dir.parent), subfolder="scheduler",
                                                 local_files_only=True)
+    if settings is None and trained is None and schedule_file(results_dir).is_file():
+        settings = config.read_yaml(schedule_file(results_dir))
     if settings is None:
         if trained is None:
             raise FileNotFoundError(f"{trained_dir}: no trained diffusion scheduler; train the diffusion model "
-                                    f"(notebook 03) first or pass its train_diffusion settings")
+                                    f"(notebook 03) first, or pass its train_diffusion settings, or keep them "
+                                    f"in {schedule_file(results_dir)} (helpers.optimal_denoiser.write_schedule)")
         return trained
     if not isinstance(settings, config.TrainDiffusionSettings):
         settings = config.build("train_diffusion", dict(settings))

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import common, config, lifetime, plan, report, runlock
+from . import common, config, lifetime, models, plan, report, runlock
 from .layout import INDEX_FROM_NOTEBOOKS, RUNNER_FILES, RUNNER_FOLDERS, Results, Run
 
 KERNEL_NAME = "beware-study"
@@ -369,8 +369,6 @@ def run(args: argparse.Namespace) -> int:
 def check_model_names(resolved) -> None:
     """Every ``models`` key names a registered model (the registry sits above
     the settings' schema, so the names are checked here, before any step)."""
-    from . import models
-
     for section, settings in resolved.settings.items():
         unknown = [m for m in getattr(settings, "models", ()) if m not in models.REGISTRY]
         if unknown:
@@ -403,7 +401,7 @@ def _run(args: argparse.Namespace, locks: runlock.Locks) -> int:
     resolved = config.resolve(args.dataset, profile, overrides, raw_dir=args.data, root=root)
     check_model_names(resolved)
     if args.show_params:
-        from . import criteria, models
+        from . import criteria
 
         print(resolved.describe())
         print(f"# models and controls (helpers.models): {', '.join(models.REGISTRY)}")
@@ -443,6 +441,10 @@ def _run(args: argparse.Namespace, locks: runlock.Locks) -> int:
         if step not in selected:
             if stamp:
                 upstream.append(stamp)
+            continue
+        unused = models.not_sampled(step.section, resolved["sample"].models)
+        if unused is not None:
+            print(f"{label}: not run ({unused.name} is not in sample.models)")
             continue
         if (not args.force and stamp and stamp.get("key") == key
                 and outputs_intact(stamp.get("outputs", {}), results)

@@ -194,6 +194,8 @@ def make_plan(resolved, results: Path, processes: int | None = None) -> Plan:
         plan.steps.append(StepEstimate("01 prepare data", None, "not measured (reading the raw files)", "–",
                                        (n_train + n_test) * int(np.prod(shape)), "data/train.npy and test.npy (uint8)"))
     for model in models.trainable():   # each brings its own estimate (helpers.models)
+        if models.not_sampled(model.section, resolved["sample"].models):
+            continue                   # its step is not run (helpers.pipeline)
         cfg = resolved[model.section]
         with _worker_threads(cfg, runs, device):
             plan.steps.append(estimate_training(model, cfg, shape, runs, device, processes))

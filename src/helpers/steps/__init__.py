@@ -92,6 +92,10 @@ def open_step(section: str, dataset: str, profile: str | None, results_dir: str 
     if output is not None:
         for run in runs.values():
             save_params(as_dict(cfg), Path(run) / output)
+    for name in getattr(cfg, "models", ()) if section == "sample" else ():
+        prepare = models.get(name, "sample.models").prepare_sampling
+        for run in runs.values() if prepare is not None else ():
+            prepare(Path(run), lambda other: config.step_settings(other, dataset, profile, None))
     return OpenStep(section, dataset, profile, results_dir, cfg, runs)
 
 
