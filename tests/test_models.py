@@ -134,3 +134,11 @@ def test_the_arm_without_augmentation_is_the_reference_without_augmentation():
         assert differ <= {"ada_target", "augment_p", "models"}, (section, differ)
     assert noaug["sample"].models == ["stylegan", "optimal_denoiser", "gaussian_control"]
     assert models.not_sampled("train_diffusion", noaug["sample"].models) is not None
+
+
+def test_the_landing_page_says_how_stylegan_was_augmented():
+    note = models.get("stylegan").training_note
+    assert note({"augment_p": 0.0, "ada_target": None}, {"augment_p": 0.0}) == "no augmentation"
+    assert note({"augment_p": 0.2, "ada_target": None}, {}) == "augmentation at a fixed p 0.20"
+    assert "adaptive augmentation, final p 0.17" in note({"augment_p": 0.0, "ada_target": 0.6}, {"augment_p": 0.1728})
+    assert models.get("diffusion").training_note is None

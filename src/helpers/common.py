@@ -297,3 +297,11 @@ def save_params(params: Mapping[str, Any], out_dir: str | os.PathLike, name: str
     """Write the fully resolved parameters of a step next to its outputs,
     with provenance, so every result says how it was made."""
     return write_yaml(Path(out_dir) / name, {"parameters": dict(params), "provenance": provenance()})
+
+
+def read_params(out_dir: str | os.PathLike, name: str = "params.yaml") -> dict:
+    """The parameters :func:`save_params` wrote in ``out_dir`` ({} where there are none)."""
+    path = Path(out_dir) / name
+    if not path.is_file():
+        return {}
+    return dict((yaml.safe_load(path.read_text()) or {}).get("parameters") or {})

@@ -120,9 +120,13 @@ def setup_markdown(results_dir: str | os.PathLike) -> str:
             path = Run(first).training_summary(model.name)
             if path.is_file():
                 rel = path.relative_to(results).as_posix()
+                summary = common.read_json(path)
+                params = common.read_params(Run(first).output(model.name))
+                note = f" ({html.escape(model.training_note(params, summary))})" \
+                    if model.training_note is not None and params else ""
                 parts.append(f"{html.escape(model.display)}: "
-                             f"{traced(common.read_json(path)['images_seen'], rel, key='images_seen', fmt=',d')} "
-                             "images shown in training, at every size.")
+                             f"{traced(summary['images_seen'], rel, key='images_seen', fmt=',d')} "
+                             f"images shown in training, at every size{note}.")
     return " ".join(parts)
 
 

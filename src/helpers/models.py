@@ -108,6 +108,9 @@ class Model:
     # prepare_sampling(run, settings_of): before step 04 samples, with ``settings_of(section)`` the
     # resolved settings of another step (the optimal denoiser keeps the diffusion model's schedule)
     prepare_sampling: Callable[[Path, Callable[[str], Any]], Any] | None = None
+    # training_note(params, summary) -> a few words on how it trained, for the landing page's setup
+    # line (params: its <run>/<name>/params.yaml's parameters; summary: its summary.json)
+    training_note: Callable[[Mapping, Mapping], str] | None = None
 
     def samples_wanted(self, settings) -> int:
         """How many images step 04 samples from this model."""
@@ -250,6 +253,15 @@ def _stylegan_images_seen(run, step: int) -> int:
 def _stylegan_checkpoints_planned(settings) -> int:
     n = int(settings.total_kimg // settings.checkpoint_kimg) or 1
     return min(n, settings.keep_checkpoints) if settings.keep_checkpoints else n
+
+
+def _stylegan_note(params: Mapping, summary: Mapping) -> str:
+    """Whether the discriminator saw augmented images (the arm without augmentation says so)."""
+    if float(params.get("augment_p", 0)) == 0 and params.get("ada_target") is None:
+        return "no augmentation"
+    if params.get("ada_target") is None:
+        return f"augmentation at a fixed p {float(params['augment_p']):.2f}"
+    return f"adaptive augmentation, final p {float(summary.get('augment_p', 0)):.2f} at the smallest size"
 
 
 def _train_diffusion(run, settings, *, progress: bool = True, parallel: bool = False) -> dict:
@@ -447,7 +459,8 @@ register(Model("stylegan", "StyleGAN", "tab:blue", _sample_stylegan, _train_styl
                check_processes=_check_stylegan, time_sampling=_time_stylegan, time_training=_time_train_stylegan,
                checkpoint_steps=_stylegan_checkpoints,
                checkpoints_planned=_stylegan_checkpoints_planned,
-               checkpoint_images_seen=_stylegan_images_seen, sample_checkpoint=_sample_stylegan_checkpoint))
+               checkpoint_images_seen=_stylegan_images_seen, sample_checkpoint=_sample_stylegan_checkpoint,
+               training_note=_stylegan_note))
 register(Model("diffusion", "diffusion", "tab:orange", _sample_diffusion, _train_diffusion, section="train_diffusion",
                notebook="03_train_diffusion", loss_columns=("loss", "lr"), marker="s", time_sampling=_time_diffusion,
                time_training=_time_train_diffusion,
