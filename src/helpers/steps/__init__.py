@@ -92,11 +92,21 @@ def open_step(section: str, dataset: str, profile: str | None, results_dir: str 
     if output is not None:
         for run in runs.values():
             save_params(as_dict(cfg), Path(run) / output)
-    for name in getattr(cfg, "models", ()) if section == "sample" else ():
-        prepare = models.get(name, "sample.models").prepare_sampling
-        for run in runs.values() if prepare is not None else ():
-            prepare(Path(run), lambda other: config.step_settings(other, dataset, profile, None))
+    if section == "sample":
+        prepare_sampling(cfg, runs.values(), lambda other: config.step_settings(other, dataset, profile, None))
     return OpenStep(section, dataset, profile, results_dir, cfg, runs)
+
+
+def prepare_sampling(cfg, runs, settings_of: Callable[[str], Any]) -> None:
+    """Before step 04: each model of ``cfg.models`` that asks for it prepares
+    every run, given ``settings_of(section)``, another step's settings (the
+    optimal denoiser keeps the diffusion schedule where no diffusion model is
+    trained). Those settings come from ``configs/`` (not ``--set``)."""
+    for name in cfg.models:
+        prepare = models.get(name, "sample.models").prepare_sampling
+        if prepare is not None:
+            for run in runs:
+                prepare(Path(run), settings_of)
 
 
 # --------------------------------------------------------------------------
