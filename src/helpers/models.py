@@ -256,12 +256,13 @@ def _stylegan_checkpoints_planned(settings) -> int:
 
 
 def _stylegan_note(params: Mapping, summary: Mapping) -> str:
-    """Whether the discriminator saw augmented images (the arm without augmentation says so)."""
+    """Whether the discriminator saw augmented images (the arm without augmentation says so).
+    Words only: a number on the landing page must be traced to a table (helpers.report_checks)."""
     if float(params.get("augment_p", 0)) == 0 and params.get("ada_target") is None:
         return "no augmentation"
     if params.get("ada_target") is None:
-        return f"augmentation at a fixed p {float(params['augment_p']):.2f}"
-    return f"adaptive augmentation, final p {float(summary.get('augment_p', 0)):.2f} at the smallest size"
+        return "augmentation at a fixed probability"
+    return "adaptive augmentation"
 
 
 def _train_diffusion(run, settings, *, progress: bool = True, parallel: bool = False) -> dict:
