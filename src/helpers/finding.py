@@ -122,7 +122,7 @@ def setup_markdown(results_dir: str | os.PathLike) -> str:
                 rel = path.relative_to(results).as_posix()
                 summary = common.read_json(path)
                 params = common.read_params(Run(first).output(model.name))
-                note = f" ({html.escape(model.training_note(params, summary))})" \
+                note = f" ({html.escape(model.training_note(params))})" \
                     if model.training_note is not None and params else ""
                 parts.append(f"{html.escape(model.display)}: "
                              f"{traced(summary['images_seen'], rel, key='images_seen', fmt=',d')} "

@@ -108,9 +108,9 @@ class Model:
     # prepare_sampling(run, settings_of): before step 04 samples, with ``settings_of(section)`` the
     # resolved settings of another step (the optimal denoiser keeps the diffusion model's schedule)
     prepare_sampling: Callable[[Path, Callable[[str], Any]], Any] | None = None
-    # training_note(params, summary) -> a few words on how it trained, for the landing page's setup
-    # line (params: its <run>/<name>/params.yaml's parameters; summary: its summary.json)
-    training_note: Callable[[Mapping, Mapping], str] | None = None
+    # training_note(params) -> a few words on how it trained, for the landing page's setup line
+    # (params: its <run>/<name>/params.yaml's parameters)
+    training_note: Callable[[Mapping], str] | None = None
 
     def samples_wanted(self, settings) -> int:
         """How many images step 04 samples from this model."""
@@ -255,7 +255,7 @@ def _stylegan_checkpoints_planned(settings) -> int:
     return min(n, settings.keep_checkpoints) if settings.keep_checkpoints else n
 
 
-def _stylegan_note(params: Mapping, summary: Mapping) -> str:
+def _stylegan_note(params: Mapping) -> str:
     """Whether the discriminator saw augmented images (the arm without augmentation says so).
     Words only: a number on the landing page must be traced to a table (helpers.report_checks)."""
     if float(params.get("augment_p", 0)) == 0 and params.get("ada_target") is None:

@@ -252,11 +252,7 @@ def run_design_text(results_dir: str | os.PathLike) -> str:
     sizes = sweep.sizes_table(results_dir)
     if sizes is None:
         return "No size sweep in this run."
-    import yaml
-
-    params_path = Run(results_dir).data.folder / "params.yaml"
-    params = (yaml.safe_load(params_path.read_text()) or {}).get("parameters", {}) if params_path.is_file() else {}
-    stride = params.get("slice_stride")
+    stride = common.read_params(Run(results_dir).data.folder).get("slice_stride")
     seen = {}
     for row in sizes.itertuples():
         for model in models.trainable():

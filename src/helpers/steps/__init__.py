@@ -18,6 +18,7 @@ Which models exist, and how each trains and samples, is the model registry
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -93,7 +94,8 @@ def open_step(section: str, dataset: str, profile: str | None, results_dir: str 
         for run in runs.values():
             save_params(as_dict(cfg), Path(run) / output)
     if section == "sample":
-        prepare_sampling(cfg, runs.values(), lambda other: config.step_settings(other, dataset, profile, None))
+        settings_of = functools.cache(lambda other: config.step_settings(other, dataset, profile, None))
+        prepare_sampling(cfg, runs.values(), settings_of)  # configs/ resolved once, not once per run
     return OpenStep(section, dataset, profile, results_dir, cfg, runs)
 
 
