@@ -252,7 +252,8 @@ def run_design_text(results_dir: str | os.PathLike) -> str:
     sizes = sweep.sizes_table(results_dir)
     if sizes is None:
         return "No size sweep in this run."
-    stride = common.read_params(Run(results_dir).data.folder).get("slice_stride")
+    params = common.read_params(Run(results_dir).data.folder)
+    stride = params.get("slice_stride")
     seen = {}
     for row in sizes.itertuples():
         for model in models.trainable():
