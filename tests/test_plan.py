@@ -81,6 +81,19 @@ def test_without_data_the_counts_are_an_assumption_that_says_so(tmp_path):
     assert n_train > 0 and n_test > 0
 
 
+def test_a_chest_xray_plan_before_step_01_knows_its_one_channel(tmp_path):
+    """Step 01 has not run: the channels are the reader's (gray for chest
+    x-rays, a chosen BraTS subset in the arrays' order), and the correlation
+    estimate accepts the dataset's headline channel (it once refused 'gray')."""
+    resolved = config.resolve("phantom_cxr", "smoke", {})
+    runs, shape, _ = plan.run_sizes(resolved, tmp_path / "cxr")
+    assert shape[0] == 1 and plan._channel_names(tmp_path / "cxr", resolved["prepare_data"]) == ["gray"]
+    estimate = plan.make_plan(resolved, tmp_path / "cxr")
+    assert estimate.steps[-1].step == "05 correlate" and estimate.steps[-1].seconds is not None
+    subset = config.resolve("brats21", "smoke", {"prepare_data": {"channels": ["flair", "t1ce"]}})
+    assert plan._channel_names(tmp_path / "b", subset["prepare_data"]) == ["T1ce", "FLAIR"]
+
+
 def test_a_disk_too_small_is_refused_with_what_is_needed_and_where(tmp_path, smoke, monkeypatch, capsys):
     results = _prepared(tmp_path / "phantom")
     monkeypatch.setattr(plan, "free_disk", lambda path: 1000)

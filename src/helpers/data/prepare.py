@@ -42,11 +42,17 @@ def _validate(source, image_size, channels, pad_to, slice_stride, on_bad_subject
         raise ValueError(f"slice_stride must be ≥ 1, got {slice_stride}")
     if int(n_workers) < 0:
         raise ValueError(f"n_workers must be ≥ 0, got {n_workers}")
-    reader = SOURCES[source]
-    allowed = BRATS_CHANNELS if reader == "brats" else CXR_CHANNELS
-    if reader == "brats" and int(image_size) > int(pad_to):
+    if SOURCES[source] == "brats" and int(image_size) > int(pad_to):
         raise ValueError(f"image_size={image_size} is larger than pad_to={pad_to}; slices are padded to pad_to "
                          "and only shrunk")
+    return chosen_channels(source, channels)
+
+
+def chosen_channels(source: str, channels: Sequence[str] | None) -> list[str]:
+    """The channels step 01 writes for ``source``, in the arrays' order:
+    all of the reader's (``channels`` null) or the named subset, spelt as the
+    reader spells them. The plan reads it too, before step 01 has run."""
+    allowed = BRATS_CHANNELS if SOURCES[source] == "brats" else CXR_CHANNELS
     if channels is None:
         return list(allowed)
     by_lower = {c.lower(): c for c in allowed}

@@ -134,13 +134,9 @@ def run_sizes(resolved, results: Path) -> tuple[dict[str, tuple[int, int]], tupl
             runs[label] = (len(train), len(np.load(test_path, mmap_mode="r")) if test_path.is_file() else 0)
             shape = tuple(int(s) for s in train.shape[1:])
         return runs, shape, "from data/"
-    from ..data.brats import BRATS_SUFFIX
-
     prep = resolved["prepare_data"]
     n_train, n_test, note = _assumed_counts(prep, _layout(resolved))
-    brats = prep.source in ("brats", "phantom_brats")
-    channels = len(prep.channels) if prep.channels else (len(BRATS_SUFFIX) if brats else 1)
-    shape = (channels, prep.image_size, prep.image_size)
+    shape = (len(_channel_names(results, prep)), prep.image_size, prep.image_size)
     if prep.train_sizes:
         runs = {sweep.size_label(n, rule): (n, n_test) for rule in prep.subset_rules for n in prep.train_sizes}
     else:
@@ -200,8 +196,9 @@ def make_plan(resolved, results: Path, processes: int | None = None) -> Plan:
         with _worker_threads(cfg, runs, device):
             plan.steps.append(estimate_training(model, cfg, shape, runs, device, processes))
     plan.steps.append(estimate_sampling(resolved["sample"], resolved.settings, shape, runs, device, processes))
-    plan.steps.append(estimate_correlation(resolved["correlate"], resolved["sample"], _channel_names(results, shape),
-                                           shape, runs, device, processes))
+    channels = _channel_names(results, resolved["prepare_data"])
+    plan.steps.append(estimate_correlation(resolved["correlate"], resolved["sample"], channels, shape, runs, device,
+                                           processes))
     return plan
 
 
@@ -220,15 +217,15 @@ def _worker_threads(cfg, runs, device: str):
         torch.set_num_threads(threads)
 
 
-def _channel_names(results: Path, shape) -> list[str]:
-    """The data's channel names (BraTS's when step 01 has not run yet)."""
+def _channel_names(results: Path, prep) -> list[str]:
+    """The data's channel names: step 01's record, else what step 01 will write."""
     from ..common import read_json
-    from ..data.brats import BRATS_SUFFIX
+    from ..data.prepare import chosen_channels
 
     meta = Run(results).data.meta
     if meta.is_file() and isinstance(read_json(meta).get("channels"), list):
         return [str(c) for c in read_json(meta)["channels"]]
-    return list(BRATS_SUFFIX) if shape[0] == len(BRATS_SUFFIX) else [f"ch{i}" for i in range(shape[0])]
+    return chosen_channels(prep.source, prep.channels)
 
 
 def check_disk(plan: Plan, steps: Sequence[str] | None = None) -> None:
