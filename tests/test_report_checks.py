@@ -143,6 +143,21 @@ def test_pages_that_mention_what_the_run_did_not_have(tmp_path):
     assert found == sorted(expected)
 
 
+def test_a_step_reports_own_documentation_may_name_every_model_its_outputs_may_not(tmp_path):
+    """A run without the diffusion model (profile reference_noaug): the step
+    report's Markdown cells document every model the step can run; only what
+    the run wrote (its outputs) must not name a model it did not sample."""
+    root = _results(tmp_path / "phantom", models=("stylegan", "optimal_denoiser"))
+    _index(root, "<p>Results of StyleGAN and the optimal denoiser.</p>")
+    documentation = ('<div class="cell text_cell"><p>Reads stylegan/ and diffusion/pipeline/ '
+                     "(the diffusion model's).</p></div>")
+    _report(root, "04_sample.html", documentation + '<div class="output"><p>StyleGAN: 64 images.</p></div>')
+    assert [p for p in report_checks.check_results(root) if p.check == "facts"] == []
+    _report(root, "04_sample.html", documentation + '<div class="output"><p>Diffusion: 64 images.</p></div>')
+    assert [p.message for p in report_checks.check_results(root) if p.check == "facts"] == [
+        "mentions diffusion, which this run did not sample (models: stylegan, optimal_denoiser)"]
+
+
 def test_figures_said_to_be_left_out_but_shown(tmp_path):
     root = _results(tmp_path / "phantom", models=("stylegan", "diffusion", "optimal_denoiser"))
     (root / "figures" / "top_matches_optimal_denoiser_t1ce.png").write_bytes(b"\x89PNG")

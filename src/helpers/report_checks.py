@@ -18,7 +18,8 @@ tables (``figures/*.md``, ``sweep/*.md``) and a comparison page.
    :mod:`helpers.sweep_figures` as the trace, and only their finding
    section is checked;
 3. **facts**: no page mentions a model, training-set size, sample count or
-   setting the run did not have (its resolved settings in
+   setting the run did not have (a model: in what the run wrote, not in a
+   step report's own documentation, which names every model the step runs) (its resolved settings in
    ``notebooks/NN_name.params.yaml``, its sizes in ``data/sizes.json``).
 
 Exit status 0 when nothing is found, 1 otherwise, 2 for a missing folder.
@@ -314,14 +315,16 @@ def run_facts(results: Path) -> Facts:
     return facts
 
 
-def page_text(page: Path) -> str:
-    """What a reader reads: prose and outputs, not the folded code."""
+def page_text(page: Path, outputs_only: bool = False) -> str:
+    """What a reader reads: prose and outputs, not the folded code.
+    ``outputs_only``: without a step report's own Markdown cells (the step's
+    documentation, the same in every run), i.e. only what this run wrote."""
     if page.suffix == ".md":
         return page.read_text()
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(page.read_text(), "html.parser")
-    for tag in soup.select("details.input, script, style, title"):
+    for tag in soup.select("details.input, script, style, title" + (", div.text_cell" if outputs_only else "")):
         tag.decompose()
     return _clean(soup.get_text(" "))
 
@@ -340,8 +343,10 @@ def check_facts(page: Path, results: Path, facts: Facts) -> list[Problem]:
         problems.append(Problem(name, "facts", message))
 
     if facts.models is not None:
+        # a step's documentation names every model the step can run; what the run wrote names only its own
+        written = page_text(page, outputs_only=True)
         for model, pattern in MODEL_WORDS.items():
-            if model not in facts.models and re.search(pattern, text, re.I):
+            if model not in facts.models and re.search(pattern, written, re.I):
                 say(f"mentions {model}, which this run did not sample (models: {', '.join(facts.models)})")
     if facts.sizes is not None:
         allowed = facts.train_sizes
