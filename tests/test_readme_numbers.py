@@ -1,5 +1,5 @@
-"""The README's table of the reference result says what the committed
-tables say: per size, each model's fit verdict, sharpness and 1-NN accuracy
+"""The README's tables of the reference result and of its StyleGAN arm
+without augmentation say what the committed tables say: per size, each model's fit verdict, sharpness and 1-NN accuracy
 (``sweep/fit.csv``) and its memorized counts by the paper's criterion and by
 the ℓ2 ratio (``sweep/criteria.csv``). Reads files only."""
 
@@ -8,17 +8,23 @@ from __future__ import annotations
 import re
 
 import pandas as pd
+import pytest
 
 from helpers import common
 
 ROOT = common.repo_root()
-RESULTS = ROOT / "results" / "phantom_reference"
-HEADER = "| size | StyleGAN fit (sharpness, 1-NN vs limit) | StyleGAN memorized (p99 / ℓ2) | diffusion fit |"
+#: (results folder, the README table's first header cells, the models of its (fit, memorized) cell pairs)
+TABLES = [
+    ("phantom_reference", "| size | StyleGAN fit (sharpness, 1-NN vs limit) | StyleGAN memorized (p99 / ℓ2) | diffusion fit |",
+     ("stylegan", "diffusion")),
+    ("phantom_reference_noaug", "| size | StyleGAN without augmentation: fit (sharpness, 1-NN vs limit) | memorized (p99 / ℓ2) |",
+     ("stylegan",)),
+]
 
 
-def _readme_rows() -> dict[int, list[str]]:
+def _readme_rows(header: str) -> dict[int, list[str]]:
     lines = (ROOT / "README.md").read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(HEADER))
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
     rows = {}
     for line in lines[start + 2:]:
         if not line.startswith("|"):
@@ -28,13 +34,16 @@ def _readme_rows() -> dict[int, list[str]]:
     return rows
 
 
-def test_the_readme_reference_table_matches_the_committed_tables():
-    rows = _readme_rows()
-    fit = pd.read_csv(RESULTS / "sweep" / "fit.csv", keep_default_na=False, na_values=[""])
-    criteria = pd.read_csv(RESULTS / "sweep" / "criteria.csv")
+@pytest.mark.parametrize(("folder", "header", "models"), TABLES, ids=[t[0] for t in TABLES])
+def test_the_readme_reference_tables_match_the_committed_tables(folder, header, models):
+    rows = _readme_rows(header)
+    results = ROOT / "results" / folder
+    fit = pd.read_csv(results / "sweep" / "fit.csv", keep_default_na=False, na_values=[""])
+    criteria = pd.read_csv(results / "sweep" / "criteria.csv")
     assert sorted(rows) == sorted(fit["size"].unique())
     for size, cells in rows.items():
-        for model, (fit_cell, memorized_cell) in (("stylegan", cells[0:2]), ("diffusion", cells[2:4])):
+        for i, model in enumerate(models):
+            fit_cell, memorized_cell = cells[2 * i:2 * i + 2]
             row = fit[(fit["size"] == size) & (fit["model"] == model)].iloc[0]
             words = re.sub(r"\*", "", fit_cell)
             assert words.startswith("fitted" if row["fitted"] else "not fitted"), (size, model, fit_cell)
