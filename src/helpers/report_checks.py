@@ -18,9 +18,10 @@ tables (``figures/*.md``, ``sweep/*.md``) and a comparison page.
    :mod:`helpers.sweep_figures` as the trace, and only their finding
    section is checked;
 3. **facts**: no page mentions a model, training-set size, sample count or
-   setting the run did not have (a model: in what the run wrote, not in a
-   step report's own documentation, which names every model the step runs) (its resolved settings in
-   ``notebooks/NN_name.params.yaml``, its sizes in ``data/sizes.json``).
+   setting the run did not have (its resolved settings in
+   ``notebooks/NN_name.params.yaml``, its sizes in ``data/sizes.json``);
+   models are looked for in what the run wrote, not in a step report's own
+   documentation, which names every model the step can run.
 
 Exit status 0 when nothing is found, 1 otherwise, 2 for a missing folder.
 """
