@@ -16,7 +16,8 @@ import pytest
 from helpers import common, report_checks
 
 RESULTS = common.repo_root() / "results"
-REGENERATED = ["phantom", "phantom_reference", "phantom_reference_noaug", "phantom_cxr", "phantom_small", "phantom_2d3d"]
+REGENERATED = ["phantom", "phantom_reference", "phantom_reference_noaug", "phantom_cxr", "phantom_cxr_reference",
+               "phantom_small", "phantom_2d3d"]
 
 
 @pytest.mark.parametrize("name", REGENERATED + ["compare"])

@@ -1,5 +1,6 @@
-"""The README's tables of the reference result and of its StyleGAN arm
-without augmentation say what the committed tables say: per size, each model's fit verdict, sharpness and 1-NN accuracy
+"""The README's tables of the reference results (the brain phantom, its
+StyleGAN arm without augmentation, the chest x-ray phantom) say what the
+committed tables say: per size, each model's fit verdict, sharpness and 1-NN accuracy
 (``sweep/fit.csv``) and its memorized counts by the paper's criterion and by
 the ℓ2 ratio (``sweep/criteria.csv``). Reads files only."""
 
@@ -13,19 +14,24 @@ import pytest
 from helpers import common
 
 ROOT = common.repo_root()
-#: (results folder, the README table's first header cells, the models of its (fit, memorized) cell pairs,
-#: the headline channel of its p99 criterion)
+BOTH = "| size | StyleGAN fit (sharpness, 1-NN vs limit) | StyleGAN memorized (p99 / ℓ2) | diffusion fit |"
+#: (results folder, the README section that holds its table, the table's first header cells, the models of
+#: its (fit, memorized) cell pairs, the headline channel of its p99 criterion)
 TABLES = [
-    ("phantom_reference", "| size | StyleGAN fit (sharpness, 1-NN vs limit) | StyleGAN memorized (p99 / ℓ2) | diffusion fit |",
-     ("stylegan", "diffusion"), "t1ce"),
-    ("phantom_reference_noaug", "| size | StyleGAN without augmentation: fit (sharpness, 1-NN vs limit) | memorized (p99 / ℓ2) |",
+    ("phantom_reference", "## The reference result", BOTH, ("stylegan", "diffusion"), "t1ce"),
+    ("phantom_reference_noaug", "### StyleGAN without augmentation",
+     "| size | StyleGAN without augmentation: fit (sharpness, 1-NN vs limit) | memorized (p99 / ℓ2) |",
      ("stylegan",), "t1ce"),
+    ("phantom_cxr_reference", "### The chest x-ray phantom at the reference budgets", BOTH,
+     ("stylegan", "diffusion"), "gray"),
 ]
 
 
-def _readme_rows(header: str) -> dict[int, list[str]]:
+def _readme_rows(section: str, header: str) -> dict[int, list[str]]:
+    """The rows of the first table under ``header`` after the heading ``section``."""
     lines = (ROOT / "README.md").read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    heading = lines.index(section)
+    start = next(i for i, line in enumerate(lines) if i > heading and line.startswith(header))
     rows = {}
     for line in lines[start + 2:]:
         if not line.startswith("|"):
@@ -35,9 +41,9 @@ def _readme_rows(header: str) -> dict[int, list[str]]:
     return rows
 
 
-@pytest.mark.parametrize(("folder", "header", "models", "channel"), TABLES, ids=[t[0] for t in TABLES])
-def test_the_readme_reference_tables_match_the_committed_tables(folder, header, models, channel):
-    rows = _readme_rows(header)
+@pytest.mark.parametrize(("folder", "section", "header", "models", "channel"), TABLES, ids=[t[0] for t in TABLES])
+def test_the_readme_reference_tables_match_the_committed_tables(folder, section, header, models, channel):
+    rows = _readme_rows(section, header)
     results = ROOT / "results" / folder
     fit = pd.read_csv(results / "sweep" / "fit.csv", keep_default_na=False, na_values=[""])
     criteria = pd.read_csv(results / "sweep" / "criteria.csv")
