@@ -316,18 +316,22 @@ def run_facts(results: Path) -> Facts:
     return facts
 
 
-def page_text(page: Path, outputs_only: bool = False) -> str:
-    """What a reader reads: prose and outputs, not the folded code.
-    ``outputs_only``: without a step report's own Markdown cells (the step's
-    documentation, the same in every run), i.e. only what this run wrote."""
+def page_texts(page: Path) -> tuple[str, str]:
+    """What a reader reads (prose and outputs, not the folded code), and the
+    part of it this run wrote: without a step report's own Markdown cells (the
+    step's documentation, the same in every run). One parse for both."""
     if page.suffix == ".md":
-        return page.read_text()
+        text = page.read_text()
+        return text, text
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(page.read_text(), "html.parser")
-    for tag in soup.select("details.input, script, style, title" + (", div.text_cell" if outputs_only else "")):
+    for tag in soup.select("details.input, script, style, title"):
         tag.decompose()
-    return _clean(soup.get_text(" "))
+    text = _clean(soup.get_text(" "))
+    for tag in soup.select("div.text_cell"):
+        tag.decompose()
+    return text, _clean(soup.get_text(" "))
 
 
 def _every(n: int) -> str:
@@ -337,7 +341,7 @@ def _every(n: int) -> str:
 def check_facts(page: Path, results: Path, facts: Facts) -> list[Problem]:
     """No model, size, sample count or setting the run did not have (module doc, 3)."""
     name = page.relative_to(results).as_posix()
-    text = page_text(page)
+    text, written = page_texts(page)
     problems: list[Problem] = []
 
     def say(message: str) -> None:
@@ -345,7 +349,6 @@ def check_facts(page: Path, results: Path, facts: Facts) -> list[Problem]:
 
     if facts.models is not None:
         # a step's documentation names every model the step can run; what the run wrote names only its own
-        written = page_text(page, outputs_only=True)
         for model, pattern in MODEL_WORDS.items():
             if model not in facts.models and re.search(pattern, written, re.I):
                 say(f"mentions {model}, which this run did not sample (models: {', '.join(facts.models)})")
